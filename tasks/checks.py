@@ -1,0 +1,43 @@
+"""checks.run: evaluate one check for its current slot."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import structlog
+
+from worker.app import app, task
+from worker.config import get_config
+from worker.db import fleet_engine, monitored_engine
+from worker.settings import get_settings
+
+log = structlog.get_logger(__name__)
+
+
+@task("checks.run", bind=True, ignore_result=True)
+def run(self, name: str, slot: str | None = None) -> dict:
+    cfg = get_config()
+    check = cfg.checks.get(name)
+    if check is None:
+        raise ValueError(f"checks.run: unknown check {name!r}; `opsfleet checks list` shows the names")
+    structlog.contextvars.bind_contextvars(check=name)
+    from worker.checking import run_check
+
+    now = datetime.now(UTC)
+    outcome = run_check(
+        check, monitored=monitored_engine(), fleet=fleet_engine(), now=now, routing=cfg.routing,
+        slot=datetime.fromisoformat(slot) if slot else None, task_id=self.request.id,
+        redis_url=get_settings().celery_broker_url,
+    )
+    for t in outcome.transitions:
+        log.info("alert_transition", fingerprint=t.fingerprint, labels=t.labels, from_state=t.from_state,
+                 to_state=t.to_state, value=t.value)
+    log.info("check_evaluated", status=outcome.status, rows=len(outcome.samples), duration_ms=outcome.duration_ms,
+             transitions=len(outcome.transitions), error=outcome.error)
+    # enqueue after commit: the outbox rows exist before any worker looks for them
+    for nid in outcome.notification_ids:
+        app.send_task("notify.deliver", kwargs={"notification_id": nid}, queue="notify")
+    if outcome.remediate and check.remediate:
+        app.send_task(check.remediate.task, kwargs=dict(check.remediate.kwargs))
+        log.info("remediation_enqueued", task=check.remediate.task)
+    return {"status": outcome.status, "transitions": len(outcome.transitions), "error": outcome.error}

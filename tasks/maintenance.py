@@ -1,0 +1,28 @@
+"""maintenance.run: one maintenance job from config/maintenance.yaml."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import structlog
+
+from worker.app import task
+from worker.config import get_config
+from worker.db import fleet_engine, monitored_engine
+
+
+@task("maintenance.run", bind=True, ignore_result=False)
+def run(self, job: str) -> dict:
+    cfg = get_config()
+    spec = cfg.maintenance.get(job)
+    if spec is None:
+        raise ValueError(f"maintenance.run: unknown job {job!r}; known: {', '.join(sorted(cfg.maintenance)) or 'none'}")
+    structlog.contextvars.bind_contextvars(job=job)
+    from worker.maintenance import run_job
+
+    def progress(rows: int, batches: int) -> None:
+        self.update_state(state="PROGRESS", meta={"job": job, "rows": rows, "batches": batches})
+
+    result = run_job(spec, monitored=monitored_engine(), fleet=fleet_engine(), now=datetime.now(UTC),
+                     task_id=self.request.id, progress=progress)
+    return {"job": job, "status": result.status, "rows": result.rows, "batches": result.batches, "error": result.error}

@@ -1,0 +1,37 @@
+"""notify.deliver and notify.sweep: the outbox, delivered at least once and deduplicated."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import structlog
+
+from worker.app import app, task
+from worker.config import get_config
+from worker.db import fleet_engine, monitored_engine
+from worker.delivery import BROKER_RETRY_LIMIT, deliver as deliver_one, due
+from worker.settings import get_settings
+
+log = structlog.get_logger(__name__)
+
+
+@task("notify.deliver", ignore_result=True)
+def deliver(notification_id: str) -> dict:
+    structlog.contextvars.bind_contextvars(notification_id=notification_id)
+    settings = get_settings()
+    result = deliver_one(notification_id, fleet=fleet_engine(), settings=settings, routing=get_config().routing,
+                         now=datetime.now(UTC), monitored=monitored_engine())
+    if result.status == "retrying" and result.retry_in is not None and result.retry_in <= BROKER_RETRY_LIMIT:
+        app.send_task("notify.deliver", kwargs={"notification_id": notification_id}, queue="notify",
+                      countdown=result.retry_in)
+    return {"status": result.status, "retry_in": result.retry_in}
+
+
+@task("notify.sweep", ignore_result=True)
+def sweep(limit: int = 500) -> dict:
+    ids = due(fleet_engine(), datetime.now(UTC), limit)
+    for nid in ids:
+        app.send_task("notify.deliver", kwargs={"notification_id": nid}, queue="notify")
+    if ids:
+        log.info("outbox_swept", enqueued=len(ids))
+    return {"enqueued": len(ids)}

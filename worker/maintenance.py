@@ -1,0 +1,187 @@
+"""Maintenance jobs (config/maintenance.yaml): archive, purge, vacuum, sql, fleet_retention.
+
+Batched (each batch its own short transaction), paused between batches, capped per run, and run
+under a Postgres advisory lock so two runs of one job never overlap. Every run is a job_runs row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from worker.config import MaintenanceJob
+from worker.errors import ConfigError
+from worker.logs import get_logger
+
+log = get_logger(__name__)
+
+FLEET_HISTORY = (("fleet.check_runs", "started_at"), ("fleet.alert_events", "at"),
+                 ("fleet.job_runs", "started_at"))
+
+
+@dataclass
+class JobResult:
+    job: str
+    status: str  # ok | skipped | error
+    rows: int = 0
+    batches: int = 0
+    error: str | None = None
+    run_id: int | None = None
+
+
+def quote(ident: str) -> str:
+    """Quote a validated identifier (optionally schema.table)."""
+    return ".".join('"' + p.replace('"', '""') + '"' for p in ident.split("."))
+
+
+def lock_key(job: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"opsfleet:job:{job}".encode()).digest()[:8], "big", signed=True)
+
+
+def validate_against_catalog(job: MaintenanceJob, conn: Connection) -> None:
+    """The tables and columns a job names must exist: a config error, not a runtime surprise."""
+    def has_table(name: str) -> bool:
+        return conn.execute(sa.text("SELECT to_regclass(:n) IS NOT NULL"), {"n": quote(name)}).scalar()
+
+    def has_column(table: str, column: str) -> bool:
+        return bool(conn.execute(sa.text("""SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(:t)
+                                           AND attname = :c AND NOT attisdropped"""),
+                                 {"t": quote(table), "c": column}).first())
+
+    tables = [t for t in (job.table, job.archive_table) if t] + list(job.tables)
+    for t in tables:
+        if not has_table(t):
+            raise ConfigError(f"maintenance job {job.name}: table {t!r} does not exist in the monitored database")
+    if job.kind in ("archive", "purge"):
+        for col in (job.age_column, job.key_column):
+            if not has_column(job.table, col):
+                raise ConfigError(f"maintenance job {job.name}: column {job.table}.{col} does not exist")
+    if job.kind == "sql":
+        if not conn.execute(sa.text("SELECT 1 FROM pg_proc WHERE proname = :f"), {"f": job.function.split(".")[-1]}).first():
+            raise ConfigError(f"maintenance job {job.name}: function {job.function!r} does not exist")
+
+
+def _batches(job: MaintenanceJob, engine: Engine, now: datetime, stmt: str,
+             progress: Callable[[int, int], None] | None) -> tuple[int, int]:
+    rows = batches = 0
+    while True:
+        limit = job.batch_size if job.max_rows is None else min(job.batch_size, job.max_rows - rows)
+        if limit <= 0:
+            break
+        with engine.begin() as conn:
+            conn.execute(sa.text("SELECT set_config('statement_timeout', :v, true)"),
+                         {"v": str(int(job.timeout.total_seconds() * 1000))})
+            n = conn.execute(sa.text(stmt), {"cutoff": now - job.older_than, "limit": limit}).scalar() or 0
+        rows += n
+        batches += 1
+        if progress:
+            progress(rows, batches)
+        if n < limit:
+            break
+        time.sleep(job.pause.total_seconds())
+    return rows, batches
+
+
+def _archive_sql(job: MaintenanceJob) -> str:
+    t, a, key, age = quote(job.table), quote(job.archive_table), quote(job.key_column), quote(job.age_column)
+    extra = f" AND ({job.where})" if job.where else ""
+    # one transaction per batch: the same keys are copied and deleted, so a row is never lost nor doubled
+    return f"""
+        WITH batch AS (
+            SELECT {key} FROM {t} WHERE {age} < :cutoff{extra}
+            ORDER BY {key} LIMIT :limit FOR UPDATE SKIP LOCKED
+        ), moved AS (
+            DELETE FROM {t} WHERE {key} IN (SELECT {key} FROM batch) RETURNING {t}.*
+        ), ins AS (
+            INSERT INTO {a} SELECT * FROM moved RETURNING 1
+        )
+        SELECT count(*) FROM ins"""  # noqa: S608 - identifiers validated and quoted
+
+
+def _purge_sql(table: str, key: str, age: str, where: str | None) -> str:
+    t, k, a = quote(table), quote(key), quote(age)
+    extra = f" AND ({where})" if where else ""
+    return f"""
+        WITH batch AS (SELECT {k} FROM {t} WHERE {a} < :cutoff{extra} ORDER BY {k} LIMIT :limit FOR UPDATE SKIP LOCKED),
+             gone AS (DELETE FROM {t} WHERE {k} IN (SELECT {k} FROM batch) RETURNING 1)
+        SELECT count(*) FROM gone"""  # noqa: S608 - identifiers validated and quoted
+
+
+def run_job(job: MaintenanceJob, *, monitored: Engine, fleet: Engine, now: datetime, task_id: str | None = None,
+            progress: Callable[[int, int], None] | None = None) -> JobResult:
+    target = fleet if job.kind == "fleet_retention" else monitored
+    with target.connect() as lock_conn:
+        got = lock_conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_key(job.name)}).scalar()
+        lock_conn.commit()
+        if not got:
+            log.info("maintenance_skipped", job=job.name, reason="another run holds the lock")
+            return JobResult(job.name, "skipped", error="another run of this job is in progress")
+        try:
+            return _run_locked(job, target, fleet, now, task_id, progress)
+        finally:
+            lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key(job.name)})
+            lock_conn.commit()
+
+
+def _run_locked(job: MaintenanceJob, target: Engine, fleet: Engine, now: datetime, task_id: str | None,
+                progress: Callable[[int, int], None] | None) -> JobResult:
+    with fleet.begin() as conn:
+        run_id = conn.execute(
+            sa.text("""INSERT INTO fleet.job_runs (job, kind, started_at, params, task_id)
+                       VALUES (:j, :k, now(), CAST(:p AS jsonb), :tid) RETURNING id"""),
+            {"j": job.name, "k": job.kind, "p": json.dumps(job.model_dump(mode="json", by_alias=True)), "tid": task_id},
+        ).scalar()
+    result = JobResult(job.name, "ok", run_id=run_id)
+    started = time.monotonic()
+    try:
+        if job.kind != "fleet_retention":
+            with target.connect() as conn:
+                validate_against_catalog(job, conn)
+        if job.kind == "archive":
+            result.rows, result.batches = _batches(job, target, now, _archive_sql(job), progress)
+        elif job.kind == "purge":
+            result.rows, result.batches = _batches(
+                job, target, now, _purge_sql(job.table, job.key_column, job.age_column, job.where), progress)
+        elif job.kind == "fleet_retention":
+            for table, col in FLEET_HISTORY:
+                key = "id"
+                n, b = _batches(job, target, now, _purge_sql(table, key, col, None), progress)
+                result.rows += n
+                result.batches += b
+        elif job.kind == "vacuum":
+            with target.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                for t in job.tables:
+                    conn.execute(sa.text(f"VACUUM (ANALYZE) {quote(t)}"))
+                    result.batches += 1
+        elif job.kind == "sql":
+            with target.begin() as conn:
+                conn.execute(sa.text("SELECT set_config('statement_timeout', :v, true)"),
+                             {"v": str(int(job.timeout.total_seconds() * 1000))})
+                value = conn.execute(sa.text(f"SELECT * FROM {quote(job.function)}()")).first()  # noqa: S608
+                first = value[0] if value is not None and len(value) else None
+                result.rows = int(first) if isinstance(first, (int, float)) else 0
+                result.batches = 1
+        if job.maintenance_log and job.kind != "fleet_retention":
+            with target.begin() as conn:
+                conn.execute(sa.text("INSERT INTO maintenance_log (task, completed_at) VALUES (:t, now())"),
+                             {"t": job.name})
+    except (sa.exc.DBAPIError, ConfigError) as exc:
+        result.status = "error"
+        result.error = (str(exc.orig).strip().splitlines()[0] if isinstance(exc, sa.exc.DBAPIError) and exc.orig
+                        else str(exc))
+    with fleet.begin() as conn:
+        conn.execute(
+            sa.text("""UPDATE fleet.job_runs SET finished_at = now(), rows_affected = :r, batches = :b, status = :s,
+                       error = :e WHERE id = :id"""),
+            {"r": result.rows, "b": result.batches, "s": result.status, "e": result.error, "id": run_id},
+        )
+    log.info("maintenance_finished", job=job.name, status=result.status, rows=result.rows, batches=result.batches,
+             duration_s=round(time.monotonic() - started, 3), error=result.error)
+    return result
