@@ -206,7 +206,9 @@ def test_refused_connection_is_a_transient_connection_error():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    channel = EmailChannel(API_KEY, "alerts@example.com", None, ["ops@company.com"], api_url=f"http://127.0.0.1:{port}")
+    channel = EmailChannel(
+        API_KEY, "alerts@example.com", None, ["ops@company.com"], api_url=f"http://127.0.0.1:{port}"
+    )
     err = send_error(channel, make_message())
     assert (err.reason, err.permanent) == ("connection", False)
 
@@ -236,7 +238,11 @@ def test_batch_send_returns_ids_in_order_and_dedups(sink):
 
     assert ids == again
     assert [e["id"] for e in sink.emails] == ids
-    assert [e["to"] for e in sink.emails] == [["user0@example.com"], ["user1@example.com"], ["user2@example.com"]]
+    assert [e["to"] for e in sink.emails] == [
+        ["user0@example.com"],
+        ["user1@example.com"],
+        ["user2@example.com"],
+    ]
     assert all(e["from"] == "ACE Engage Alerts <alerts@example.com>" and e["batch"] for e in sink.emails)
 
 
@@ -260,7 +266,9 @@ def test_batch_over_100_is_refused(sink):
 def test_stored_email_can_be_fetched_by_id(sink):
     result = email_channel(sink).send(make_message())
     resp = requests.get(
-        f"{sink.resend_api_url}/emails/{result.provider_id}", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5
+        f"{sink.resend_api_url}/emails/{result.provider_id}",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=5,
     )
     assert resp.status_code == 200
     assert resp.json()["subject"] == "[CRITICAL] High Error Rate Detected"
@@ -290,7 +298,9 @@ def test_slack_webhook_posts_block_kit(sink):
     assert section["text"]["text"] == "*Detected 12 errors in the last hour*\n\nThreshold is 5."
     context = next(b for b in msg["blocks"] if b["type"] == "context")
     assert context["elements"][0]["text"].startswith("Severity: *critical* | Check: high_error_rate")
-    assert any("<https://runbooks.example.com/errors?x=1&amp;y=2|Runbook>" in json.dumps(b) for b in msg["blocks"])
+    assert any(
+        "<https://runbooks.example.com/errors?x=1&amp;y=2|Runbook>" in json.dumps(b) for b in msg["blocks"]
+    )
     assert msg["text"].startswith(":rotating_light: [CRITICAL] High Error Rate Detected")
 
 
@@ -494,7 +504,16 @@ def test_classify_status_table(status, expected):
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("2", 2.0), ("1.5", 1.5), (" 0 ", 0.0), ("-3", 0.0), ("", None), (None, None), ("soon", None), ("nan", None)],
+    [
+        ("2", 2.0),
+        ("1.5", 1.5),
+        (" 0 ", 0.0),
+        ("-3", 0.0),
+        ("", None),
+        (None, None),
+        ("soon", None),
+        ("nan", None),
+    ],
 )
 def test_parse_retry_after_seconds(value, expected):
     assert parse_retry_after(value) == expected
@@ -512,8 +531,18 @@ def test_delivery_error_reasons_are_bounded():
 def test_registry_builds_channels_by_kind(sink):
     assert set(CHANNELS) == {"email", "slack"}
     assert isinstance(get_channel("slack", webhook_url=sink.slack_webhook_url), SlackChannel)
-    assert isinstance(get_channel("email", **{"api_key": API_KEY, "from_email": "a@example.com", "from_name": None,
-                                              "recipients": ["b@example.com"]}), EmailChannel)
+    assert isinstance(
+        get_channel(
+            "email",
+            **{
+                "api_key": API_KEY,
+                "from_email": "a@example.com",
+                "from_name": None,
+                "recipients": ["b@example.com"],
+            },
+        ),
+        EmailChannel,
+    )
     with pytest.raises(ValueError, match="unknown channel kind"):
         get_channel("sms")
 
@@ -551,12 +580,29 @@ def test_sink_runs_standalone(tmp_path):
         env = dict(proc.stdout.readline().strip().split("=", 1) for _ in range(3))
         channel = SlackChannel(webhook_url=env["ALERT_SLACK_WEBHOOK_URL"], timeout=5)
         channel.send(make_message())
-        EmailChannel(API_KEY, "alerts@example.com", None, ["ops@example.com"], api_url=env["RESEND_API_URL"]).send(
-            make_message()
-        )
+        EmailChannel(
+            API_KEY, "alerts@example.com", None, ["ops@example.com"], api_url=env["RESEND_API_URL"]
+        ).send(make_message())
         assert env["SLACK_API_URL"].endswith("/api/")
     finally:
         proc.terminate()
         proc.wait(timeout=5)
     assert proc.returncode == 0
     assert [json.loads(line)["type"] for line in capture.read_text().splitlines()] == ["slack", "email"]
+
+
+@pytest.mark.parametrize("name", ["Ops, Inc.", 'Zoë "Q" Ops', "ACE Engage Alerts"])
+def test_sender_names_with_specials_are_accepted(sink, name):
+    email_channel(sink, from_name=name).send(make_message())
+    assert sink.emails[0]["from"].endswith(" <alerts@example.com>")
+
+
+def test_unconfigured_channels_fail_permanently_instead_of_crashing():
+    for channel in (
+        SlackChannel(),
+        SlackChannel(bot_token=BOT_TOKEN),
+        EmailChannel(None, "alerts@example.com", None, ["ops@example.com"]),
+        EmailChannel(API_KEY, "alerts@example.com", None, []),
+    ):
+        err = send_error(channel, make_message())
+        assert err.permanent and err.reason in ("invalid", "auth")

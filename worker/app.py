@@ -69,7 +69,7 @@ app.conf.update(
     beat_scheduler="worker.beat:Scheduler",
     beat_max_loop_interval=5,
     redbeat_redis_url=_settings.celery_broker_url,
-    redbeat_key_prefix="opsfleet:redbeat",
+    redbeat_key_prefix="opsfleet:redbeat:",
     redbeat_lock_timeout=30,
 )
 
@@ -90,7 +90,7 @@ def task(name: str, **options: Any):
         raise TypeError(f"unknown task option(s) for {name}: {', '.join(sorted(unknown))}")
     limits = QUEUES[family]
     opts = {"soft_time_limit": limits["soft_time_limit"], "time_limit": limits["time_limit"], **options}
-    return app.task(name=name, queue=family, **opts)
+    return app.task(name=name, **opts)
 
 
 @signals.setup_logging.connect

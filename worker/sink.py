@@ -101,7 +101,11 @@ class _Response:
         if isinstance(self.body, bytes):
             return self.body, "application/octet-stream"
         if isinstance(self.body, str):
-            ctype = "text/html; charset=utf-8" if self.body.lstrip().startswith("<") else "text/plain; charset=utf-8"
+            ctype = (
+                "text/html; charset=utf-8"
+                if self.body.lstrip().startswith("<")
+                else "text/plain; charset=utf-8"
+            )
             return self.body.encode(), ctype
         return json.dumps(self.body).encode(), "application/json; charset=utf-8"
 
@@ -159,11 +163,14 @@ def _resend_default(status: int) -> _Response:
             "Too many requests. You can only make 2 requests per second. See rate limit response headers "
             "for more information. Or contact support to increase rate limit.",
         )
-        resp.headers.update({"Retry-After": "1", "ratelimit-limit": "2", "ratelimit-remaining": "0",
-                             "ratelimit-reset": "1"})
+        resp.headers.update(
+            {"Retry-After": "1", "ratelimit-limit": "2", "ratelimit-remaining": "0", "ratelimit-reset": "1"}
+        )
         return resp
     if status in (502, 503, 504):  # what a CDN in front of an API sends: HTML
-        return _Response(status, f"<html><head><title>{status}</title></head><body>upstream error</body></html>")
+        return _Response(
+            status, f"<html><head><title>{status}</title></head><body>upstream error</body></html>"
+        )
     named = {
         400: ("validation_error", "We found an error with one or more fields in the request."),
         401: ("missing_api_key", "Missing API key in the authorization header."),
@@ -174,14 +181,20 @@ def _resend_default(status: int) -> _Response:
         422: ("validation_error", "We found an error with one or more fields in the request."),
         500: ("application_error", "An unexpected error occurred."),
     }
-    name, message = named.get(status, ("application_error" if status >= 500 else "validation_error",
-                                       f"HTTP {status}"))
+    name, message = named.get(
+        status, ("application_error" if status >= 500 else "validation_error", f"HTTP {status}")
+    )
     return _resend_error(status, name, message)
 
 
 def _slack_webhook_default(status: int) -> _Response:
-    codes = {400: "invalid_payload", 403: "invalid_token", 404: "no_service", 410: "channel_is_archived",
-             429: "rate_limited"}
+    codes = {
+        400: "invalid_payload",
+        403: "invalid_token",
+        404: "no_service",
+        410: "channel_is_archived",
+        429: "rate_limited",
+    }
     resp = _Response(status, codes.get(status, "internal_error" if status >= 500 else "invalid_payload"))
     if status == 429:
         resp.headers["Retry-After"] = "1"
@@ -223,19 +236,23 @@ def _check_email(data: Any) -> _Response | None:
             return _resend_error(422, "missing_required_field", f"Missing `{name}` field.")
     if not _valid_address(data["from"]):
         return _resend_error(
-            422, "validation_error",
+            422,
+            "validation_error",
             "Invalid `from` field. The email address needs to follow the `email@example.com` or "
             "`Name <email@example.com>` format.",
         )
     to = data["to"] if isinstance(data["to"], list) else [data["to"]]
     if len(to) > RESEND_MAX_RECIPIENTS:
-        return _resend_error(422, "validation_error", f"Too many recipients in `to` (max {RESEND_MAX_RECIPIENTS}).")
+        return _resend_error(
+            422, "validation_error", f"Too many recipients in `to` (max {RESEND_MAX_RECIPIENTS})."
+        )
     for field_name in ("to", "cc", "bcc", "reply_to"):
         values = data.get(field_name)
         values = values if isinstance(values, list) else [] if values is None else [values]
         if not all(_valid_address(v) for v in values):
             return _resend_error(
-                422, "validation_error",
+                422,
+                "validation_error",
                 f"Invalid `{field_name}` field. The email address needs to follow the `email@example.com` or "
                 "`Name <email@example.com>` format.",
             )
@@ -271,7 +288,9 @@ def _check_blocks(blocks: Any) -> bool:
             if "text" in block and not _text_len_ok(block["text"], 3000):
                 return False
             if fields is not None and (
-                not isinstance(fields, list) or len(fields) > 10 or not all(_text_len_ok(f, 2000) for f in fields)
+                not isinstance(fields, list)
+                or len(fields) > 10
+                or not all(_text_len_ok(f, 2000) for f in fields)
             ):
                 return False
         elif kind == "context":
@@ -318,7 +337,9 @@ class ProviderSink:
         self.slack_webhook_paths = set(slack_webhook_paths) if slack_webhook_paths is not None else None
         channels = list(slack_channels) if slack_channels is not None else None
         self.slack_channels = (
-            {c.lstrip("#") for c in channels} | {_channel_id(c) for c in channels} if channels is not None else None
+            {c.lstrip("#") for c in channels} | {_channel_id(c) for c in channels}
+            if channels is not None
+            else None
         )
         self.idempotency_ttl = idempotency_ttl
         self._lock = threading.RLock()
@@ -351,8 +372,12 @@ class ProviderSink:
         if self.capture_path is not None:
             self.capture_path.parent.mkdir(parents=True, exist_ok=True)
             self._capture_file = self.capture_path.open("a", encoding="utf-8")
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"provider-sink:{self.port_number}", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"provider-sink:{self.port_number}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -459,12 +484,12 @@ class ProviderSink:
         if method == "POST" and path == "/emails/batch":
             return "resend.emails.batch", None
         if method == "GET" and path.startswith("/emails/"):
-            return "resend.emails.get", path[len("/emails/"):]
+            return "resend.emails.get", path[len("/emails/") :]
         if method == "POST" and path.startswith("/services/"):
             return "slack.webhook", None
         if path.startswith("/api/"):
-            name = "slack." + path[len("/api/"):]
-            return (name if name in ROUTES else None), path[len("/api/"):]
+            name = "slack." + path[len("/api/") :]
+            return (name if name in ROUTES else None), path[len("/api/") :]
         return None, None
 
     def _handle(
@@ -479,7 +504,8 @@ class ProviderSink:
                 rec.scripted = True
             if reply is not None and (reply.body is not None or not 200 <= reply.status < 300):
                 resp = (
-                    _Response(reply.status, reply.body) if reply.body is not None
+                    _Response(reply.status, reply.body)
+                    if reply.body is not None
                     else _default_error(rec.route or "", reply.status)
                 )
             else:
@@ -503,7 +529,9 @@ class ProviderSink:
 
     # Resend
 
-    def _resend(self, rec: RecordedRequest, raw: bytes, route: str, arg: str | None, key: str | None) -> _Response:
+    def _resend(
+        self, rec: RecordedRequest, raw: bytes, route: str, arg: str | None, key: str | None
+    ) -> _Response:
         if key is None:
             return _resend_default(401)
         if (self.resend_api_keys is not None and key not in self.resend_api_keys) or (
@@ -514,7 +542,9 @@ class ProviderSink:
             email = self._emails_by_id.get(arg or "")
             if email is None:
                 return _resend_error(404, "not_found", "Email not found")
-            return _Response(200, {"object": "email", **{k: v for k, v in email.items() if k != "request_headers"}})
+            return _Response(
+                200, {"object": "email", **{k: v for k, v in email.items() if k != "request_headers"}}
+            )
         try:
             data = json.loads(raw or b"null")
         except ValueError:
@@ -548,8 +578,11 @@ class ProviderSink:
         if not isinstance(data, list) or not data:
             return _resend_error(422, "validation_error", "The batch must be a non-empty array of emails.")
         if len(data) > RESEND_MAX_BATCH:
-            return _resend_error(422, "validation_error",
-                                 f"Too many emails in the batch: {len(data)} (max {RESEND_MAX_BATCH}).")
+            return _resend_error(
+                422,
+                "validation_error",
+                f"Too many emails in the batch: {len(data)} (max {RESEND_MAX_BATCH}).",
+            )
         permissive = (_header(rec.headers, "x-batch-validation") or "strict").lower() == "permissive"
         errors = []
         for i, item in enumerate(data):
@@ -559,14 +592,19 @@ class ProviderSink:
                     return _resend_error(422, error.body["name"], f"emails[{i}]: {error.body['message']}")
                 errors.append({"index": i, "message": error.body["message"]})
         bad = {e["index"] for e in errors}
-        ids = [{"id": self._record_email(rec, item, idem_key, batch=True)}
-               for i, item in enumerate(data) if i not in bad]
+        ids = [
+            {"id": self._record_email(rec, item, idem_key, batch=True)}
+            for i, item in enumerate(data)
+            if i not in bad
+        ]
         body: dict[str, Any] = {"data": ids}
         if permissive:
             body["errors"] = errors
         return _Response(200, body)
 
-    def _record_email(self, rec: RecordedRequest, data: dict[str, Any], idem_key: str | None, *, batch: bool) -> str:
+    def _record_email(
+        self, rec: RecordedRequest, data: dict[str, Any], idem_key: str | None, *, batch: bool
+    ) -> str:
         email_id = str(uuid.uuid4())
         to = data["to"] if isinstance(data["to"], list) else [data["to"]]
         record = {
@@ -600,7 +638,7 @@ class ProviderSink:
         if self.slack_webhook_paths is not None:
             if path not in self.slack_webhook_paths:
                 return _Response(404, "no_service")
-        elif len([p for p in path[len("/services/"):].split("/") if p]) != 3:
+        elif len([p for p in path[len("/services/") :].split("/") if p]) != 3:
             return _Response(404, "no_service")
         ctype = (_header(rec.headers, "content-type") or "").lower()
         try:
@@ -611,7 +649,9 @@ class ProviderSink:
         except (ValueError, KeyError, UnicodeDecodeError):
             return _Response(400, "invalid_payload")
         rec.body = data
-        if not isinstance(data, dict) or not (data.get("text") or data.get("blocks") or data.get("attachments")):
+        if not isinstance(data, dict) or not (
+            data.get("text") or data.get("blocks") or data.get("attachments")
+        ):
             return _Response(400, "invalid_payload")
         if "blocks" in data and not _check_blocks(data["blocks"]):
             return _Response(400, "invalid_blocks")
@@ -640,9 +680,19 @@ class ProviderSink:
         ):
             return _Response(200, {"ok": False, "error": "invalid_auth"})
         if route == "slack.auth.test":
-            return _Response(200, {"ok": True, "url": "https://opsfleet-sink.slack.com/", "team": "opsfleet sink",
-                                   "user": "opsfleet", "team_id": "T00000000", "user_id": "U00000000",
-                                   "bot_id": "B00000000", "is_enterprise_install": False})
+            return _Response(
+                200,
+                {
+                    "ok": True,
+                    "url": "https://opsfleet-sink.slack.com/",
+                    "team": "opsfleet sink",
+                    "user": "opsfleet",
+                    "team_id": "T00000000",
+                    "user_id": "U00000000",
+                    "bot_id": "B00000000",
+                    "is_enterprise_install": False,
+                },
+            )
         blocks = data.get("blocks")
         if isinstance(blocks, str):
             try:
@@ -670,20 +720,36 @@ class ProviderSink:
             original = self._slack_by_ts.get((channel, ts))
             if original is None:
                 return _Response(200, {"ok": False, "error": "message_not_found"})
-            message = {**original["message"], "text": text, "blocks": blocks or [],
-                       "edited": {"user": "U00000000", "ts": self._next_ts()}}
+            message = {
+                **original["message"],
+                "text": text,
+                "blocks": blocks or [],
+                "edited": {"user": "U00000000", "ts": self._next_ts()},
+            }
             original["message"] = message
-            self._record_slack(rec, "chat.update", data, channel=channel, ts=ts, blocks=blocks, message=message)
-            return _Response(200, {"ok": True, "channel": channel, "ts": ts, "text": text, "message": message})
+            self._record_slack(
+                rec, "chat.update", data, channel=channel, ts=ts, blocks=blocks, message=message
+            )
+            return _Response(
+                200, {"ok": True, "channel": channel, "ts": ts, "text": text, "message": message}
+            )
 
         channel_id = _channel_id(channel)
         ts = self._next_ts()
-        message = {"type": "message", "subtype": "bot_message", "text": text, "user": "U00000000",
-                   "bot_id": "B00000000", "ts": ts, "blocks": blocks or []}
+        message = {
+            "type": "message",
+            "subtype": "bot_message",
+            "text": text,
+            "user": "U00000000",
+            "bot_id": "B00000000",
+            "ts": ts,
+            "blocks": blocks or [],
+        }
         if data.get("thread_ts"):
             message["thread_ts"] = str(data["thread_ts"])
-        record = self._record_slack(rec, "chat.postMessage", data, channel=channel_id, ts=ts, blocks=blocks,
-                                    message=message)
+        record = self._record_slack(
+            rec, "chat.postMessage", data, channel=channel_id, ts=ts, blocks=blocks, message=message
+        )
         self._slack_by_ts[(channel_id, ts)] = record
         return _Response(200, {"ok": True, "channel": channel_id, "ts": ts, "message": message})
 
@@ -691,9 +757,18 @@ class ProviderSink:
         self._ts_seq += 1
         return f"{int(time.time())}.{self._ts_seq % 1_000_000:06d}"
 
-    def _record_slack(self, rec: RecordedRequest, kind: str, data: dict[str, Any], *, channel: str | None,
-                      ts: str, webhook: str | None = None, blocks: Any = None,
-                      message: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _record_slack(
+        self,
+        rec: RecordedRequest,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        channel: str | None,
+        ts: str,
+        webhook: str | None = None,
+        blocks: Any = None,
+        message: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         record = {
             "kind": kind,
             "created_at": _now_iso(),
@@ -755,8 +830,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         route, arg = sink._route(method, path)
         headers = dict(self.headers.items())
-        rec = RecordedRequest(route=route, method=method, path=path, headers=_redact(headers), body=None,
-                              at=time.time())
+        rec = RecordedRequest(
+            route=route, method=method, path=path, headers=_redact(headers), body=None, at=time.time()
+        )
         resp, hang = sink._handle(rec, raw, arg, _bearer(headers))
         if hang > 0:
             sink._stopping.wait(hang)

@@ -28,7 +28,6 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from email.utils import formataddr
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -248,7 +247,14 @@ class EmailChannel(Channel):
 
     @property
     def sender(self) -> str:
-        return formataddr((self.from_name, self.from_email)) if self.from_name else self.from_email
+        """`Name <address>`; the name is quoted when it holds RFC 5322 specials, and kept in UTF-8
+        (email.utils.formataddr would RFC 2047-encode it, which a JSON API does not need)."""
+        name = re.sub(r"[\r\n\t]+", " ", self.from_name or "").strip()
+        if not name:
+            return self.from_email
+        if re.search(r'[()<>\[\]:;@\\,."]', name):
+            name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return f"{name} <{self.from_email}>"
 
     def _check_config(self) -> None:
         if not self.api_key:
@@ -260,7 +266,11 @@ class EmailChannel(Channel):
         """Run one SDK call with this channel's key, URL and HTTP client, mapping its errors."""
         with _SDK_LOCK:
             saved = (resend.api_key, resend.api_url, resend.default_http_client)
-            resend.api_key, resend.api_url, resend.default_http_client = self.api_key, self.api_url, self._http
+            resend.api_key, resend.api_url, resend.default_http_client = (
+                self.api_key,
+                self.api_url,
+                self._http,
+            )
             try:
                 return fn(*args, **kwargs)
             except ResendError as exc:
@@ -321,7 +331,9 @@ class EmailChannel(Channel):
             return []
         if len(messages) > MAX_BATCH:
             raise DeliveryError(
-                "invalid", f"a Resend batch holds at most {MAX_BATCH} emails, got {len(messages)}", permanent=True
+                "invalid",
+                f"a Resend batch holds at most {MAX_BATCH} emails, got {len(messages)}",
+                permanent=True,
             )
         batch = [{"from": self.sender, **m} for m in messages]
         resp = self._call(resend.Batch.send, batch, options={"idempotency_key": idempotency_key})

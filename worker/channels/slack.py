@@ -145,21 +145,25 @@ def emoji_for(message: Message) -> str:
 def build_blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
     """(fallback text, Block Kit blocks) for one message, within Slack's limits."""
     emoji = emoji_for(message)
-    tag = "RESOLVED" if message.status == "resolved" else "TEST" if message.status == "test" else (
-        message.severity.upper()
-    )
+    tag = {"resolved": "RESOLVED", "test": "TEST"}.get(message.status, message.severity.upper())
     title = message.title or message.check or "alert"
 
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
-            "text": {"type": "plain_text", "text": fit(f"{emoji} {title}", HEADER_MAX, mrkdwn=False), "emoji": True},
+            "text": {
+                "type": "plain_text",
+                "text": fit(f"{emoji} {title}", HEADER_MAX, mrkdwn=False),
+                "emoji": True,
+            },
         }
     ]
 
     body_parts = []
     if message.summary:
-        body_parts.append(f"*{_escape(message.summary)}*" if message.description else _escape(message.summary))
+        body_parts.append(
+            f"*{_escape(message.summary)}*" if message.description else _escape(message.summary)
+        )
     if message.description and message.description != message.summary:
         body_parts.append(_escape(message.description))
     body = "\n\n".join(body_parts) or _escape(title)
@@ -183,11 +187,15 @@ def build_blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
         context += f" | Status: {message.status}"
     if message.started_at is not None:
         context += f" | Since: {message.started_at.isoformat(timespec='seconds')}"
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": fit(context, CONTEXT_TEXT_MAX, mrkdwn=False)}]})
+    blocks.append(
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": _cut(context, CONTEXT_TEXT_MAX)}]}
+    )
 
     if message.runbook:
         runbook = link(message.runbook, "Runbook")
-        text = f":book: {runbook}" if runbook else f":book: Runbook: {fit(message.runbook, 2000, mrkdwn=True)}"
+        text = (
+            f":book: {runbook}" if runbook else f":book: Runbook: {fit(message.runbook, 2000, mrkdwn=True)}"
+        )
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(text, SECTION_TEXT_MAX)}})
 
     fallback = f"{emoji} [{tag}] {title}"
@@ -249,7 +257,9 @@ def map_api_error(exc: SlackApiError) -> DeliveryError:
     retry_after = parse_retry_after(header(getattr(resp, "headers", None), "retry-after"))
     text = f"Slack API error: {code or 'unknown'} (HTTP {status})"
     if code in _TRANSIENT_ERRORS:
-        return DeliveryError(_TRANSIENT_ERRORS[code], text, permanent=False, retry_after=retry_after, status=status)
+        return DeliveryError(
+            _TRANSIENT_ERRORS[code], text, permanent=False, retry_after=retry_after, status=status
+        )
     if status != 200:
         err = classify_status(status, retry_after, text)
         if err is not None:
@@ -274,10 +284,6 @@ class SlackChannel(Channel):
         api_url: str | None = None,
         timeout: float = 10,
     ) -> None:
-        if not webhook_url and not bot_token:
-            raise ValueError("SlackChannel needs a webhook_url or a bot_token")
-        if bot_token and not channel:
-            raise ValueError("SlackChannel with a bot_token needs a channel")
         self.webhook_url = webhook_url
         self.bot_token = bot_token
         self.channel = channel
@@ -308,6 +314,16 @@ class SlackChannel(Channel):
         """Post a message. With the Web API, `thread_ts` replies in a thread and `update_ts`
         rewrites an earlier message (pass `channel` = the channel id from that message's detail).
         Returns provider_id = the message ts (None for webhooks, which return no id)."""
+        # Missing configuration is a permanent delivery failure (the notification goes dead and
+        # says why), not a crash of the worker.
+        if not self.webhook_url and not self.bot_token:
+            raise DeliveryError(
+                "invalid",
+                "Slack is not configured: set ALERT_SLACK_WEBHOOK_URL or SLACK_BOT_TOKEN",
+                permanent=True,
+            )
+        if self.mode == "api" and not (channel or self.channel):
+            raise DeliveryError("invalid", "SLACK_BOT_TOKEN is set but SLACK_CHANNEL is not", permanent=True)
         text, blocks = build_blocks(message)
         if self.mode == "webhook":
             return self._send_webhook(text, blocks)
@@ -315,7 +331,9 @@ class SlackChannel(Channel):
 
     def _send_webhook(self, text: str, blocks: list[dict[str, Any]]) -> DeliveryResult:
         try:
-            resp = self._webhook_client().send(text=text, blocks=blocks, unfurl_links=False, unfurl_media=False)
+            resp = self._webhook_client().send(
+                text=text, blocks=blocks, unfurl_links=False, unfurl_media=False
+            )
         except SlackClientError as exc:
             raise DeliveryError("invalid", f"Slack webhook misconfigured: {exc}", permanent=True) from exc
         except Exception as exc:
@@ -326,7 +344,9 @@ class SlackChannel(Channel):
         err = map_webhook_response(resp.status_code, resp.body, dict(resp.headers or {}))
         if err is not None:
             raise err
-        return DeliveryResult(provider_id=None, detail={"provider": "slack_webhook", "status": resp.status_code})
+        return DeliveryResult(
+            provider_id=None, detail={"provider": "slack_webhook", "status": resp.status_code}
+        )
 
     def _send_api(
         self,

@@ -1,0 +1,74 @@
+"""The Celery plumbing, with real workers and beats on a real Redis."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+import redis
+
+from tests.conftest import REPO
+from tests.fleet import CELERY, start_beat, start_worker
+from worker.app import QUEUES, VISIBILITY_TIMEOUT, app
+
+
+def test_every_task_is_routed_to_its_family_queue():
+    import tasks.checks  # noqa: F401
+    import tasks.maintenance  # noqa: F401
+    import tasks.notify  # noqa: F401
+    from worker.app import KNOWN_TASKS
+
+    for name in KNOWN_TASKS:
+        t = app.tasks[name]
+        family = name.split(".")[0]
+        assert app.amqp.router.route({}, name)["queue"].name == family
+        assert t.time_limit == QUEUES[family]["time_limit"]
+    assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost
+    assert app.conf.worker_prefetch_multiplier == 1
+    assert VISIBILITY_TIMEOUT > max(q["time_limit"] for q in QUEUES.values())
+    assert app.conf.task_serializer == "json" and app.conf.accept_content == ["json"]
+
+
+def test_task_decorator_rejects_a_typo_in_options():
+    from worker.app import task
+
+    with pytest.raises(TypeError, match="ignore_results"):
+        task("checks.run", ignore_results=True)
+
+
+def test_running_worker_answers_inspect_ping(env, tmp_path):
+    worker = start_worker(env, tmp_path)
+    try:
+        proc = subprocess.run([*CELERY, "inspect", "ping", "--timeout", "5", "--json"], env=env, cwd=REPO,  # noqa: S603
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        replies = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert any(v == {"ok": "pong"} for v in replies.values()), proc.stdout
+    finally:
+        worker.stop()
+
+
+def test_two_beats_one_schedules_the_other_waits(env, tmp_path, redis_url):
+    client = redis.Redis.from_url(redis_url)
+    client.delete("opsfleet:redbeat::lock")
+    beat_env = {**env}
+    first = start_beat(beat_env, tmp_path, "beat1")
+    second = None
+    try:
+        assert first.wait_for("beat: Acquired lock", 60), first.output()[-3000:]
+        second = start_beat(beat_env, tmp_path, "beat2")
+        assert second.wait_for("beat: Starting...", 60), second.output()[-3000:]
+        time.sleep(6)  # several beat ticks: the standby must not have acquired the lock
+        assert "beat: Acquired lock" not in second.output()
+        # the leader schedules: the sweeper (every 30 s) and every check are in RedBeat
+        keys = {k.decode() for k in client.zrange("opsfleet:redbeat::schedule", 0, -1)}
+        assert "opsfleet:redbeat:notify:sweep" in keys and "opsfleet:redbeat:check:confirmation_backlog" in keys, keys
+        # leader dies without releasing: the standby takes over once the lock times out (30 s)
+        first.kill()
+        assert second.wait_for("beat: Acquired lock", 60), second.output()[-3000:]
+    finally:
+        first.kill()
+        if second:
+            second.kill()
