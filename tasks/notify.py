@@ -9,7 +9,8 @@ import structlog
 from worker.app import app, task
 from worker.config import get_config
 from worker.db import fleet_engine, monitored_engine
-from worker.delivery import BROKER_RETRY_LIMIT, deliver as deliver_one, due
+from worker.delivery import BROKER_RETRY_LIMIT, due
+from worker.delivery import deliver as deliver_one
 from worker.settings import get_settings
 
 log = structlog.get_logger(__name__)

@@ -214,7 +214,7 @@ def alerts_list(state: Annotated[str | None, typer.Option(help="pending, firing,
     from worker.db import fleet_engine
 
     _settings()
-    q = "SELECT * FROM fleet.alerts" + (" WHERE state = :s" if state else "") + " ORDER BY state, check_name"
+    q = "SELECT * FROM fleet.alerts WHERE (CAST(:s AS text) IS NULL OR state = :s) ORDER BY state, check_name"
     t = Table("check", "severity", "state", "since", "value", "labels", "summary")
     with fleet_engine().connect() as conn:
         for r in conn.execute(sa.text(q), {"s": state}):
@@ -244,7 +244,8 @@ def maintenance_run(job: str) -> None:
 @app.command()
 def ping() -> None:
     """Check that the databases and the broker answer (one line each)."""
-    from worker.db import create, ping as db_ping, safe_url
+    from worker.db import create, safe_url
+    from worker.db import ping as db_ping
     from worker.servers import redis_answers
 
     settings = _settings()
