@@ -15,7 +15,8 @@ log = structlog.get_logger(__name__)
 
 
 @task("checks.run", bind=True, ignore_result=True)
-def run(self, name: str, slot: str | None = None) -> dict:
+def run(self, name: str, slot: str | None = None, at: str | None = None) -> dict:
+    """Evaluate check `name` for its current slot (or `slot`), at time `at` (ISO 8601; default now)."""
     cfg = get_config()
     check = cfg.checks.get(name)
     if check is None:
@@ -23,7 +24,9 @@ def run(self, name: str, slot: str | None = None) -> dict:
     structlog.contextvars.bind_contextvars(check=name)
     from worker.checking import run_check
 
-    now = datetime.now(UTC)
+    now = datetime.fromisoformat(at) if at else datetime.now(UTC)
+    if now.tzinfo is None:
+        raise ValueError(f"checks.run: `at` must carry a timezone, e.g. 2026-11-23T10:00:00+00:00 (got {at!r})")
     outcome = run_check(
         check, monitored=monitored_engine(), fleet=fleet_engine(), now=now, routing=cfg.routing,
         slot=datetime.fromisoformat(slot) if slot else None, task_id=self.request.id,

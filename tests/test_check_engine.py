@@ -1,0 +1,187 @@
+"""The check engine against real Postgres: state machine, one evaluation per slot, errors recorded."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from worker.checking import run_check
+from worker.config import Check, Routing
+from worker.db import create
+
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+ROUTING = Routing.model_validate({
+    "channels": {"email": {"kind": "email"}, "slack": {"kind": "slack"}, "digest": {"kind": "digest"}},
+    "routes": [
+        {"match": {"severity": "critical"}, "channels": ["email", "slack"], "repeat_interval": "1h"},
+        {"match": {"severity": "warning"}, "channels": ["slack"], "repeat_interval": "4h"},
+        {"match": {"severity": "info"}, "channels": ["digest"]},
+    ],
+})
+
+
+@pytest.fixture
+def db(fleet_db):
+    engine = create(fleet_db)
+    with engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE fleet.check_runs, fleet.alerts, fleet.alert_events, fleet.notifications"))
+        conn.execute(sa.text("DROP TABLE IF EXISTS gauge"))
+        conn.execute(sa.text("CREATE TABLE gauge (name text, v numeric, at timestamptz)"))
+    yield engine
+    engine.dispose()
+
+
+def set_gauge(engine, **values):
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM gauge"))
+        for name, v in values.items():
+            conn.execute(sa.text("INSERT INTO gauge VALUES (:n, :v, now())"), {"n": name, "v": v})
+
+
+def make_check(**over) -> Check:
+    spec = {
+        "name": "gauge_high", "description": "test", "schedule": "1m",
+        "query": "SELECT name AS item, v AS value FROM gauge", "condition": "> 10", "for": "10m",
+        "severity": "critical", "summary": "{{ labels.item }} at {{ value }}",
+    }
+    spec.update(over)
+    return Check.model_validate(spec)
+
+
+def run(engine, check, at, **kw):
+    return run_check(check, monitored=engine, fleet=engine, now=at, routing=ROUTING, **kw)
+
+
+def rows(engine, sql, **params):
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql), params).all()
+
+
+def test_pending_then_firing_after_for_then_resolved(db):
+    check = make_check()
+    set_gauge(db, a=50)
+    assert [t.to_state for t in run(db, check, T0).transitions] == ["pending"]
+    assert run(db, check, T0 + timedelta(minutes=5)).transitions == []
+    out = run(db, check, T0 + timedelta(minutes=10))
+    assert [t.to_state for t in out.transitions] == ["firing"]
+    assert len(out.notification_ids) == 2  # email + slack for critical
+    # still firing inside the repeat interval: nothing new
+    assert run(db, check, T0 + timedelta(minutes=11)).notification_ids == []
+    set_gauge(db, a=1)
+    out = run(db, check, T0 + timedelta(minutes=12))
+    assert [t.to_state for t in out.transitions] == ["resolved"]
+    assert len(out.notification_ids) == 2
+    events = rows(db, "SELECT from_state, to_state FROM fleet.alert_events ORDER BY id")
+    assert [tuple(e) for e in events] == [("inactive", "pending"), ("pending", "firing"), ("firing", "resolved")]
+    notes = rows(db, "SELECT channel, transition, status FROM fleet.notifications ORDER BY created_at, channel")
+    assert sorted((n.channel, n.transition) for n in notes) == [
+        ("email", "firing"), ("email", "resolved"), ("slack", "firing"), ("slack", "resolved")]
+
+
+def test_condition_that_stops_holding_while_pending_goes_back_to_inactive(db):
+    check = make_check()
+    set_gauge(db, a=50)
+    run(db, check, T0)
+    set_gauge(db, a=5)
+    out = run(db, check, T0 + timedelta(minutes=1))
+    assert [t.to_state for t in out.transitions] == ["inactive"]
+    assert out.notification_ids == []
+
+
+def test_repeat_interval_sends_the_next_reminder_and_no_other(db):
+    check = make_check(**{"for": "0s"})
+    set_gauge(db, a=50)
+    assert len(run(db, check, T0).notification_ids) == 2
+    for minutes in (10, 30, 59):
+        assert run(db, check, T0 + timedelta(minutes=minutes)).notification_ids == []
+    assert len(run(db, check, T0 + timedelta(minutes=61)).notification_ids) == 2
+    assert run(db, check, T0 + timedelta(minutes=62)).notification_ids == []
+
+
+def test_one_alert_instance_per_label_set(db):
+    check = make_check(**{"for": "0s"})
+    set_gauge(db, stripe=50, resend=60, ok=1)
+    out = run(db, check, T0)
+    assert sorted(t.labels["item"] for t in out.transitions) == ["resend", "stripe"]
+    assert len({t.fingerprint for t in out.transitions}) == 2
+    # an instance whose row disappears is resolved (no_data: ok)
+    set_gauge(db, stripe=50)
+    out = run(db, check, T0 + timedelta(minutes=1))
+    assert [(t.labels["item"], t.to_state) for t in out.transitions] == [("resend", "resolved")]
+
+
+def test_doubled_beat_or_redelivery_evaluates_once_per_slot(db):
+    check = make_check(**{"for": "0s"})
+    set_gauge(db, a=50)
+    results = []
+    barrier = threading.Barrier(4)
+
+    def go():
+        barrier.wait()
+        results.append(run(db, check, T0 + timedelta(seconds=5)))
+
+    threads = [threading.Thread(target=go) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.status for r in results) == ["ok", "skipped", "skipped", "skipped"]
+    assert rows(db, "SELECT count(*) FROM fleet.check_runs")[0][0] == 1
+    assert rows(db, "SELECT count(*) FROM fleet.notifications")[0][0] == 2
+
+
+@pytest.mark.parametrize(
+    ("query", "timeout", "needle"),
+    [
+        ("SELECT v AS value FROM no_such_table", "5s", "no_such_table"),
+        ("INSERT INTO gauge VALUES ('x', 1, now()) RETURNING v AS value", "5s", "read-only transaction"),
+        ("SELECT pg_sleep(3)::text, 1 AS value", "1s", "statement timeout"),
+        ("SELECT 'high' AS value", "5s", "must be numeric"),
+        ("SELECT 1 AS v", "5s", "column named `value`"),
+    ],
+)
+def test_failing_query_is_recorded_as_error_and_never_resolves(db, query, timeout, needle):
+    good = make_check(**{"for": "0s"})
+    set_gauge(db, a=50)
+    assert [t.to_state for t in run(db, good, T0).transitions] == ["firing"]
+    bad = make_check(**{"for": "0s", "query": query, "timeout": timeout})
+    out = run(db, bad, T0 + timedelta(minutes=1))
+    assert out.status == "error" and needle in out.error
+    assert out.transitions == []
+    run_row = rows(db, "SELECT status, error FROM fleet.check_runs ORDER BY id DESC LIMIT 1")[0]
+    assert run_row.status == "error" and needle in run_row.error
+    assert rows(db, "SELECT state FROM fleet.alerts")[0].state == "firing"
+    assert rows(db, "SELECT count(*) FROM gauge WHERE name = 'x'")[0][0] == 0
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("ok", "resolved"), ("alerting", None), ("keep", None)])
+def test_no_data_policy(db, policy, expected):
+    check = make_check(**{"for": "0s", "no_data": policy, "query": "SELECT max(v) AS value FROM gauge"})
+    set_gauge(db, a=50)
+    run(db, check, T0)
+    set_gauge(db)
+    out = run(db, check, T0 + timedelta(minutes=1))
+    assert out.status == "no_data"
+    assert [t.to_state for t in out.transitions] == ([expected] if expected else [])
+
+
+def test_now_is_a_bind_parameter_so_tests_and_backtests_control_the_clock(db):
+    check = make_check(**{"for": "0s", "query": "SELECT count(*) AS value FROM gauge WHERE at > :now - interval '1 hour'",
+                          "condition": "> 0"})
+    set_gauge(db, a=50)
+    assert run(db, check, datetime.now(UTC)).status == "ok"
+    assert rows(db, "SELECT state FROM fleet.alerts")[0].state == "firing"
+    out = run(db, check, datetime.now(UTC) + timedelta(hours=3))
+    assert [t.to_state for t in out.transitions] == ["resolved"]
+
+
+def test_info_alerts_go_to_the_digest_not_the_outbox(db):
+    check = make_check(**{"for": "0s", "severity": "info"})
+    set_gauge(db, a=50)
+    out = run(db, check, T0)
+    assert [t.to_state for t in out.transitions] == ["firing"]
+    assert out.notification_ids == []
