@@ -264,7 +264,8 @@ def run_check(check: Check, *, monitored: Engine, fleet: Engine, now: datetime, 
             return Outcome(check.name, slot, "skipped")
         outcome = Outcome(check.name, slot, "ok")
         try:
-            outcome.samples = collect(check, monitored, now, redis_url=redis_url)
+            source = fleet if check.database == "fleet" else monitored
+            outcome.samples = collect(check, source, now, redis_url=redis_url)
         except CheckError as exc:
             outcome.status, outcome.error = "error", str(exc)
         if outcome.status == "ok":

@@ -141,6 +141,7 @@ class Check(Strict):
     description: str
     schedule: ScheduleField
     kind: Literal["sql", "http", "redis"] = "sql"
+    database: Literal["monitored", "fleet"] = "monitored"  # fleet: the fleet's own state (fleet.yaml)
     query: str | None = None
     probe: HttpProbe | RedisProbe | None = None
     condition: ConditionField

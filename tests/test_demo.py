@@ -1,0 +1,55 @@
+"""The README's demo command: ends by itself, shows what fired and what was captured, leaves nothing running."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+from worker.servers import port_open
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            blob = Path(f"/proc/{pid}/environ").read_bytes() + Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in blob:
+            found.append(pid + " " + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120])
+    return found
+
+
+def test_demo_runs_for_a_duration_and_leaves_no_process_behind(tmp_path):
+    run_dir = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "FLEET_DATABASE_URL", "OPSFLEET_CONFIG_DIR")}
+    env["COLUMNS"] = "200"
+    proc = subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "worker.cli", "demo", "--duration", "35", "--scale", "3000", "--run-dir", str(run_dir)],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "Traceback" not in out
+    pg_port = re.search(r"postgres: embedded on 127\.0\.0\.1:(\d+)", out).group(1)
+    redis_port = re.search(r"redis: embedded at redis://127\.0\.0\.1:(\d+)", out).group(1)
+
+    # it says what fired and what was captured
+    fired = re.search(r"alerts that fired: (\d+)", out)
+    captured = re.search(r"messages captured: (\d+) emails, (\d+) Slack", out)
+    assert fired and int(fired.group(1)) >= 1, out[-3000:]
+    assert captured and int(captured.group(1)) + int(captured.group(2)) >= 1, out[-3000:]
+    assert "confirmation_backlog" in out
+    assert (run_dir / "captured.jsonl").read_text().strip()
+
+    # and it leaves nothing running: no server on its ports, no process that was given its database
+    assert not port_open("127.0.0.1", int(pg_port))
+    assert not port_open("127.0.0.1", int(redis_port))
+    assert _processes_mentioning(f"127.0.0.1:{pg_port}") == []
