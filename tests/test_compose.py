@@ -1,0 +1,55 @@
+"""docker-compose.yml: every queue has a worker, Flower requires basic auth, services have healthchecks."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from worker.app import QUEUES
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def test_every_queue_is_consumed_by_a_worker_service(compose):
+    consumed = set()
+    for svc in compose["services"].values():
+        cmd = svc.get("command") or []
+        if "worker" in cmd and "-Q" in cmd:
+            consumed |= set(cmd[cmd.index("-Q") + 1].split(","))
+    assert consumed == set(QUEUES)
+
+
+def test_flower_sits_behind_basic_auth(compose):
+    flower = compose["services"]["flower"]
+    assert "--basic-auth" in " ".join(flower["command"])
+    assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+    assert all(p.startswith("127.0.0.1:") for p in flower["ports"])
+
+
+def test_long_running_services_have_healthchecks_and_migrate_runs_first(compose):
+    services = compose["services"]
+    for name in ("postgres", "redis", "worker-checks", "worker-notify", "worker-maintenance", "flower"):
+        assert "healthcheck" in services[name], name
+    assert services["migrate"]["command"] == ["opsfleet", "db", "upgrade"]
+    assert services["beat"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_compose_file_validates_with_docker_compose():
+    if shutil.which("docker-compose"):
+        cmd = ["docker-compose", "config", "-q"]
+    elif shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:  # noqa: S607
+        cmd = ["docker", "compose", "config", "-q"]
+    else:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)")
+    ok = subprocess.run(cmd, cwd=REPO, env={"PATH": "/usr/bin:/bin:/usr/local/bin", "FLOWER_BASIC_AUTH": "ops:pw"},  # noqa: S603
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    missing = subprocess.run(cmd, cwd=REPO, env={"PATH": "/usr/bin:/bin:/usr/local/bin"}, capture_output=True, text=True)  # noqa: S603
+    assert missing.returncode != 0 and "FLOWER_BASIC_AUTH" in missing.stderr
