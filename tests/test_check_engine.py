@@ -185,3 +185,22 @@ def test_info_alerts_go_to_the_digest_not_the_outbox(db):
     out = run(db, check, T0)
     assert [t.to_state for t in out.transitions] == ["firing"]
     assert out.notification_ids == []
+
+
+def test_backtest_replays_a_rule_and_counts_the_notifications_it_would_send(db):
+    from worker.backtest import backtest
+
+    with db.begin() as conn:
+        # a metric that is high from 10:20 to 11:40 on an otherwise quiet day
+        conn.execute(sa.text("""INSERT INTO gauge SELECT 'x', CASE WHEN t >= :a AND t < :b THEN 50 ELSE 1 END, t
+                                FROM generate_series(CAST(:s AS timestamptz), CAST(:e AS timestamptz),
+                                                     interval '1 minute') t"""),
+                     {"a": T0 + timedelta(minutes=20), "b": T0 + timedelta(minutes=100), "s": T0, "e": T0 + timedelta(hours=3)})
+    check = make_check(query="SELECT v AS value FROM gauge WHERE at = date_trunc('minute', CAST(:now AS timestamptz))")
+    result = backtest(check, db, ROUTING, start=T0, end=T0 + timedelta(hours=3), step=timedelta(minutes=5))
+    assert result.steps == 37 and result.errors == []
+    assert [(e.at - T0, e.to_state) for e in result.events] == [
+        (timedelta(minutes=20), "pending"), (timedelta(minutes=30), "firing"), (timedelta(minutes=100), "resolved")]
+    # firing at 10:30, one repeat at 11:30 (repeat_interval 1h), resolved at 11:40: 3 per channel
+    assert result.notifications == {"email": 3, "slack": 3}
+    assert rows(db, "SELECT count(*) FROM fleet.alerts")[0][0] == 0  # nothing written

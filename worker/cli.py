@@ -206,6 +206,51 @@ def checks_run(name: str, dry_run: Annotated[bool, typer.Option("--dry-run", hel
             celery_app.send_task("notify.deliver", kwargs={"notification_id": nid}, queue="notify")
 
 
+@checks_app.command("backtest")
+def checks_backtest(
+    name: str,
+    since: Annotated[str, typer.Option(help="how far back to start, e.g. 7d")] = "7d",
+    step: Annotated[str, typer.Option(help="evaluation step, e.g. 5m")] = "5m",
+) -> None:
+    """Replay a rule over past data: when it would have gone pending, fired and resolved, and how many
+    notifications that would have sent. Writes nothing."""
+    from rich.progress import Progress
+
+    from worker.backtest import backtest
+    from worker.config import get_config
+    from worker.db import fleet_engine, monitored_engine
+    from worker.timeutil import format_duration, parse_duration
+
+    _settings()
+    cfg = get_config()
+    check = cfg.checks.get(name)
+    if check is None:
+        raise OpsfleetError(f"unknown check {name!r}: `opsfleet checks list` shows the names")
+    if check.kind != "sql":
+        raise OpsfleetError(f"check {name} is a {check.kind} probe: only sql checks can be replayed over past data")
+    try:
+        since_td, step_td = parse_duration(since), parse_duration(step)
+    except ValueError as exc:
+        raise OpsfleetError(f"--since/--step: {exc}") from None
+    end = datetime.now(UTC).replace(microsecond=0)
+    engine = fleet_engine() if check.database == "fleet" else monitored_engine()
+    with Progress(console=err, transient=True) as progress:
+        bar = progress.add_task(f"replaying {name}", total=int(since_td / step_td) + 1)
+        result = backtest(check, engine, cfg.routing, start=end - since_td, end=end, step=step_td,
+                          progress=lambda done, total: progress.update(bar, completed=done))
+    t = Table("at", "labels", "transition", "value", title=f"{name}: condition {check.condition}, for "
+              f"{format_duration(check.for_)}, every {step} over {since}")
+    for e in result.events:
+        t.add_row(e.at.strftime("%Y-%m-%d %H:%M"), ", ".join(f"{k}={v}" for k, v in e.labels.items()) or "-",
+                  f"{e.from_state} -> {e.to_state}", "NULL" if e.value is None else f"{e.value:g}")
+    console.print(t)
+    per_channel = ", ".join(f"{c} {n}" for c, n in sorted(result.notifications.items())) or "none"
+    console.print(f"{result.steps} evaluations, fired {result.fired} time(s), would have sent "
+                  f"{result.total_notifications} notification(s) ({per_channel}), {len(result.errors)} error(s)")
+    for at, msg in result.errors[:3]:
+        console.print(f"  error at {at:%Y-%m-%d %H:%M}: {msg}")
+
+
 @alerts_app.command("list")
 def alerts_list(state: Annotated[str | None, typer.Option(help="pending, firing, resolved, inactive")] = None) -> None:
     """Current alert instances."""
