@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 
+import redis
 import structlog
 
 from worker.app import app, task
@@ -21,11 +23,18 @@ def deliver(notification_id: str) -> dict:
     structlog.contextvars.bind_contextvars(notification_id=notification_id)
     settings = get_settings()
     result = deliver_one(notification_id, fleet=fleet_engine(), settings=settings, routing=get_config().routing,
-                         now=datetime.now(UTC), monitored=monitored_engine())
-    if result.status == "retrying" and result.retry_in is not None and result.retry_in <= BROKER_RETRY_LIMIT:
+                         now=datetime.now(UTC), monitored=monitored_engine(), redis_client=_redis())
+    if result.status in ("retrying", "throttled") and result.retry_in is not None and result.retry_in <= BROKER_RETRY_LIMIT:
         app.send_task("notify.deliver", kwargs={"notification_id": notification_id}, queue="notify",
                       countdown=result.retry_in)
     return {"status": result.status, "retry_in": result.retry_in}
+
+
+@lru_cache(maxsize=1)
+def _redis():
+    """The rate-limit buckets live in Redis: the broker's when it is Redis (none with another broker)."""
+    url = get_settings().celery_broker_url
+    return redis.Redis.from_url(url) if url.startswith(("redis", "rediss")) else None
 
 
 @task("notify.sweep", ignore_result=True)

@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from worker import ratelimit
 from worker.channels import DeliveryError, DeliveryResult, Message, get_channel
 from worker.config import Routing
 from worker.logs import get_logger
@@ -31,7 +32,7 @@ BROKER_RETRY_LIMIT = 60.0  # longer waits stay in the outbox for notify.sweep, n
 @dataclass
 class Delivery:
     notification_id: str
-    status: str  # sent | retrying | dead | skipped
+    status: str  # sent | retrying | throttled | dead | suppressed | skipped
     retry_in: float | None = None
     error: str | None = None
     provider_id: str | None = None
@@ -68,7 +69,9 @@ def build_message(row: Any) -> Message:
 
 
 def send(message: Message, kind: str, settings: Settings, routing: Routing | None,
-         monitored: Engine | None) -> DeliveryResult:
+         monitored: Engine | None, previous: dict | None = None, timeout: float = 10.0) -> DeliveryResult:
+    """Send through the channel. `previous` is what the last message for this alert on this channel
+    returned (Slack Web API: its ts and channel id), so repeats thread and resolved notices update."""
     ch = routing.channels.get(message.channel) if routing else None
     if kind == "table":
         return _send_table(message, monitored)
@@ -76,12 +79,17 @@ def send(message: Message, kind: str, settings: Settings, routing: Routing | Non
         channel = get_channel("email", api_key=settings.resend_api_key, from_email=settings.from_email,
                               from_name=settings.from_name,
                               recipients=(ch.recipients if ch and ch.recipients else settings.recipients),
-                              api_url=settings.resend_api_url)
+                              api_url=settings.resend_api_url, timeout=timeout)
     elif kind == "slack":
         channel = get_channel("slack", webhook_url=settings.alert_slack_webhook_url,
                               bot_token=settings.slack_bot_token,
                               channel=(ch.slack_channel if ch and ch.slack_channel else settings.slack_channel),
-                              api_url=settings.slack_api_url)
+                              api_url=settings.slack_api_url, timeout=timeout)
+        if previous and previous.get("ts") and previous.get("channel_id") and settings.slack_bot_token:
+            if message.status == "resolved":
+                return channel.send(message, update_ts=previous["ts"], channel=previous["channel_id"])
+            return channel.send(message, thread_ts=previous["ts"], channel=previous["channel_id"])
+        return channel.send(message)
     else:
         raise DeliveryError(reason="invalid", permanent=True, message=f"channel kind {kind!r} cannot deliver")
     return channel.send(message)
@@ -109,35 +117,148 @@ def _send_table(message: Message, monitored: Engine | None) -> DeliveryResult:
     return DeliveryResult(provider_id=str(row.id))
 
 
+def _kind(row: Any, routing: Routing | None) -> str:
+    if row.payload.get("kind"):
+        return row.payload["kind"]
+    if routing and row.channel in routing.channels:
+        return routing.channels[row.channel].kind
+    return row.channel
+
+
+def _bucket_target(kind: str, channel: str, settings: Settings) -> str:
+    if kind == "email":
+        return f"email:{settings.resend_api_url}:{settings.from_email}"
+    if kind == "slack":
+        return f"slack:{settings.slack_bot_token and settings.slack_channel or settings.alert_slack_webhook_url}"
+    return f"{kind}:{channel}"
+
+
+def count_held_back(conn, reason: str, channel: str, check: str | None, now: datetime, n: int = 1) -> None:
+    conn.execute(
+        sa.text("""INSERT INTO fleet.held_back (day, reason, channel, check_name, count) VALUES (:d, :r, :c, :k, :n)
+                   ON CONFLICT (day, reason, channel, check_name) DO UPDATE SET count = fleet.held_back.count + :n"""),
+        {"d": now.date(), "r": reason, "c": channel, "k": check or "", "n": n},
+    )
+
+
 def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | None, now: datetime,
-            monitored: Engine | None = None) -> Delivery:
+            monitored: Engine | None = None, redis_client: Any = None, timeout: float = 10.0) -> Delivery:
+    """Lease -> silence? -> rate-limit token -> (fold what waits behind the bucket) -> send -> record."""
+    from worker import silences
+
     row = lease(fleet, nid, now)
     if row is None:
         return Delivery(nid, "skipped")
-    kind = row.payload.get("kind") or (routing.channels[row.channel].kind if routing and row.channel in routing.channels
-                                       else row.channel)
+    kind = _kind(row, routing)
     message = build_message(row)
+    folded: list[Any] = []
+
+    with fleet.begin() as conn:
+        silence = silences.matching(conn, row.check_name, message.labels, now) if row.transition != "test" else None
+        if silence:
+            conn.execute(sa.text("""UPDATE fleet.notifications SET status = 'suppressed', suppressed_by = :s,
+                                    lease_until = NULL, attempts = attempts - 1 WHERE id = :id"""), {"s": silence, "id": nid})
+            count_held_back(conn, "silenced", row.channel, row.check_name, now)
+    if silence:
+        log.info("notification_suppressed", notification_id=nid, silence_id=silence, channel=row.channel)
+        return Delivery(nid, "suppressed")
+
+    if redis_client is not None and kind in ("email", "slack"):
+        ch = routing.channels.get(row.channel) if routing else None
+        rate, burst = ratelimit.DEFAULTS[kind]
+        if ch and ch.rate_limit:
+            rate, burst = ch.rate_limit, ch.burst or max(1, int(ch.rate_limit))
+        wait = ratelimit.TokenBucket(redis_client, _bucket_target(kind, row.channel, settings), rate, burst).take()
+        if wait > 0:
+            # not an attempt: give the row back, marked throttled, for the next token to fold it in
+            with fleet.begin() as conn:
+                conn.execute(sa.text("""UPDATE fleet.notifications SET status = 'retrying', throttled = true,
+                                        lease_until = NULL, attempts = attempts - 1, next_attempt_at = :at,
+                                        last_error = 'throttled: rate limit bucket empty' WHERE id = :id"""),
+                             {"id": nid, "at": now + timedelta(seconds=wait)})
+            log.info("notification_throttled", notification_id=nid, channel=row.channel, retry_in=wait)
+            return Delivery(nid, "throttled", retry_in=wait)
+        folded = _fold(fleet, row, now) if kind in ("email", "slack") else []
+        if folded:
+            message = _summary_message(message, folded)
+
+    previous = None
+    if row.fingerprint and row.transition in ("resolved", "repeat"):
+        with fleet.connect() as conn:
+            previous = conn.execute(sa.text("SELECT last_notified -> :ch FROM fleet.alerts WHERE fingerprint = :fp"),
+                                    {"ch": row.channel, "fp": row.fingerprint}).scalar()
     log.info("notification_sending", notification_id=nid, channel=row.channel, attempt=row.attempts,
              fingerprint=message.fingerprint, check=message.check)
     try:
-        result = send(message, kind, settings, routing, monitored)
+        result = send(message, kind, settings, routing, monitored, previous, timeout)
     except DeliveryError as exc:
+        if folded:
+            _unfold(fleet, folded)
         return _record_failure(fleet, row, exc, now)
+    detail = {k: v for k, v in (result.detail or {}).items() if k in ("channel", "ts", "thread_ts", "updated")}
     with fleet.begin() as conn:
         conn.execute(
             sa.text("""UPDATE fleet.notifications SET status = 'sent', sent_at = :now, provider_id = :pid,
-                       lease_until = NULL, last_error = NULL WHERE id = :id"""),
-            {"id": nid, "now": now, "pid": result.provider_id},
+                       provider_detail = CAST(:detail AS jsonb), lease_until = NULL, last_error = NULL,
+                       throttled = false WHERE id = :id"""),
+            {"id": nid, "now": now, "pid": result.provider_id, "detail": json.dumps(detail)},
         )
-        if row.fingerprint:
+        if folded:
+            conn.execute(sa.text("""UPDATE fleet.notifications SET status = 'sent', sent_at = :now, folded_into = :id,
+                                    provider_id = :pid, lease_until = NULL, throttled = false
+                                    WHERE id = ANY(CAST(:ids AS uuid[]))"""),
+                         {"now": now, "id": nid, "pid": result.provider_id, "ids": [str(f.id) for f in folded]})
+            for f in folded:
+                count_held_back(conn, "folded", f.channel, f.check_name, now)
+        if row.fingerprint and row.transition in ("firing", "test"):
             conn.execute(
                 sa.text("""UPDATE fleet.alerts SET last_notified = last_notified || jsonb_build_object(
-                               CAST(:ch AS text), jsonb_build_object('at', CAST(:now AS text), 'provider_id', CAST(:pid AS text)))
+                               CAST(:ch AS text), jsonb_build_object('at', CAST(:now AS text), 'provider_id',
+                               CAST(:pid AS text), 'ts', CAST(:ts AS text), 'channel_id', CAST(:cid AS text)))
                            WHERE fingerprint = :fp"""),
-                {"ch": row.channel, "now": now.isoformat(), "pid": result.provider_id, "fp": row.fingerprint},
+                {"ch": row.channel, "now": now.isoformat(), "pid": result.provider_id, "fp": row.fingerprint,
+                 "ts": detail.get("ts"), "cid": detail.get("channel")},
             )
-    log.info("notification_sent", notification_id=nid, channel=row.channel, provider_id=result.provider_id)
+    log.info("notification_sent", notification_id=nid, channel=row.channel, provider_id=result.provider_id,
+             folded=len(folded) if folded else 0)
     return Delivery(nid, "sent", provider_id=result.provider_id)
+
+
+FOLD_LIMIT = 50
+
+
+def _fold(fleet: Engine, row: Any, now: datetime) -> list[Any]:
+    """Lease the notifications of this channel that wait behind its empty bucket, to send as one."""
+    with fleet.begin() as conn:
+        return conn.execute(
+            sa.text("""UPDATE fleet.notifications SET status = 'sending', lease_until = :lease
+                       WHERE id IN (SELECT id FROM fleet.notifications
+                                    WHERE channel = :ch AND throttled AND status = 'retrying' AND id <> :id
+                                    ORDER BY created_at LIMIT :lim FOR UPDATE SKIP LOCKED)
+                       RETURNING *"""),
+            {"ch": row.channel, "id": row.id, "lease": now + LEASE, "lim": FOLD_LIMIT},
+        ).all()
+
+
+def _unfold(fleet: Engine, folded: list[Any]) -> None:
+    with fleet.begin() as conn:
+        conn.execute(sa.text("""UPDATE fleet.notifications SET status = 'retrying', lease_until = NULL
+                                WHERE id = ANY(CAST(:ids AS uuid[]))"""), {"ids": [str(f.id) for f in folded]})
+
+
+def _summary_message(first: Message, folded: list[Any]) -> Message:
+    """One message standing for several: the rate limit folds a queue into a summary instead of
+    sending it late one by one (or dropping it, as Alertmanager does with Slack's 429)."""
+    items = [first] + [build_message(f) for f in folded]
+    worst = min(items, key=lambda m: ("critical", "high", "warning", "medium", "info").index(m.severity)
+                if m.severity in ("critical", "high", "warning", "medium", "info") else 9)
+    lines = [f"[{m.severity.upper()}] {'RESOLVED ' if m.status == 'resolved' else ''}{m.title}" for m in items]
+    return Message(
+        notification_id=first.notification_id, channel=first.channel, check="(several checks)"
+        if len({m.check for m in items}) > 1 else first.check, severity=worst.severity, status="firing",
+        title=f"{len(items)} alerts (folded by the rate limit)", summary=f"{len(items)} alerts while the channel was rate-limited",
+        description="\n".join(lines), labels={}, fingerprint="", extra={"folded": len(folded)},
+    )
 
 
 def _record_failure(fleet: Engine, row: Any, exc: DeliveryError, now: datetime) -> Delivery:
@@ -150,6 +271,7 @@ def _record_failure(fleet: Engine, row: Any, exc: DeliveryError, now: datetime) 
                            WHERE id = :id"""),
                 {"id": nid, "e": error},
             )
+            count_held_back(conn, "dead", row.channel, row.check_name, now)
         log.error("notification_dead", notification_id=nid, channel=row.channel, reason=exc.reason,
                   attempts=row.attempts, error=error)
         return Delivery(nid, "dead", error=error)

@@ -5,7 +5,8 @@
 -- in one transaction under an advisory lock, so it can run any number of times, even concurrently.
 -- Stock PostgreSQL 15, no extensions (the seeds' pg_cron jobs are the fleet's schedules instead).
 -- Functions take the current time as a last parameter `p_now DEFAULT now()` so they keep the seeds'
--- call shapes (`daily_email_summary()`) and can still be evaluated at a fixed instant.
+-- call shapes (`daily_email_summary()`) and can still be evaluated at a fixed instant (their windows
+-- end at p_now).
 
 -- ---------------------------------------------------------------------------------------------
 -- 000: confirmation email system
@@ -144,20 +145,20 @@ BEGIN
   RETURN QUERY
   SELECT 'Total Registrations'::text, COUNT(*)::text
   FROM registrations
-  WHERE created_at > p_now - INTERVAL '24 hours'
+  WHERE created_at > p_now - INTERVAL '24 hours' AND created_at <= p_now
   UNION ALL
   SELECT 'Confirmations Generated', COUNT(*)::text
   FROM registrations
-  WHERE confirmation_generated_at > p_now - INTERVAL '24 hours'
+  WHERE confirmation_generated_at > p_now - INTERVAL '24 hours' AND confirmation_generated_at <= p_now
   UNION ALL
   SELECT 'Emails Sent', COUNT(*)::text
   FROM confirmation_emails
-  WHERE sent_at > p_now - INTERVAL '24 hours'
+  WHERE sent_at > p_now - INTERVAL '24 hours' AND sent_at <= p_now
   UNION ALL
   SELECT 'Average Processing Time',
     ROUND(AVG(EXTRACT(EPOCH FROM (confirmation_generated_at - updated_at))), 2)::text || ' seconds'
   FROM registrations
-  WHERE confirmation_generated_at > p_now - INTERVAL '24 hours'
+  WHERE confirmation_generated_at > p_now - INTERVAL '24 hours' AND confirmation_generated_at <= p_now
   UNION ALL
   SELECT 'Current Backlog', COUNT(*)::text
   FROM registrations
@@ -191,14 +192,14 @@ BEGIN
       COUNT(CASE WHEN r.email_status = 'sent' THEN 1 END) AS n_emails_sent,
       ROUND(AVG(EXTRACT(EPOCH FROM (r.confirmation_generated_at - r.updated_at))), 2) AS avg_seconds
     FROM registrations r
-    WHERE r.created_at > p_now - INTERVAL '7 days'
+    WHERE r.created_at > p_now - INTERVAL '7 days' AND r.created_at <= p_now
       AND r.status = 'completed'
     GROUP BY 1
   ),
   errors AS (
     SELECT wl.created_at::DATE AS d, COUNT(*) AS n_errors
     FROM webhook_logs wl
-    WHERE wl.created_at >= date_trunc('day', p_now - INTERVAL '7 days')
+    WHERE wl.created_at >= date_trunc('day', p_now - INTERVAL '7 days') AND wl.created_at <= p_now
       AND wl.status_code != 200
     GROUP BY 1
   )
@@ -368,7 +369,7 @@ LANGUAGE sql STABLE AS $$
            COUNT(*) FILTER (WHERE severity IN ('high', 'critical')),
            ROUND(COUNT(*)::numeric / GREATEST(p_time_window_minutes, 1), 4)
     FROM error_logs
-    WHERE occurred_at >= p_now - make_interval(mins => p_time_window_minutes);
+    WHERE occurred_at >= p_now - make_interval(mins => p_time_window_minutes) AND occurred_at <= p_now;
 $$;
 
 -- ---------------------------------------------------------------------------------------------
@@ -707,7 +708,7 @@ CREATE OR REPLACE FUNCTION get_reservation_statistics(
 LANGUAGE sql STABLE AS $$
     WITH events AS (
         SELECT a.* FROM seat_reservation_audit_log a
-        WHERE a.created_at > p_now - make_interval(hours => p_hours)
+        WHERE a.created_at > p_now - make_interval(hours => p_hours) AND a.created_at <= p_now
           AND (p_show_id IS NULL OR a.show_id = p_show_id)
     ), counts AS (
         SELECT COUNT(*) FILTER (WHERE event_type = 'created')   AS created,

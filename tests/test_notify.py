@@ -1,0 +1,251 @@
+"""Notification delivery through the real Resend and Slack SDKs against loopback fakes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from worker.checking import run_check
+from worker.config import Check, Routing
+from worker.db import create
+from worker.delivery import deliver, due
+from worker.settings import Settings
+from worker.sink import ProviderSink, Reply
+
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+def routing(**slack_overrides) -> Routing:
+    return Routing.model_validate({
+        "channels": {"email": {"kind": "email"}, "slack": {"kind": "slack", **slack_overrides},
+                     "dashboard": {"kind": "table"}},
+        "routes": [
+            {"match": {"severity": "critical"}, "channels": ["email", "slack"], "repeat_interval": "1h"},
+            {"match": {"severity": "high"}, "channels": ["email"]},
+            {"match": {"severity": "warning"}, "channels": ["slack"]},
+        ],
+    })
+
+
+def check(severity="critical", name="gauge_high") -> Check:
+    return Check.model_validate({
+        "name": name, "description": "test", "schedule": "1m", "for": "0s",
+        "query": "SELECT name AS item, v AS value FROM gauge", "condition": "> 10", "severity": severity,
+        "summary": "{{ labels.item }} at {{ value }} <script>alert(1)</script>",
+    })
+
+
+@pytest.fixture
+def sink():
+    with ProviderSink() as s:
+        yield s
+
+
+@pytest.fixture
+def db(fleet_db):
+    engine = create(fleet_db)
+    with engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE fleet.check_runs, fleet.alerts, fleet.alert_events, fleet.notifications, "
+                             "fleet.silences, fleet.held_back CASCADE"))
+        conn.execute(sa.text("DROP TABLE IF EXISTS gauge"))
+        conn.execute(sa.text("CREATE TABLE gauge (name text, v numeric)"))
+    yield engine
+    engine.dispose()
+
+
+def settings_for(sink, **over) -> Settings:
+    base = dict(resend_api_key="re_test_key_0123456789", resend_api_url=sink.resend_api_url,
+                alert_slack_webhook_url=sink.slack_webhook_url, alert_email_recipients="ops@example.com",
+                from_email="alerts@example.com", from_name="opsfleet")
+    base.update(over)
+    return Settings(**base)
+
+
+def fire(db, items=("a",), severity="critical", at=T0, routes=None, name="gauge_high"):
+    with db.begin() as conn:
+        conn.execute(sa.text("DELETE FROM gauge"))
+        for it in items:
+            conn.execute(sa.text("INSERT INTO gauge VALUES (:n, 50)"), {"n": it})
+    out = run_check(check(severity, name), monitored=db, fleet=db, now=at, routing=routes or routing())
+    return out.notification_ids
+
+
+def note(db, nid):
+    with db.connect() as conn:
+        return conn.execute(sa.text("SELECT * FROM fleet.notifications WHERE id = :id"), {"id": nid}).one()
+
+
+def email_id(db, ids):
+    return next(i for i in ids if note(db, i).channel == "email")
+
+
+def test_email_is_sent_once_with_escaped_html_and_a_text_part(db, sink):
+    ids = fire(db)
+    assert len(ids) == 2
+    for nid in ids:
+        assert deliver(nid, fleet=db, settings=settings_for(sink), routing=routing(), now=T0).status == "sent"
+    assert len(sink.emails) == 1 and len(sink.slack_messages) == 1
+    mail = sink.emails[0]
+    assert "<script>" not in mail["html"] and "&lt;script&gt;" in mail["html"]
+    assert mail["text"] and mail["subject"].startswith("[CRITICAL]")
+    assert note(db, email_id(db, ids)).provider_id == mail["id"]
+
+
+def test_server_errors_then_success_is_sent_after_three_attempts(db, sink):
+    nid = email_id(db, fire(db))
+    sink.script("resend.emails", [Reply(500), Reply(500)])
+    s, r = settings_for(sink), routing()
+    first = deliver(nid, fleet=db, settings=s, routing=r, now=T0)
+    assert first.status == "retrying"
+    second = deliver(nid, fleet=db, settings=s, routing=r, now=T0 + timedelta(seconds=first.retry_in + 0.01))
+    assert second.status == "retrying" and second.retry_in > first.retry_in * 0.6  # exponential, with jitter
+    third = deliver(nid, fleet=db, settings=s, routing=r, now=T0 + timedelta(seconds=first.retry_in + second.retry_in + 1))
+    assert third.status == "sent"
+    assert note(db, nid).attempts == 3
+    assert len(sink.requests_for("resend.emails")) == 3 and len(sink.emails) == 1
+
+
+def test_rate_limited_with_retry_after_is_not_retried_before_it(db, sink):
+    nid = email_id(db, fire(db))
+    sink.script("resend.emails", [Reply(429, headers={"Retry-After": "2"})])
+    s, r = settings_for(sink), routing()
+    first = deliver(nid, fleet=db, settings=s, routing=r, now=T0)
+    assert first.status == "retrying" and first.retry_in >= 2
+    assert note(db, nid).next_attempt_at >= T0 + timedelta(seconds=2)
+    assert deliver(nid, fleet=db, settings=s, routing=r, now=T0 + timedelta(seconds=1.9)).status == "skipped"
+    assert nid not in due(db, T0 + timedelta(seconds=1.9))
+    assert deliver(nid, fleet=db, settings=s, routing=r, now=T0 + timedelta(seconds=first.retry_in)).status == "sent"
+    assert len(sink.requests_for("resend.emails")) == 2
+
+
+@pytest.mark.parametrize("status", [422, 401, 403])
+def test_permanent_error_goes_dead_after_one_attempt(db, sink, status):
+    nid = email_id(db, fire(db))
+    sink.script("resend.emails", [Reply(status)])
+    s, r = settings_for(sink), routing()
+    assert deliver(nid, fleet=db, settings=s, routing=r, now=T0).status == "dead"
+    for later in (60, 3600):
+        assert deliver(nid, fleet=db, settings=s, routing=r, now=T0 + timedelta(seconds=later)).status == "skipped"
+    assert nid not in due(db, T0 + timedelta(days=1))
+    row = note(db, nid)
+    assert row.status == "dead" and row.attempts == 1 and row.last_error
+    assert len(sink.requests_for("resend.emails")) == 1
+    with db.connect() as conn:
+        assert conn.execute(sa.text("SELECT count FROM fleet.held_back WHERE reason = 'dead'")).scalar() == 1
+
+
+def test_hanging_request_is_cut_by_the_timeout_and_the_retry_sends_one_email(db, sink):
+    nid = email_id(db, fire(db))
+    sink.script("resend.emails", [Reply(hang=3.0)])
+    s, r = settings_for(sink), routing()
+    first = deliver(nid, fleet=db, settings=s, routing=r, now=T0, timeout=1.0)
+    assert first.status == "retrying" and "timeout" in first.error
+    later = T0 + timedelta(seconds=first.retry_in)
+    assert deliver(nid, fleet=db, settings=s, routing=r, now=later, timeout=5.0).status == "sent"
+    assert len(sink.requests_for("resend.emails")) == 2
+    assert len(sink.emails) == 1  # the Idempotency-Key (the notification id) made the retry a replay
+
+
+def test_silenced_notification_is_recorded_as_suppressed(db, sink):
+    from worker import silences
+
+    silences.add(db, check="gauge_high", labels={"item": "a"}, duration=timedelta(hours=2), comment="deploy",
+                 author="test", now=T0 - timedelta(minutes=1))
+    ids = fire(db, items=("a", "b"))
+    results = {nid: deliver(nid, fleet=db, settings=settings_for(sink), routing=routing(), now=T0).status for nid in ids}
+    assert sorted(results.values()) == ["sent", "sent", "suppressed", "suppressed"]
+    assert len(sink.emails) == 1 and len(sink.slack_messages) == 1  # only item b
+    with db.connect() as conn:
+        assert conn.execute(sa.text("SELECT sum(count) FROM fleet.held_back WHERE reason = 'silenced'")).scalar() == 2
+
+
+def test_empty_bucket_folds_the_queue_into_one_summary_instead_of_dropping(db, sink, redis_client):
+    r = routing(rate_limit=0.5, burst=1)
+    ids = fire(db, items=("a", "b", "c", "d", "e"), severity="warning", routes=r)
+    assert len(ids) == 5
+    s = settings_for(sink)
+    statuses = [deliver(nid, fleet=db, settings=s, routing=r, now=T0, redis_client=redis_client).status for nid in ids]
+    assert statuses.count("sent") == 1 and statuses.count("throttled") == 4
+    assert len(sink.slack_messages) == 1
+    import time
+
+    time.sleep(2.1)  # the bucket refills at 0.5/s
+    pending = due(db, T0 + timedelta(seconds=5))
+    assert len(pending) == 4
+    result = deliver(pending[0], fleet=db, settings=s, routing=r, now=T0 + timedelta(seconds=5), redis_client=redis_client)
+    assert result.status == "sent"
+    assert len(sink.slack_messages) == 2  # one summary for the four that waited
+    assert "4 alerts" in sink.slack_messages[1]["text"]
+    with db.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM fleet.notifications WHERE status = 'sent'")).scalar() == 5
+        assert conn.execute(sa.text("SELECT count(*) FROM fleet.notifications WHERE folded_into IS NOT NULL")).scalar() == 3
+    assert due(db, T0 + timedelta(hours=1)) == []
+
+
+def test_slack_web_api_threads_repeats_and_updates_the_original_when_resolved(db, sink):
+    s = settings_for(sink, alert_slack_webhook_url=None, slack_bot_token="xoxb-test-token", slack_channel="#alerts",
+                     slack_api_url=sink.slack_api_url)
+    r = routing()
+    ids = fire(db)
+    for nid in ids:
+        assert deliver(nid, fleet=db, settings=s, routing=r, now=T0).status == "sent"
+    ts = next(note(db, i).provider_id for i in ids if note(db, i).channel == "slack")
+    assert ts
+    # an hour later, still firing: the reminder threads onto the original message
+    out = run_check(check(), monitored=db, fleet=db, now=T0 + timedelta(minutes=61), routing=r)
+    for nid in out.notification_ids:
+        deliver(nid, fleet=db, settings=s, routing=r, now=T0 + timedelta(minutes=61))
+    posts = sink.requests_for("slack.chat.postMessage")
+    assert len(posts) == 2
+    # resolved: the original message is updated, not a new one posted
+    with db.begin() as conn:
+        conn.execute(sa.text("UPDATE gauge SET v = 1"))
+    out = run_check(check(), monitored=db, fleet=db, now=T0 + timedelta(minutes=62), routing=r)
+    for nid in out.notification_ids:
+        assert deliver(nid, fleet=db, settings=s, routing=r, now=T0 + timedelta(minutes=62)).status == "sent"
+    assert len(sink.requests_for("slack.chat.postMessage")) == 2
+    assert len(sink.requests_for("slack.chat.update")) == 1
+
+
+def test_table_channel_writes_and_resolves_system_alerts(db, sink):
+    from ops import sample_app
+
+    sample_app.init(db)
+    with db.begin() as conn:
+        conn.execute(sa.text("DELETE FROM system_alerts"))
+    r = Routing.model_validate({"channels": {"dashboard": {"kind": "table"}},
+                                "routes": [{"match": {}, "channels": ["dashboard"]}]})
+    ids = fire(db, routes=r)
+    deliver(ids[0], fleet=db, settings=settings_for(sink), routing=r, now=T0, monitored=db)
+    with db.begin() as conn:
+        row = conn.execute(sa.text("SELECT * FROM system_alerts")).one()
+        assert row.severity == "critical" and row.alert_type == "gauge_high" and row.resolved_at is None
+        conn.execute(sa.text("UPDATE gauge SET v = 1"))
+    out = run_check(check(), monitored=db, fleet=db, now=T0 + timedelta(minutes=1), routing=r)
+    assert deliver(out.notification_ids[0], fleet=db, settings=settings_for(sink), routing=r,
+                   now=T0 + timedelta(minutes=1), monitored=db).status == "sent"
+    with db.connect() as conn:
+        assert conn.execute(sa.text("SELECT resolved_at IS NOT NULL FROM system_alerts")).scalar()
+
+
+def test_sweep_finds_rows_whose_lease_expired(db, sink):
+    from worker.delivery import LEASE, lease
+
+    nid = email_id(db, fire(db))
+    assert lease(db, nid, T0) is not None  # a worker took it and died
+    assert nid not in due(db, T0 + timedelta(seconds=5))
+    assert nid in due(db, T0 + LEASE + timedelta(seconds=1))
+    assert deliver(nid, fleet=db, settings=settings_for(sink), routing=routing(), now=T0 + LEASE + timedelta(seconds=1)
+                   ).status == "sent"
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter("opsfleet:bucket:*"):
+        client.delete(key)
+    yield client
+    client.close()

@@ -1,0 +1,47 @@
+"""Token buckets in Redis, one per provider target, shared by every worker.
+
+Defaults follow the providers' documented limits: Resend allows 2 requests per second per team;
+Slack allows about 1 message per second per incoming webhook / channel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import redis
+
+DEFAULTS = {"email": (2.0, 2), "slack": (1.0, 3), "table": (50.0, 50)}  # kind -> (rate/s, burst)
+
+# KEYS[1] bucket; ARGV rate, burst, now(ms). Returns ms to wait (0 = token taken).
+_TAKE = """
+local rate = tonumber(ARGV[1]) / 1000.0
+local burst = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1]) or burst
+local ts = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = math.ceil((1 - tokens) / rate)
+end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
+return wait
+"""
+
+
+class TokenBucket:
+    def __init__(self, client: redis.Redis, target: str, rate: float, burst: int) -> None:
+        self.client = client
+        self.key = "opsfleet:bucket:" + hashlib.sha256(target.encode()).hexdigest()[:16]
+        self.rate, self.burst = rate, burst
+        self._take = client.register_script(_TAKE)
+
+    def take(self) -> float:
+        """Take one token; return 0.0, or the seconds to wait before one is available."""
+        wait_ms = self._take(keys=[self.key], args=[self.rate, self.burst, int(time.time() * 1000)])
+        return int(wait_ms) / 1000.0

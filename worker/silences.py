@@ -1,0 +1,59 @@
+"""Silences: matchers (a check and label equalities) active between starts_at and ends_at.
+
+Checked at send time: a silenced notification is recorded as `suppressed`, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+
+def add(fleet: Engine, *, check: str | None, labels: dict[str, str], duration: timedelta, comment: str,
+        author: str, now: datetime) -> str:
+    if not check and not labels:
+        raise ValueError("a silence needs --check or at least one --label")
+    if not comment.strip():
+        raise ValueError("a silence needs a --comment saying why")
+    matchers = {"check": check, "labels": labels}
+    with fleet.begin() as conn:
+        return str(conn.execute(
+            sa.text("""INSERT INTO fleet.silences (matchers, starts_at, ends_at, author, comment)
+                       VALUES (CAST(:m AS jsonb), :s, :e, :a, :c) RETURNING id"""),
+            {"m": json.dumps(matchers), "s": now, "e": now + duration, "a": author, "c": comment},
+        ).scalar())
+
+
+def active(fleet: Engine, now: datetime) -> list[Any]:
+    with fleet.connect() as conn:
+        return conn.execute(
+            sa.text("SELECT * FROM fleet.silences WHERE starts_at <= :now AND ends_at > :now ORDER BY ends_at"),
+            {"now": now},
+        ).all()
+
+
+def expire(fleet: Engine, silence_id: str, now: datetime) -> bool:
+    with fleet.begin() as conn:
+        try:
+            n = conn.execute(sa.text("UPDATE fleet.silences SET ends_at = :now WHERE id = CAST(:id AS uuid) AND ends_at > :now"),
+                             {"id": silence_id, "now": now}).rowcount
+        except sa.exc.DataError:
+            raise ValueError(f"{silence_id!r} is not a silence id (see `opsfleet silence list`)") from None
+    return n > 0
+
+
+def matching(conn: Connection, check: str | None, labels: dict[str, str], now: datetime) -> str | None:
+    """The id of an active silence matching this check and labels, if any."""
+    row = conn.execute(
+        sa.text("""SELECT id FROM fleet.silences
+                   WHERE starts_at <= :now AND ends_at > :now
+                     AND (matchers->>'check' IS NULL OR matchers->>'check' = :check)
+                     AND CAST(:labels AS jsonb) @> COALESCE(matchers->'labels', '{}'::jsonb)
+                   ORDER BY ends_at DESC LIMIT 1"""),
+        {"now": now, "check": check, "labels": json.dumps(labels)},
+    ).first()
+    return str(row.id) if row else None
