@@ -132,6 +132,7 @@ def env(fleet_db, redis_url, tmp_path):
         CELERY_BROKER_URL=redis_url,
         LOG_FORMAT="json",
         PYTHONUNBUFFERED="1",
+        COLUMNS="250",
     )
     return e
 

@@ -31,8 +31,9 @@ KNOWN_TASKS = frozenset({
     "notify.deliver",
     "notify.sweep",
     "maintenance.run",
+    "digest.daily_summary",
 })
-TASK_MODULES = ["tasks.checks", "tasks.notify", "tasks.maintenance"]
+TASK_MODULES = ["tasks.checks", "tasks.notify", "tasks.maintenance", "tasks.digest"]
 
 try:
     _settings = get_settings()

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from worker.config import Check, Routing, render
 from worker.db import read_only
+from worker.delivery import count_held_back
 from worker.logs import get_logger
 
 log = get_logger(__name__)
@@ -215,17 +216,19 @@ def _outbox(check: Check, routing: Routing, conn: Connection, fp: str, sample: S
     for route in routing.route_for(labels):
         if new == "resolved" and not route.send_resolved:
             continue
+        channels = [ch for ch in route.channels if routing.channels[ch].kind != "digest"]
         if new == "firing":
             window = int((now - fired_at) / route.repeat_interval)
             transition = "firing" if window == 0 else "repeat"
             if old == "firing" and window == 0:
-                continue  # still firing, inside the repeat interval: nothing to send
+                # still firing, inside the repeat interval: nothing to send (counted for the digest)
+                for ch in channels:
+                    count_held_back(conn, "deduplicated", ch, check.name, now)
+                continue
         else:
             window, transition = 0, "resolved"
         episode = int(fired_at.timestamp())
-        for ch in route.channels:
-            if routing.channels[ch].kind == "digest":
-                continue
+        for ch in channels:
             dedup = f"{ch}:{fp}:{transition}:{episode}:{window}"
             payload = {
                 "check": check.name, "severity": check.severity, "status": "resolved" if new == "resolved" else "firing",
@@ -245,6 +248,8 @@ def _outbox(check: Check, routing: Routing, conn: Connection, fp: str, sample: S
             ).first()
             if row:
                 ids.append(str(row.id))
+            else:
+                count_held_back(conn, "deduplicated", ch, check.name, now)
     return ids
 
 

@@ -27,6 +27,12 @@ app.add_typer(sample_app, name="sample-app")
 app.add_typer(checks_app, name="checks")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(maint_app, name="maintenance")
+silence_app = typer.Typer(no_args_is_help=True, help="Silences: mute notifications for a check or labels.")
+notify_app = typer.Typer(no_args_is_help=True, help="Notifications.")
+digest_app = typer.Typer(no_args_is_help=True, help="The daily digest.")
+app.add_typer(silence_app, name="silence")
+app.add_typer(notify_app, name="notify")
+app.add_typer(digest_app, name="digest")
 
 console = Console()
 err = Console(stderr=True)
@@ -269,6 +275,136 @@ def alerts_list(state: Annotated[str | None, typer.Option(help="pending, firing,
     console.print(t)
 
 
+@silence_app.command("add")
+def silence_add(
+    check: Annotated[str | None, typer.Option(help="check name")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="k=v, repeatable")] = None,
+    for_: Annotated[str, typer.Option("--for", help="how long, e.g. 2h")] = "1h",
+    comment: Annotated[str, typer.Option(help="why")] = "",
+    author: Annotated[str | None, typer.Option(help="who; default $USER")] = None,
+) -> None:
+    """Silence notifications matching a check and labels for a while (they are recorded as suppressed)."""
+    import getpass
+
+    from worker import silences
+    from worker.config import get_config
+    from worker.db import fleet_engine
+    from worker.timeutil import parse_duration
+
+    _settings()
+    labels = {}
+    for item in label or []:
+        if "=" not in item:
+            raise OpsfleetError(f"--label {item!r}: use key=value")
+        k, v = item.split("=", 1)
+        labels[k.strip()] = v.strip()
+    if check and check not in get_config().checks:
+        raise OpsfleetError(f"--check {check!r}: no such check (`opsfleet checks list`)")
+    try:
+        duration = parse_duration(for_)
+        sid = silences.add(fleet_engine(), check=check, labels=labels, duration=duration, comment=comment,
+                           author=author or getpass.getuser(), now=datetime.now(UTC))
+    except ValueError as exc:
+        raise OpsfleetError(str(exc)) from None
+    console.print(f"silence {sid} until {(datetime.now(UTC) + duration):%Y-%m-%d %H:%M} UTC")
+
+
+@silence_app.command("list")
+def silence_list() -> None:
+    """Active silences."""
+    from worker import silences
+    from worker.db import fleet_engine
+
+    _settings()
+    t = Table("id", "check", "labels", "ends (UTC)", "author", "comment")
+    for r in silences.active(fleet_engine(), datetime.now(UTC)):
+        t.add_row(str(r.id), r.matchers.get("check") or "*", ", ".join(f"{k}={v}" for k, v in r.matchers.get("labels", {}).items()),
+                  r.ends_at.strftime("%Y-%m-%d %H:%M"), r.author, r.comment)
+    console.print(t)
+
+
+@silence_app.command("expire")
+def silence_expire(silence_id: str) -> None:
+    """End a silence now."""
+    from worker import silences
+    from worker.db import fleet_engine
+
+    _settings()
+    try:
+        ok = silences.expire(fleet_engine(), silence_id, datetime.now(UTC))
+    except ValueError as exc:
+        raise OpsfleetError(str(exc)) from None
+    if not ok:
+        raise OpsfleetError(f"no active silence {silence_id}")
+    console.print(f"silence {silence_id} expired")
+
+
+@notify_app.command("test")
+def notify_test(channel: Annotated[str | None, typer.Option(help="one channel from routing.yaml")] = None) -> None:
+    """Send seed 001's "Test Alert" through the real pipeline; report what each provider answered."""
+    import json
+    import uuid
+
+    import sqlalchemy as sa
+
+    from worker.config import get_config
+    from worker.db import fleet_engine, monitored_engine
+    from worker.delivery import deliver
+
+    settings = _settings()
+    routing = get_config().routing
+    if routing is None:
+        raise OpsfleetError("no routing.yaml in the config folder: there are no channels to test")
+    names = [channel] if channel else [n for n, c in routing.channels.items() if c.kind != "digest"]
+    for n in names:
+        if n not in routing.channels or routing.channels[n].kind == "digest":
+            raise OpsfleetError(f"--channel {n!r}: not a deliverable channel in routing.yaml "
+                                f"({', '.join(c for c in routing.channels if routing.channels[c].kind != 'digest')})")
+    now = datetime.now(UTC)
+    fleet = fleet_engine()
+    t = Table("channel", "result", "provider answer")
+    failed = False
+    for n in names:
+        payload = {"check": "system_test", "severity": "info", "status": "test", "title": "Test Alert",
+                   "summary": "This is a test alert from the monitoring system",
+                   "description": "Testing alert delivery (opsfleet notify test).", "labels": {"category": "system_test"}}
+        with fleet.begin() as conn:
+            nid = str(conn.execute(sa.text(
+                """INSERT INTO fleet.notifications (channel, check_name, transition, payload, dedup_key, next_attempt_at)
+                   VALUES (:ch, 'system_test', 'test', CAST(:p AS jsonb), :k, :now) RETURNING id"""),
+                {"ch": n, "p": json.dumps(payload), "k": f"test:{n}:{uuid.uuid4()}", "now": now}).scalar())
+        r = deliver(nid, fleet=fleet, settings=settings, routing=routing, now=now, monitored=monitored_engine())
+        failed |= r.status != "sent"
+        t.add_row(n, r.status, r.provider_id or r.error or "")
+    console.print(t)
+    if failed:
+        raise typer.Exit(1)
+
+
+@digest_app.command("send")
+def digest_send(preview: Annotated[bool, typer.Option("--preview", help="print the text part, send nothing")] = False) -> None:
+    """Queue today's digest now (or print it)."""
+    from worker import digest
+    from worker.config import get_config
+    from worker.db import fleet_engine, monitored_engine
+
+    _settings()
+    now = datetime.now(UTC)
+    if preview:
+        console.print(digest.render(digest.collect(fleet_engine(), monitored_engine(), now))["text"], highlight=False)
+        return
+    routing = get_config().routing
+    channel = routing.digest.channel if routing and routing.digest else "email"
+    nid = digest.enqueue(fleet_engine(), monitored_engine(), channel, now)
+    if nid is None:
+        console.print("today's digest was already queued")
+        return
+    from worker.app import app as celery_app
+
+    celery_app.send_task("notify.deliver", kwargs={"notification_id": nid}, queue="notify")
+    console.print(f"digest queued: notification {nid}")
+
+
 @maint_app.command("run")
 def maintenance_run(job: str) -> None:
     """Run one maintenance job now, in this process."""
@@ -325,7 +461,9 @@ def main() -> None:
     import sqlalchemy.exc
 
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except OpsfleetError as exc:
         err.print(f"opsfleet: error: {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

@@ -65,6 +65,7 @@ def build_message(row: Any) -> Message:
         description=p.get("description", ""), labels=p.get("labels", {}), value=p.get("value"),
         fingerprint=p.get("fingerprint") or "", runbook=p.get("runbook"),
         started_at=datetime.fromisoformat(p["started_at"]) if p.get("started_at") else None,
+        extra={"rendered": p["rendered"]} if p.get("rendered") else {},
     )
 
 

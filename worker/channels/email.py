@@ -283,7 +283,9 @@ class EmailChannel(Channel):
                 resend.api_key, resend.api_url, resend.default_http_client = saved
 
     def params(self, message: Message) -> dict[str, Any]:
-        rendered = render(message)
+        # A message rendered elsewhere (the daily digest) carries its own parts; still escaped at the source.
+        pre = message.extra.get("rendered") if message.extra else None
+        rendered = RenderedEmail(**pre) if pre else render(message)
         params: dict[str, Any] = {
             "from": self.sender,
             "to": list(self.recipients),
