@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -26,8 +28,9 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def test_demo_runs_for_a_duration_and_leaves_no_process_behind(tmp_path):
-    run_dir = tmp_path / "demo"
+def test_demo_runs_for_a_duration_and_leaves_no_process_behind():
+    # its own folder: pytest's numbered tmp dirs can be rotated away by another concurrent pytest run
+    run_dir = Path(tempfile.mkdtemp(prefix="opsfleet-demo-test-")) / "demo"
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "FLEET_DATABASE_URL", "OPSFLEET_CONFIG_DIR")}
     env["COLUMNS"] = "200"
@@ -53,3 +56,4 @@ def test_demo_runs_for_a_duration_and_leaves_no_process_behind(tmp_path):
     assert not port_open("127.0.0.1", int(pg_port))
     assert not port_open("127.0.0.1", int(redis_port))
     assert _processes_mentioning(f"127.0.0.1:{pg_port}") == []
+    shutil.rmtree(run_dir.parent, ignore_errors=True)

@@ -8,6 +8,7 @@ Postgres refuses to run as root, so as root it runs as an unprivileged user. Eve
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -124,6 +125,8 @@ class PostgresServer:
             tail = log.read_text().strip().splitlines()[-3:] if log.exists() else []
             raise ServiceUnavailable(f"pg_ctl start failed: {' | '.join(tail) or r.stderr.strip()}")
         self._pg_ctl = pg_ctl
+        pidfile = self.data_dir / "postmaster.pid"
+        self._pid = int(pidfile.read_text().split()[0]) if pidfile.exists() else None
 
     def _start_pgserver(self) -> None:
         try:
@@ -140,8 +143,11 @@ class PostgresServer:
             self._pgserver = None
             return
         if getattr(self, "_pg_ctl", None):
-            self._run([self._pg_ctl, "-D", str(self.data_dir), "-m", "fast", "-w", "stop"])
+            r = self._run([self._pg_ctl, "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "30", "stop"])
             self._pg_ctl = None
+            if r.returncode and self._pid:
+                # the data folder may be gone (a cleaned temp dir): stop the postmaster by its pid
+                _terminate(self._pid)
 
 
 class RedisServer:
@@ -190,6 +196,24 @@ class RedisServer:
         if self._lite is not None:
             self._lite.shutdown()
             self._lite = None
+
+
+def _terminate(pid: int, grace: float = 10.0) -> None:
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGINT)  # Postgres "fast" shutdown
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def postgres_answers(url: str) -> bool:
