@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import sqlalchemy as sa
 import structlog
 
 from worker.app import app, task
@@ -38,8 +39,14 @@ def run(self, name: str, slot: str | None = None, at: str | None = None) -> dict
     log.info("check_evaluated", status=outcome.status, rows=len(outcome.samples), duration_ms=outcome.duration_ms,
              transitions=len(outcome.transitions), error=outcome.error)
     # enqueue after commit: the outbox rows exist before any worker looks for them
-    for nid in outcome.notification_ids:
-        app.send_task("notify.deliver", kwargs={"notification_id": nid}, queue="notify")
+    if outcome.notification_ids:
+        with fleet_engine().connect() as conn:
+            due = dict(conn.execute(sa.text("SELECT CAST(id AS text), next_attempt_at FROM fleet.notifications "
+                                            "WHERE id = ANY(CAST(:ids AS uuid[]))"), {"ids": outcome.notification_ids}).all())
+        for nid in outcome.notification_ids:
+            # due after its route's group_wait (short, well under the visibility timeout)
+            wait = max(0.0, (due[nid] - datetime.now(UTC)).total_seconds()) if nid in due else 0.0
+            app.send_task("notify.deliver", kwargs={"notification_id": nid}, queue="notify", countdown=wait)
     if outcome.remediate and check.remediate:
         app.send_task(check.remediate.task, kwargs=dict(check.remediate.kwargs))
         log.info("remediation_enqueued", task=check.remediate.task)

@@ -116,8 +116,9 @@ def _plant_fleet_rows(engine: sa.Engine) -> None:
         for i, (status, created, due) in enumerate(notes):
             conn.execute(sa.text(
                 """INSERT INTO fleet.notifications (channel, check_name, transition, payload, dedup_key, status,
-                                                    attempts, next_attempt_at, created_at, last_error)
-                   VALUES ('email', 'planted', 'firing', '{}', :k, :s, 1, :due, :created, :e)"""),
+                                                    attempts, next_attempt_at, created_at, last_error, dead_at)
+                   VALUES ('email', 'planted', 'firing', '{}', :k, :s, 1, :due, :created, :e,
+                           CASE WHEN :s = 'dead' THEN CAST(:due AS timestamptz) END)"""),
                 {"k": f"planted:{i}", "s": status, "due": due, "created": created,
                  "e": "401: invalid API key" if status == "dead" else None})
 

@@ -23,9 +23,10 @@ def routing(**slack_overrides) -> Routing:
         "channels": {"email": {"kind": "email"}, "slack": {"kind": "slack", **slack_overrides},
                      "dashboard": {"kind": "table"}},
         "routes": [
-            {"match": {"severity": "critical"}, "channels": ["email", "slack"], "repeat_interval": "1h"},
-            {"match": {"severity": "high"}, "channels": ["email"]},
-            {"match": {"severity": "warning"}, "channels": ["slack"]},
+            {"match": {"severity": "critical"}, "channels": ["email", "slack"], "repeat_interval": "1h",
+             "group_wait": "0s"},
+            {"match": {"severity": "high"}, "channels": ["email"], "group_wait": "0s"},
+            {"match": {"severity": "warning"}, "channels": ["slack"], "group_wait": "0s"},
         ],
     })
 
@@ -164,25 +165,50 @@ def test_silenced_notification_is_recorded_as_suppressed(db, sink):
 
 def test_empty_bucket_folds_the_queue_into_one_summary_instead_of_dropping(db, sink, redis_client):
     r = routing(rate_limit=0.5, burst=1)
-    ids = fire(db, items=("a", "b", "c", "d", "e"), severity="warning", routes=r)
-    assert len(ids) == 5
     s = settings_for(sink)
-    statuses = [deliver(nid, fleet=db, settings=s, routing=r, now=T0, redis_client=redis_client).status for nid in ids]
-    assert statuses.count("sent") == 1 and statuses.count("throttled") == 4
+    first = fire(db, items=("a",), severity="warning", routes=r)
+    assert deliver(first[0], fleet=db, settings=s, routing=r, now=T0, redis_client=redis_client).status == "sent"
+    # four more alerts right behind it: the bucket (burst 1, 0.5/s) is empty
+    ids = fire(db, items=("a", "b", "c", "d", "e"), severity="warning", routes=r, at=T0 + timedelta(minutes=1))
+    assert len(ids) == 4
+    statuses = [deliver(nid, fleet=db, settings=s, routing=r, now=T0 + timedelta(minutes=1),
+                        redis_client=redis_client).status for nid in ids]
+    assert statuses == ["throttled"] * 4
     assert len(sink.slack_messages) == 1
     import time
 
     time.sleep(2.1)  # the bucket refills at 0.5/s
-    pending = due(db, T0 + timedelta(seconds=5))
+    pending = due(db, T0 + timedelta(minutes=2))
     assert len(pending) == 4
-    result = deliver(pending[0], fleet=db, settings=s, routing=r, now=T0 + timedelta(seconds=5), redis_client=redis_client)
+    result = deliver(pending[0], fleet=db, settings=s, routing=r, now=T0 + timedelta(minutes=2), redis_client=redis_client)
     assert result.status == "sent"
-    assert len(sink.slack_messages) == 2  # one summary for the four that waited
+    assert len(sink.slack_messages) == 2  # one summary for the four that waited, none dropped
     assert "4 alerts" in sink.slack_messages[1]["text"]
     with db.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM fleet.notifications WHERE status = 'sent'")).scalar() == 5
         assert conn.execute(sa.text("SELECT count(*) FROM fleet.notifications WHERE folded_into IS NOT NULL")).scalar() == 3
+        assert conn.execute(sa.text("SELECT sum(count) FROM fleet.held_back WHERE reason = 'folded'")).scalar() == 3
     assert due(db, T0 + timedelta(hours=1)) == []
+
+
+def test_alerts_of_one_run_wait_group_wait_and_go_out_as_one_message(db, sink):
+    r = Routing.model_validate({
+        "channels": {"slack": {"kind": "slack"}},
+        "routes": [{"match": {"severity": "warning"}, "channels": ["slack"], "group_wait": "30s"}],
+    })
+    ids = fire(db, items=("a", "b", "c"), severity="warning", routes=r)
+    s = settings_for(sink)
+    assert [deliver(n, fleet=db, settings=s, routing=r, now=T0).status for n in ids] == ["skipped"] * 3
+    later = T0 + timedelta(seconds=30)
+    assert [deliver(n, fleet=db, settings=s, routing=r, now=later).status for n in ids] == ["sent", "skipped", "skipped"]
+    assert len(sink.slack_messages) == 1 and "3 alerts" in sink.slack_messages[0]["text"]
+    # a storm across checks inside group_wait is one message too
+    storm = T0 + timedelta(minutes=1)
+    other = fire(db, items=("x",), severity="warning", routes=r, at=storm, name="other_check")
+    more = fire(db, items=("a", "b", "c", "d"), severity="warning", routes=r, at=storm)
+    assert len(other) == 1 and len(more) == 1
+    deliver(other[0], fleet=db, settings=s, routing=r, now=storm + timedelta(seconds=30))
+    assert len(sink.slack_messages) == 2 and "2 alerts" in sink.slack_messages[1]["text"]
 
 
 def test_slack_web_api_threads_repeats_and_updates_the_original_when_resolved(db, sink):
@@ -217,7 +243,7 @@ def test_table_channel_writes_and_resolves_system_alerts(db, sink):
     with db.begin() as conn:
         conn.execute(sa.text("DELETE FROM system_alerts"))
     r = Routing.model_validate({"channels": {"dashboard": {"kind": "table"}},
-                                "routes": [{"match": {}, "channels": ["dashboard"]}]})
+                                "routes": [{"match": {}, "channels": ["dashboard"], "group_wait": "0s"}]})
     ids = fire(db, routes=r)
     deliver(ids[0], fleet=db, settings=settings_for(sink), routing=r, now=T0, monitored=db)
     with db.begin() as conn:

@@ -32,6 +32,7 @@ routes:
   - match: {severity: critical}
     channels: [email, slack]
     repeat_interval: 4h
+    group_wait: 0s
 """
 
 

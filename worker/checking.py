@@ -54,7 +54,7 @@ class Outcome:
     status: str  # ok | no_data | error | skipped
     samples: list[Sample] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)
-    notification_ids: list[str] = field(default_factory=list)
+    notification_ids: list[str] = field(default_factory=list)  # due after their route's group_wait
     remediate: bool = False
     error: str | None = None
     duration_ms: int = 0
@@ -241,10 +241,10 @@ def _outbox(check: Check, routing: Routing, conn: Connection, fp: str, sample: S
             row = conn.execute(
                 sa.text("""INSERT INTO fleet.notifications (channel, fingerprint, check_name, transition, payload,
                            dedup_key, next_attempt_at)
-                           VALUES (:ch, :fp, :c, :t, CAST(:p AS jsonb), :k, :now)
+                           VALUES (:ch, :fp, :c, :t, CAST(:p AS jsonb), :k, :due)
                            ON CONFLICT (dedup_key) DO NOTHING RETURNING id"""),
                 {"ch": ch, "fp": fp, "c": check.name, "t": transition, "p": json.dumps(payload, default=str),
-                 "k": dedup, "now": now},
+                 "k": dedup, "due": now + route.group_wait},
             ).first()
             if row:
                 ids.append(str(row.id))

@@ -179,8 +179,9 @@ def checks_run(name: str, dry_run: Annotated[bool, typer.Option("--dry-run", hel
     if check is None:
         raise OpsfleetError(f"unknown check {name!r}: `opsfleet checks list` shows the names")
     now = datetime.now(UTC)
+    source = fleet_engine() if check.database == "fleet" else monitored_engine()
     try:
-        samples = collect(check, monitored_engine(), now, redis_url=settings.celery_broker_url)
+        samples = collect(check, source, now, redis_url=settings.celery_broker_url)
     except CheckError as exc:
         raise OpsfleetError(str(exc)) from None
     with fleet_engine().connect() as conn:

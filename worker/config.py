@@ -387,5 +387,5 @@ def render(template: str, **context: Any) -> str:
     """Render a summary/details template (sandboxed; a missing name renders as an error marker)."""
     try:
         return _templates.from_string(template).render(**context)
-    except jinja2.TemplateError as exc:
+    except Exception as exc:  # a template must never abort a check run (e.g. round() of a NULL value)
         return f"{template} [template error: {exc}]"

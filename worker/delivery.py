@@ -179,7 +179,8 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
                              {"id": nid, "at": now + timedelta(seconds=wait)})
             log.info("notification_throttled", notification_id=nid, channel=row.channel, retry_in=wait)
             return Delivery(nid, "throttled", retry_in=wait)
-        folded = _fold(fleet, row, now) if kind in ("email", "slack") else []
+    if kind in ("email", "slack") and row.transition in ("firing", "repeat", "resolved"):
+        folded = _fold(fleet, row, now)
         if folded:
             message = _summary_message(message, folded)
 
@@ -210,7 +211,8 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
                                     WHERE id = ANY(CAST(:ids AS uuid[]))"""),
                          {"now": now, "id": nid, "pid": result.provider_id, "ids": [str(f.id) for f in folded]})
             for f in folded:
-                count_held_back(conn, "folded", f.channel, f.check_name, now)
+                if f.throttled:
+                    count_held_back(conn, "folded", f.channel, f.check_name, now)
         if row.fingerprint and row.transition in ("firing", "test"):
             conn.execute(
                 sa.text("""UPDATE fleet.alerts SET last_notified = last_notified || jsonb_build_object(
@@ -229,16 +231,32 @@ FOLD_LIMIT = 50
 
 
 def _fold(fleet: Engine, row: Any, now: datetime) -> list[Any]:
-    """Lease the notifications of this channel that wait behind its empty bucket, to send as one."""
+    """Lease what waits for this channel, to send as one message: rows throttled behind the empty
+    bucket, and rows still in their group_wait (alerts of one run, or a storm across checks).
+    A waiting row that a silence matches is suppressed here, not sent."""
+    from worker import silences
+
     with fleet.begin() as conn:
-        return conn.execute(
+        rows = conn.execute(
             sa.text("""UPDATE fleet.notifications SET status = 'sending', lease_until = :lease
                        WHERE id IN (SELECT id FROM fleet.notifications
-                                    WHERE channel = :ch AND throttled AND status = 'retrying' AND id <> :id
+                                    WHERE channel = :ch AND id <> :id AND transition IN ('firing', 'repeat', 'resolved')
+                                      AND (status = 'pending' OR (status = 'retrying' AND throttled))
+                                      AND (lease_until IS NULL OR lease_until < :now)
                                     ORDER BY created_at LIMIT :lim FOR UPDATE SKIP LOCKED)
                        RETURNING *"""),
-            {"ch": row.channel, "id": row.id, "lease": now + LEASE, "lim": FOLD_LIMIT},
+            {"ch": row.channel, "id": row.id, "lease": now + LEASE, "now": now, "lim": FOLD_LIMIT},
         ).all()
+        kept = []
+        for r in rows:
+            sid = silences.matching(conn, r.check_name, (r.payload or {}).get("labels", {}), now)
+            if sid:
+                conn.execute(sa.text("""UPDATE fleet.notifications SET status = 'suppressed', suppressed_by = :s,
+                                        lease_until = NULL WHERE id = :id"""), {"s": sid, "id": r.id})
+                count_held_back(conn, "silenced", r.channel, r.check_name, now)
+            else:
+                kept.append(r)
+        return kept
 
 
 def _unfold(fleet: Engine, folded: list[Any]) -> None:
@@ -248,8 +266,9 @@ def _unfold(fleet: Engine, folded: list[Any]) -> None:
 
 
 def _summary_message(first: Message, folded: list[Any]) -> Message:
-    """One message standing for several: the rate limit folds a queue into a summary instead of
-    sending it late one by one (or dropping it, as Alertmanager does with Slack's 429)."""
+    """One message standing for several: a group (one run, or a storm within group_wait), or a queue
+    that waited behind the rate limit, sent as a summary instead of late one by one (or dropped, as
+    Alertmanager does with Slack's 429)."""
     items = [first] + [build_message(f) for f in folded]
     worst = min(items, key=lambda m: ("critical", "high", "warning", "medium", "info").index(m.severity)
                 if m.severity in ("critical", "high", "warning", "medium", "info") else 9)
@@ -257,7 +276,8 @@ def _summary_message(first: Message, folded: list[Any]) -> Message:
     return Message(
         notification_id=first.notification_id, channel=first.channel, check="(several checks)"
         if len({m.check for m in items}) > 1 else first.check, severity=worst.severity, status="firing",
-        title=f"{len(items)} alerts (folded by the rate limit)", summary=f"{len(items)} alerts while the channel was rate-limited",
+        title=f"{len(items)} alerts" + (f" from {first.check}" if len({m.check for m in items}) == 1 else ""),
+        summary=f"{len(items)} alerts grouped into one message",
         description="\n".join(lines), labels={}, fingerprint="", extra={"folded": len(folded)},
     )
 
@@ -268,9 +288,9 @@ def _record_failure(fleet: Engine, row: Any, exc: DeliveryError, now: datetime) 
     if exc.permanent or row.attempts >= MAX_ATTEMPTS:
         with fleet.begin() as conn:
             conn.execute(
-                sa.text("""UPDATE fleet.notifications SET status = 'dead', lease_until = NULL, last_error = :e
-                           WHERE id = :id"""),
-                {"id": nid, "e": error},
+                sa.text("""UPDATE fleet.notifications SET status = 'dead', lease_until = NULL, last_error = :e,
+                           dead_at = :now WHERE id = :id"""),
+                {"id": nid, "e": error, "now": now},
             )
             count_held_back(conn, "dead", row.channel, row.check_name, now)
         log.error("notification_dead", notification_id=nid, channel=row.channel, reason=exc.reason,

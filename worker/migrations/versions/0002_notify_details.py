@@ -20,7 +20,8 @@ def upgrade() -> None:
             ADD COLUMN provider_detail jsonb NOT NULL DEFAULT '{}',
             ADD COLUMN folded_into uuid REFERENCES fleet.notifications (id),
             ADD COLUMN suppressed_by uuid REFERENCES fleet.silences (id),
-            ADD COLUMN throttled boolean NOT NULL DEFAULT false;
+            ADD COLUMN throttled boolean NOT NULL DEFAULT false,
+            ADD COLUMN dead_at timestamptz;
         CREATE INDEX notifications_throttled ON fleet.notifications (channel, next_attempt_at)
             WHERE throttled AND status = 'retrying';
 
@@ -42,6 +43,6 @@ def downgrade() -> None:
         """
         DROP TABLE IF EXISTS fleet.held_back;
         ALTER TABLE fleet.notifications DROP COLUMN IF EXISTS provider_detail, DROP COLUMN IF EXISTS folded_into,
-            DROP COLUMN IF EXISTS suppressed_by, DROP COLUMN IF EXISTS throttled;
+            DROP COLUMN IF EXISTS suppressed_by, DROP COLUMN IF EXISTS throttled, DROP COLUMN IF EXISTS dead_at;
         """
     )
