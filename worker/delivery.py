@@ -276,7 +276,7 @@ def _summary_message(first: Message, folded: list[Any]) -> Message:
     return Message(
         notification_id=first.notification_id, channel=first.channel, check="(several checks)"
         if len({m.check for m in items}) > 1 else first.check, severity=worst.severity, status="firing",
-        title=f"{len(items)} alerts" + (f" from {first.check}" if len({m.check for m in items}) == 1 else ""),
+        title=f"{worst.title} (+{len(items) - 1} more)",
         summary=f"{len(items)} alerts grouped into one message",
         description="\n".join(lines), labels={}, fingerprint="", extra={"folded": len(folded)},
     )

@@ -205,11 +205,14 @@ def _watch(engine, sink, duration: float | None, started: float) -> None:
 def _summary(engine, sink, run_dir: Path) -> None:
     with engine.connect() as conn:
         fired = conn.execute(sa.text(
-            "SELECT DISTINCT ON (e.fingerprint) e.check_name, e.severity, a.summary FROM fleet.alert_events e "
-            "JOIN fleet.alerts a USING (fingerprint) WHERE e.to_state = 'firing' ORDER BY e.fingerprint")).all()
-    t = Table("check", "severity", "summary", title=f"alerts that fired: {len(fired)}")
-    for r in sorted(fired, key=lambda r: (r.severity, r.check_name)):
-        t.add_row(r.check_name, r.severity, (r.summary or "")[:80])
+            """SELECT a.check_name, a.severity, count(DISTINCT a.fingerprint) AS instances, min(a.summary) AS summary
+               FROM fleet.alerts a WHERE EXISTS (SELECT 1 FROM fleet.alert_events e
+                                                 WHERE e.fingerprint = a.fingerprint AND e.to_state = 'firing')
+               GROUP BY a.check_name, a.severity""")).all()
+    order = ("critical", "high", "warning", "medium", "info")
+    t = Table("check", "severity", "instances", "summary", title=f"alerts that fired: {sum(r.instances for r in fired)}")
+    for r in sorted(fired, key=lambda r: (order.index(r.severity) if r.severity in order else 9, r.check_name)):
+        t.add_row(r.check_name, r.severity, str(r.instances), (r.summary or "")[:80])
     console.print(t)
     m = Table("channel", "to", "subject / text", title=f"messages captured: {len(sink.emails)} emails, "
                                                        f"{len(sink.slack_messages)} Slack")
@@ -217,5 +220,7 @@ def _summary(engine, sink, run_dir: Path) -> None:
         m.add_row("email", ", ".join(e.get("to", [])) if isinstance(e.get("to"), list) else str(e.get("to")),
                   e.get("subject", ""))
     for s in sink.slack_messages:
-        m.add_row("slack", "webhook", (s.get("text") or "")[:80])
+        m.add_row("slack", "webhook", (s.get("text") or "")[:100])
     console.print(m)
+    console.print("info alerts go to the daily digest (`opsfleet digest send --preview`); "
+                  f"captured messages are in {run_dir / 'captured.jsonl'}")
