@@ -55,7 +55,7 @@ def test_unreachable_broker_is_one_line(env):
 
 
 def _config(tmp_path, checks_yaml: str, name: str = "bad.yaml"):
-    (tmp_path / "checks").mkdir(exist_ok=True)
+    (tmp_path / "checks").mkdir(parents=True, exist_ok=True)
     (tmp_path / "checks" / name).write_text(textwrap.dedent(checks_yaml))
     return tmp_path
 
@@ -114,3 +114,22 @@ def test_repo_config_is_valid(env):
     proc = run_cli(["config", "validate", str(REPO / "config")], env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ok:")
+
+
+def test_runbook_path_that_does_not_exist(env, tmp_path):
+    cfg = _config(tmp_path / "config", GOOD_CHECK + "    runbook: ops/runbooks/nope.md\n")
+    proc = run_cli(["config", "validate"], {**env, "OPSFLEET_CONFIG_DIR": str(cfg)})
+    _one_line_error(proc, "bad.yaml:2", "runbook", "ops/runbooks/nope.md does not exist")
+
+
+def test_worker_refuses_to_start_with_bad_config(env, tmp_path):
+    import subprocess
+    import sys
+
+    cfg = _config(tmp_path / "config", GOOD_CHECK.replace("1m", "every tuesday"))
+    proc = subprocess.run([sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "checks", "-c", "1"],  # noqa: S603
+                          env={**env, "OPSFLEET_CONFIG_DIR": str(cfg)}, cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert "bad.yaml:4" in proc.stderr and "checks.0.schedule" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -139,6 +139,7 @@ def test_doubled_beat_or_redelivery_evaluates_once_per_slot(db):
     [
         ("SELECT v AS value FROM no_such_table", "5s", "no_such_table"),
         ("INSERT INTO gauge VALUES ('x', 1, now()) RETURNING v AS value", "5s", "read-only transaction"),
+        ("WITH d AS (DELETE FROM gauge RETURNING 1) SELECT count(*) AS value FROM d", "5s", "read-only transaction"),
         ("SELECT pg_sleep(3)::text, 1 AS value", "1s", "statement timeout"),
         ("SELECT 'high' AS value", "5s", "must be numeric"),
         ("SELECT 1 AS v", "5s", "column named `value`"),
@@ -204,3 +205,23 @@ def test_backtest_replays_a_rule_and_counts_the_notifications_it_would_send(db):
     # firing at 10:30, one repeat at 11:30 (repeat_interval 1h), resolved at 11:40: 3 per channel
     assert result.notifications == {"email": 3, "slack": 3}
     assert rows(db, "SELECT count(*) FROM fleet.alerts")[0][0] == 0  # nothing written
+
+
+def test_flapping_condition_never_fires_while_for_has_not_elapsed(db):
+    check = make_check()  # for: 10m
+    for minute in range(0, 60, 5):
+        set_gauge(db, a=50 if (minute // 5) % 2 == 0 else 1)  # true, false, true, false ... every 5 minutes
+        run(db, check, T0 + timedelta(minutes=minute))
+    states = [r.to_state for r in rows(db, "SELECT to_state FROM fleet.alert_events ORDER BY id")]
+    assert set(states) == {"pending", "inactive"} and "firing" not in states
+    assert rows(db, "SELECT count(*) FROM fleet.notifications")[0][0] == 0
+
+
+def test_flapping_condition_without_for_notifies_each_episode_once(db):
+    check = make_check(**{"for": "0s"})
+    for minute in range(0, 20, 5):
+        set_gauge(db, a=50 if (minute // 5) % 2 == 0 else 1)
+        run(db, check, T0 + timedelta(minutes=minute))
+    states = [r.to_state for r in rows(db, "SELECT to_state FROM fleet.alert_events ORDER BY id")]
+    assert states == ["firing", "resolved", "firing", "resolved"]
+    assert rows(db, "SELECT count(*) FROM fleet.notifications")[0][0] == 8  # 2 channels x 4 transitions

@@ -275,3 +275,49 @@ def redis_client(redis_url):
         client.delete(key)
     yield client
     client.close()
+
+
+def test_silenced_alert_is_sent_once_when_the_silence_ends_then_follows_repeat_rules(db, sink):
+    from worker import silences
+
+    s, r = settings_for(sink), routing()
+    silences.add(db, check="gauge_high", labels={}, duration=timedelta(minutes=30), comment="maintenance",
+                 author="test", now=T0 - timedelta(minutes=1))
+    ids = fire(db)
+    assert [deliver(n, fleet=db, settings=s, routing=r, now=T0).status for n in ids] == ["suppressed"] * 2
+    assert run_check(check(), monitored=db, fleet=db, now=T0 + timedelta(minutes=10), routing=r).notification_ids == []
+    # the silence ended at T0+29m; the alert still fires: one message per channel, once
+    out = run_check(check(), monitored=db, fleet=db, now=T0 + timedelta(minutes=31), routing=r)
+    assert len(out.notification_ids) == 2
+    for n in out.notification_ids:
+        assert deliver(n, fleet=db, settings=s, routing=r, now=T0 + timedelta(minutes=31)).status == "sent"
+    assert run_check(check(), monitored=db, fleet=db, now=T0 + timedelta(minutes=32), routing=r).notification_ids == []
+    # then the repeat interval (1h from firing) as usual
+    assert len(run_check(check(), monitored=db, fleet=db, now=T0 + timedelta(minutes=61), routing=r).notification_ids) == 2
+    assert len(sink.emails) == 1 and len(sink.slack_messages) == 1
+
+
+def test_markup_in_alert_text_is_escaped_in_html_and_in_slack(db, sink):
+    with db.begin() as conn:
+        conn.execute(sa.text("DELETE FROM gauge"))
+        conn.execute(sa.text("INSERT INTO gauge VALUES ('<script>x</script> <@channel> & <!here>', 50)"))
+    out = run_check(check(), monitored=db, fleet=db, now=T0, routing=routing())
+    for n in out.notification_ids:
+        deliver(n, fleet=db, settings=settings_for(sink), routing=routing(), now=T0)
+    html = sink.emails[0]["html"]
+    assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;@channel&gt;" in html
+    slack = sink.slack_messages[0]
+
+    def mrkdwn(node):  # every text Slack formats (plain_text is shown literally, so mentions there are inert)
+        if isinstance(node, dict):
+            if node.get("type") == "mrkdwn":
+                yield node["text"]
+            for v in node.values():
+                yield from mrkdwn(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from mrkdwn(v)
+
+    blob = " ".join([slack.get("text", ""), *mrkdwn(slack.get("blocks", []))])
+    assert "<@channel>" not in blob and "<!here>" not in blob and "<script>" not in blob
+    assert "&lt;@channel&gt;" in blob

@@ -23,6 +23,21 @@ checks:
     condition: "> 10"
     severity: critical
     summary: "gauge at {{ value }}"
+  - name: writes_data
+    description: a check that tries to write
+    schedule: 1m
+    query: WITH d AS (DELETE FROM gauge RETURNING 1) SELECT count(*) AS value FROM d
+    condition: "> 0"
+    severity: critical
+    summary: "deleted {{ value }}"
+  - name: too_slow
+    description: a check slower than its timeout
+    schedule: 1m
+    timeout: 1s
+    query: SELECT 1 AS value FROM pg_sleep(5)
+    condition: "> 0"
+    severity: critical
+    summary: slow
 """
 ROUTING = """\
 channels:
@@ -119,3 +134,78 @@ def test_worker_killed_mid_send_still_delivers_and_the_email_is_recorded_once(se
     assert deliver(nid, fleet=engine, settings=settings, routing=cfg.routing, now=later).status == "sent"
     assert len(sink.requests_for("resend.emails")) == 2
     assert len(sink.emails) == 1  # the retry carried the same Idempotency-Key
+
+
+def test_failing_checks_are_errors_and_the_others_still_run_in_the_same_worker(setup, tmp_path):
+    engine, sink, env, client = setup
+    worker = start_worker(env, tmp_path, queues="checks,notify", concurrency=1)
+    try:
+        for name in ("writes_data", "too_slow", "gauge_high"):
+            client.send_task("checks.run", kwargs={"name": name}, queue="checks")
+        assert wait_until(lambda: scalar(engine, "SELECT count(*) FROM fleet.check_runs WHERE status <> 'running'") == 3,
+                          60), worker.output()[-2000:]
+    finally:
+        worker.stop()
+    with engine.connect() as conn:
+        runs = {r.check_name: r for r in conn.execute(sa.text("SELECT * FROM fleet.check_runs"))}
+    assert runs["writes_data"].status == "error" and "read-only transaction" in runs["writes_data"].error
+    assert runs["too_slow"].status == "error" and "statement timeout" in runs["too_slow"].error
+    assert runs["gauge_high"].status == "ok"
+    assert scalar(engine, "SELECT count(*) FROM gauge") == 1  # nothing deleted
+    assert scalar(engine, "SELECT state FROM fleet.alerts WHERE check_name = 'gauge_high'") == "firing"
+
+
+def test_same_slot_from_beat_and_by_hand_concurrently_is_one_evaluation(setup, tmp_path):
+    from tests.fleet import start_beat
+
+    engine, sink, env, client = setup
+    worker = start_worker(env, tmp_path, queues="checks,notify", concurrency=4)
+    beat = start_beat(env, tmp_path, "beat")
+    try:
+        slot = datetime.now(UTC).replace(second=0, microsecond=0).isoformat()
+        for _ in range(8):  # a doubled beat, a redelivery and an operator's `celery call`, all at once
+            client.send_task("checks.run", kwargs={"name": "gauge_high", "slot": slot}, queue="checks")
+        assert wait_until(lambda: scalar(engine, "SELECT count(*) FROM fleet.notifications WHERE status = 'sent'") >= 2,
+                          60), worker.output()[-2000:]
+        time.sleep(2)
+    finally:
+        beat.kill()
+        worker.stop()
+    with engine.connect() as conn:
+        slots = conn.execute(sa.text("SELECT slot, count(*) FROM fleet.check_runs WHERE check_name = 'gauge_high' "
+                                     "GROUP BY slot HAVING count(*) > 1")).all()
+        assert slots == []  # beat's own runs land in their own slots, never twice in one
+        assert conn.execute(sa.text("SELECT count(*) FROM fleet.alert_events WHERE check_name = 'gauge_high'")).scalar() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM fleet.notifications WHERE check_name = 'gauge_high'")).scalar() == 2
+    assert len(sink.emails) == 1 and len(sink.slack_messages) == 1
+
+
+def test_redis_flushed_while_notifications_pending_the_sweeper_delivers_them_all(setup, tmp_path, redis_url):
+    import redis as redis_lib
+
+    engine, sink, env, client = setup
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM gauge"))
+    for i in range(5):
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO gauge VALUES (:v)"), {"v": 50 + i})
+    # evaluate with no worker consuming notify: the deliver messages sit in Redis, then Redis loses them
+    from worker.checking import run_check
+    from worker.config import load_config
+
+    cfg = load_config(env["OPSFLEET_CONFIG_DIR"])
+    out = run_check(cfg.checks["gauge_high"], monitored=engine, fleet=engine, now=datetime.now(UTC), routing=cfg.routing)
+    assert len(out.notification_ids) == 2
+    for nid in out.notification_ids:
+        client.send_task("notify.deliver", kwargs={"notification_id": nid}, queue="notify")
+    redis_lib.Redis.from_url(redis_url).flushall()
+    worker = start_worker(env, tmp_path, queues="notify", concurrency=2)
+    try:
+        time.sleep(2)
+        assert scalar(engine, "SELECT count(*) FROM fleet.notifications WHERE status = 'sent'") == 0  # truly lost
+        client.send_task("notify.sweep", queue="notify")  # what beat does every 30 s
+        assert wait_until(lambda: scalar(engine, "SELECT count(*) FROM fleet.notifications WHERE status = 'sent'") == 2,
+                          30), worker.output()[-2000:]
+    finally:
+        worker.stop()
+    assert len(sink.emails) == 1 and len(sink.slack_messages) == 1

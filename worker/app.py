@@ -99,6 +99,22 @@ def _setup_logging(**_: Any) -> None:
     configure_logging()
 
 
+@signals.celeryd_init.connect
+def _validate_config_at_start(**_: Any) -> None:
+    """A worker with an invalid config/ refuses to start, with one line naming file:line and field."""
+    from worker.config import get_config
+    from worker.errors import ConfigError
+
+    try:
+        get_config()
+    except ConfigError as exc:
+        sys.stderr.write(f"opsfleet worker: {exc}\n")
+        sys.stderr.flush()
+        import os
+
+        os._exit(2)  # SystemExit is swallowed by the worker's bootstrap; leave at once
+
+
 @signals.task_prerun.connect
 def _bind_task_context(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     structlog.contextvars.clear_contextvars()

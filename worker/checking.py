@@ -221,15 +221,23 @@ def _outbox(check: Check, routing: Routing, conn: Connection, fp: str, sample: S
             window = int((now - fired_at) / route.repeat_interval)
             transition = "firing" if window == 0 else "repeat"
             if old == "firing" and window == 0:
-                # still firing, inside the repeat interval: nothing to send (counted for the digest)
+                # still firing, inside the repeat interval: nothing to send (counted for the digest),
+                # unless a silence suppressed the first message and has ended since: then send it once now
+                unsilenced = {ch: _ended_silence(conn, check, ch, fp, sample.labels, fired_at, now) for ch in channels}
                 for ch in channels:
-                    count_held_back(conn, "deduplicated", ch, check.name, now)
-                continue
+                    if not unsilenced[ch]:
+                        count_held_back(conn, "deduplicated", ch, check.name, now)
+                channels = [ch for ch in channels if unsilenced[ch]]
+                if not channels:
+                    continue
+                transition = "unsilenced"
         else:
             window, transition = 0, "resolved"
         episode = int(fired_at.timestamp())
         for ch in channels:
             dedup = f"{ch}:{fp}:{transition}:{episode}:{window}"
+            if transition == "unsilenced":
+                dedup += f":{unsilenced[ch]}"
             payload = {
                 "check": check.name, "severity": check.severity, "status": "resolved" if new == "resolved" else "firing",
                 "title": summary, "summary": summary,
@@ -251,6 +259,22 @@ def _outbox(check: Check, routing: Routing, conn: Connection, fp: str, sample: S
             else:
                 count_held_back(conn, "deduplicated", ch, check.name, now)
     return ids
+
+
+def _ended_silence(conn: Connection, check: Check, channel: str, fp: str, labels: dict[str, str],
+                   fired_at: datetime, now: datetime) -> str | None:
+    """The silence that suppressed this episode's latest message on `channel`, if it has ended."""
+    from worker.silences import matching
+
+    last = conn.execute(
+        sa.text("""SELECT status, suppressed_by FROM fleet.notifications
+                   WHERE fingerprint = :fp AND channel = :ch AND created_at >= :fired
+                   ORDER BY created_at DESC LIMIT 1"""),
+        {"fp": fp, "ch": channel, "fired": fired_at},
+    ).first()
+    if last is None or last.status != "suppressed" or matching(conn, check.name, labels, now):
+        return None
+    return str(last.suppressed_by)
 
 
 def run_check(check: Check, *, monitored: Engine, fleet: Engine, now: datetime, routing: Routing | None,

@@ -368,6 +368,9 @@ def _cross_check(cfg: FleetConfig) -> None:
     from worker.app import KNOWN_TASKS
 
     for name, check in cfg.checks.items():
+        if check.runbook and not (cfg.root.parent / check.runbook).is_file():
+            raise ConfigError(f"{cfg.check_files[name]}: checks.{name}.runbook: {check.runbook} does not exist "
+                              f"(paths are relative to {cfg.root.parent})")
         if check.remediate and check.remediate.task not in KNOWN_TASKS:
             raise ConfigError(
                 f"{cfg.check_files[name]}: checks.{name}.remediate.task: unknown task {check.remediate.task!r} "

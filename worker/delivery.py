@@ -179,7 +179,7 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
                              {"id": nid, "at": now + timedelta(seconds=wait)})
             log.info("notification_throttled", notification_id=nid, channel=row.channel, retry_in=wait)
             return Delivery(nid, "throttled", retry_in=wait)
-    if kind in ("email", "slack") and row.transition in ("firing", "repeat", "resolved"):
+    if kind in ("email", "slack") and row.transition in ("firing", "repeat", "resolved", "unsilenced"):
         folded = _fold(fleet, row, now)
         if folded:
             message = _summary_message(message, folded)
@@ -213,7 +213,7 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
             for f in folded:
                 if f.throttled:
                     count_held_back(conn, "folded", f.channel, f.check_name, now)
-        if row.fingerprint and row.transition in ("firing", "test"):
+        if row.fingerprint and row.transition in ("firing", "unsilenced", "test"):
             conn.execute(
                 sa.text("""UPDATE fleet.alerts SET last_notified = last_notified || jsonb_build_object(
                                CAST(:ch AS text), jsonb_build_object('at', CAST(:now AS text), 'provider_id',
@@ -240,7 +240,7 @@ def _fold(fleet: Engine, row: Any, now: datetime) -> list[Any]:
         rows = conn.execute(
             sa.text("""UPDATE fleet.notifications SET status = 'sending', lease_until = :lease
                        WHERE id IN (SELECT id FROM fleet.notifications
-                                    WHERE channel = :ch AND id <> :id AND transition IN ('firing', 'repeat', 'resolved')
+                                    WHERE channel = :ch AND id <> :id AND transition IN ('firing', 'repeat', 'resolved', 'unsilenced')
                                       AND (status = 'pending' OR (status = 'retrying' AND throttled))
                                       AND (lease_until IS NULL OR lease_until < :now)
                                     ORDER BY created_at LIMIT :lim FOR UPDATE SKIP LOCKED)

@@ -22,6 +22,7 @@ def upgrade() -> None:
             ADD COLUMN suppressed_by uuid REFERENCES fleet.silences (id),
             ADD COLUMN throttled boolean NOT NULL DEFAULT false,
             ADD COLUMN dead_at timestamptz;
+        CREATE INDEX notifications_fp_channel ON fleet.notifications (fingerprint, channel, created_at);
         CREATE INDEX notifications_throttled ON fleet.notifications (channel, next_attempt_at)
             WHERE throttled AND status = 'retrying';
 

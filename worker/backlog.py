@@ -1,0 +1,730 @@
+"""Backlog reprocessing (seed 000's recovery): paid registrations that never got a confirmation.
+
+One batch, as `reprocess()` runs it (any number of workers at once):
+
+1. claim   one short transaction: pick up to `batch_size` backlog rows with FOR UPDATE SKIP LOCKED,
+           give each its confirmation number (derived from the id: CNF-0000000042; the UNIQUE
+           constraint is the final guard), set confirmation_generated_at, write its
+           confirmation_emails row (status pending), take the batch's advisory lock, commit.
+2. send    the batch's emails through Resend's batch endpoint, 100 per call, each call with an
+           Idempotency-Key derived from its registration ids (and attempt number).
+3. record  one short transaction: sent (provider id, sent_at) or failed (error) per email, and
+           registrations.email_status; then release the advisory lock.
+
+Why a kill -9 anywhere never loses an email nor sends one twice: the number and the pending email
+row commit together, so a row is either still in the backlog (claimed again later) or has exactly
+one number and one email row. Pending rows that committed together form a *group* (they share the
+inserting transaction id, `xmin`, as no later write touches a row while it is pending); a group is
+cut into provider calls by one fixed rule (sorted by registration id, 100 per call), so the calls
+and their keys can be rebuilt exactly. The sender holds the group's advisory lock while it sends;
+a dead worker's lock goes with its connection, and `send_stale_pending` (run at the start of every
+run) resends the group's calls with the same keys and bodies: Resend answers the ones it already
+accepted from its idempotency store instead of sending again. A provider that keeps failing
+(timeouts, 5xx, 429 beyond a few retries) stops the run and leaves the rows pending for the next
+one; an email the provider rejects is `failed` and `resend_failed` retries it with a new key.
+Resend keeps idempotency keys for 24 hours: a group left pending longer than that is resent
+without that protection (the registrations stay numbered either way).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import resend
+import sqlalchemy as sa
+from markupsafe import escape
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy.engine import Connection, Engine
+
+from worker.channels.base import DeliveryError
+from worker.channels.email import MAX_BATCH, EmailChannel
+from worker.logs import get_logger
+from worker.timeutil import parse_duration
+
+log = get_logger(__name__)
+
+JOB_REPROCESS = "reprocess_confirmations"
+JOB_RESEND = "resend_failed_emails"
+KIND = "backlog"
+# seed 000 "Pending Confirmations"; registrations_confirmation_backlog_idx has the same predicate
+BACKLOG = "r.status = 'completed' AND r.payment_status = 'completed' AND r.confirmation_number IS NULL"
+STALE_AFTER = timedelta(minutes=10)  # a pending email older than this, unlocked, is resent
+NS_GROUP, NS_RUN = 0x0CF1, 0x0CF2  # advisory lock namespaces: a group being sent, a run in progress
+SEND_TRIES = 4
+MAX_RETRY_WAIT = 30.0
+HEARTBEAT_S = 2.0
+SAMPLE = 10
+
+
+def confirmation_number(registration_id: int) -> str:
+    """Deterministic per registration: a retry of the same row can never produce a second number."""
+    return f"CNF-{registration_id:010d}"
+
+
+_NUMBER_SQL = "'CNF-' || lpad(r.id::text, greatest(10, length(r.id::text)), '0')"  # same as confirmation_number()
+
+
+# -- arguments (celery call sends kwargs unchecked) --------------------------------------------------
+
+ACCEPTED = {
+    "limit": "a whole number >= 1, or null for no cap",
+    "batch_size": "a whole number from 1 to 5000",
+    "dry_run": "true or false",
+    "older_than": 'a duration such as "0s", "15m", "1h"',
+    "stale_after": 'a duration such as "10m" (pending emails older than this are resent)',
+}
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @field_validator("older_than", "stale_after", check_fields=False)
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+
+class ReprocessArgs(_Args):
+    limit: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=500, ge=1, le=5000)
+    dry_run: bool = False
+    older_than: str = "0s"
+    stale_after: str = "10m"
+
+
+class ResendArgs(_Args):
+    limit: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=100, ge=1, le=5000)
+    dry_run: bool = False
+
+
+def parse_args(task_name: str, model: type[_Args], kwargs: dict[str, Any]) -> Any:
+    """Validate a task's kwargs; a ValueError names each bad argument and the accepted forms."""
+    try:
+        return model.model_validate(kwargs)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else "?"
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown argument {name!r}")
+            else:
+                problems.append(f"{name}={err['input']!r} is invalid: expected {ACCEPTED.get(name, err['msg'])}")
+        accepted = "; ".join(f"{n}: {ACCEPTED[n]}" for n in model.model_fields)
+        raise ValueError(f"{task_name}: {', '.join(problems)}. Accepted arguments: {accepted}") from None
+
+
+# -- results and progress ------------------------------------------------------------------------------
+
+@dataclass
+class Progress:
+    done: int
+    total: int
+    sent: int
+    failed: int
+    rate: float  # registrations (or emails) per second in this run
+    eta_s: float | None
+
+    def as_meta(self) -> dict[str, Any]:
+        return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class RunResult:
+    job: str
+    status: str = "ok"  # ok | error | dry_run
+    run_id: int | None = None
+    claimed: int = 0  # confirmation numbers assigned (resend_failed: emails requeued)
+    sent: int = 0
+    failed: int = 0
+    deferred: int = 0  # left pending after the provider kept failing; the next run resends them
+    recovered: int = 0  # stale pending emails resent (same keys) at the start of the run
+    batches: int = 0
+    conflicts: int = 0  # backlog rows whose derived number is already taken: need a human
+    would_process: int = 0  # dry run: what a real run would claim now
+    stale_pending: int = 0
+    sample: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    db_seconds: float = 0.0
+    send_seconds: float = 0.0
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for k in ("seconds", "db_seconds", "send_seconds"):
+            data[k] = round(data[k], 3)
+        return data
+
+
+class ProviderUnavailable(Exception):
+    """The provider kept failing (transient errors past the retries, or auth/URL errors): stop the run;
+    the emails stay pending and the next run resends them with the same keys."""
+
+
+# -- rendering and sending -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EmailRow:
+    email_id: int
+    registration_id: int
+    recipient: str
+    subject: str
+    attempts: int
+    grp: str  # xmin of the pending row: the transaction that made it pending
+    full_name: str
+    confirmation_number: str
+    event_id: int
+    amount_in_cents: int
+
+
+def render_confirmation(row: EmailRow) -> dict[str, Any]:
+    """Resend params for one confirmation (no `from`). Deterministic: a resend is byte-identical."""
+    amount = f"{row.amount_in_cents / 100:.2f}"
+    text = (f"Hello {row.full_name},\n\nyour registration is confirmed.\n\n"
+            f"Confirmation number: {row.confirmation_number}\nEvent: {row.event_id}\nAmount paid: {amount}\n\n"
+            "Please keep this email: you will be asked for the confirmation number.\n")
+    html = (f'<!doctype html><html><body style="font-family:sans-serif;color:#111">'
+            f"<p>Hello {escape(row.full_name)},</p><p>your registration is confirmed.</p>"
+            f"<table><tr><td>Confirmation number</td><td><strong>{escape(row.confirmation_number)}</strong></td></tr>"
+            f"<tr><td>Event</td><td>{row.event_id}</td></tr><tr><td>Amount paid</td><td>{amount}</td></tr></table>"
+            "<p>Please keep this email: you will be asked for the confirmation number.</p></body></html>")
+    return {"to": [row.recipient], "subject": row.subject, "html": html, "text": text,
+            "tags": [{"name": "category", "value": "confirmation"},
+                     {"name": "registration_id", "value": str(row.registration_id)}]}
+
+
+def provider_calls(rows: Iterable[EmailRow]) -> list[list[EmailRow]]:
+    """The one rule that cuts pending rows into provider calls: per group, by registration id, 100 each.
+
+    Rows only leave a group a whole call at a time, so the calls of what is left are unchanged."""
+    groups: dict[str, list[EmailRow]] = {}
+    for r in rows:
+        groups.setdefault(r.grp, []).append(r)
+    calls = []
+    for grp in sorted(groups, key=lambda g: min(r.email_id for r in groups[g])):
+        members = sorted(groups[grp], key=lambda r: (r.registration_id, r.email_id))
+        calls += [members[i:i + MAX_BATCH] for i in range(0, len(members), MAX_BATCH)]
+    return calls
+
+
+def idempotency_key(call: Sequence[EmailRow]) -> str:
+    ids = ",".join(f"{r.registration_id}.{r.attempts}" for r in call)
+    return "confirmations/" + hashlib.sha256(ids.encode()).hexdigest()[:48]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    email_id: int
+    status: str  # sent | failed
+    provider_id: str | None
+    error: str | None
+
+
+def send_call(channel: EmailChannel, call: Sequence[EmailRow], *,
+              sleep: Callable[[float], None] = time.sleep) -> list[Outcome]:
+    """One Resend batch call (permissive validation: a bad address fails alone), retried a few times
+    with the same key on transient errors. Raises ProviderUnavailable when retrying does not help."""
+    batch = [{"from": channel.sender, **render_confirmation(r)} for r in call]
+    key = idempotency_key(call)
+    for attempt in range(SEND_TRIES):
+        try:
+            resp = channel._call(resend.Batch.send, batch,
+                                 options={"idempotency_key": key, "batch_validation": "permissive"})
+        except DeliveryError as exc:
+            if exc.permanent and exc.reason == "invalid":  # the provider rejected the payload: nothing sent
+                return [Outcome(r.email_id, "failed", None, f"{exc.status or ''} {exc.message}".strip()[:500])
+                        for r in call]
+            if exc.permanent:  # auth, wrong URL, idempotency conflict: not the emails' fault
+                raise ProviderUnavailable(f"Resend: {exc.reason}: {exc.message}") from exc
+            if attempt == SEND_TRIES - 1:
+                raise ProviderUnavailable(f"Resend kept failing ({exc.reason}): {exc.message}") from exc
+            wait = exc.retry_after if exc.retry_after is not None else 0.5 * 2 ** attempt
+            log.warning("confirmation_send_retrying", reason=exc.reason, wait_s=wait, key=key)
+            sleep(min(wait, MAX_RETRY_WAIT))
+            continue
+        return _outcomes(call, resp)
+    raise AssertionError("unreachable")
+
+
+def _outcomes(call: Sequence[EmailRow], resp: Any) -> list[Outcome]:
+    data = resp.get("data") if isinstance(resp, dict) else None
+    errors = {int(e["index"]): str(e.get("message", "rejected")) for e in (resp.get("errors") or [])} \
+        if isinstance(resp, dict) else {}
+    if not isinstance(data, list) or len(data) + len(errors) != len(call):
+        raise ProviderUnavailable(f"unexpected Resend batch answer: {str(resp)[:300]}")
+    ids = iter(data)
+    return [Outcome(r.email_id, "failed", None, errors[i][:500]) if i in errors
+            else Outcome(r.email_id, "sent", str(next(ids)["id"]), None) for i, r in enumerate(call)]
+
+
+# -- SQL ----------------------------------------------------------------------------------------------
+
+_ROW_COLUMNS = """ce.id AS email_id, ce.registration_id, ce.recipient, ce.subject, ce.attempts,
+                  ce.xmin::text AS grp, r.full_name, r.confirmation_number, r.event_id, r.amount_in_cents"""
+
+CLAIM_SQL = f"""
+WITH batch AS (
+    SELECT r.id FROM registrations r
+    WHERE {BACKLOG} AND r.updated_at <= now() - make_interval(secs => :older_than)
+      AND NOT EXISTS (SELECT 1 FROM registrations t WHERE t.confirmation_number = {_NUMBER_SQL})
+    ORDER BY r.updated_at
+    LIMIT :n
+    FOR UPDATE SKIP LOCKED
+), numbered AS (
+    UPDATE registrations r
+       SET confirmation_number = {_NUMBER_SQL}, confirmation_generated_at = now(), email_status = 'pending'
+      FROM batch WHERE r.id = batch.id
+    RETURNING r.id, r.email, r.full_name, r.confirmation_number, r.event_id, r.amount_in_cents
+), emails AS (
+    INSERT INTO confirmation_emails (registration_id, recipient, subject, status, attempts)
+    SELECT id, email, 'Your registration is confirmed (' || confirmation_number || ')', 'pending', 1 FROM numbered
+    RETURNING id, registration_id, recipient, subject, attempts, xmin
+)
+SELECT e.id AS email_id, e.registration_id, e.recipient, e.subject, e.attempts, e.xmin::text AS grp,
+       n.full_name, n.confirmation_number, n.event_id, n.amount_in_cents
+FROM emails e JOIN numbered n ON n.id = e.registration_id"""  # noqa: S608 - constants only
+
+RECORD_SQL = """
+WITH res AS (
+    SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[]), CAST(:pids AS text[]),
+                         CAST(:errors AS text[])) AS u(id, status, provider_id, error)
+), upd AS (
+    UPDATE confirmation_emails ce
+       SET status = res.status, provider_id = res.provider_id, error = res.error, sent_at = now()
+      FROM res
+     WHERE ce.id = res.id AND ce.status = 'pending' AND ce.id BETWEEN :lo AND :hi
+    RETURNING ce.registration_id, ce.status
+), regs AS (
+    UPDATE registrations r SET email_status = upd.status
+      FROM upd WHERE r.id = upd.registration_id AND r.id BETWEEN :rlo AND :rhi
+    RETURNING 1
+)
+SELECT count(*) FROM upd"""
+
+
+def _lock_group(conn: Connection, grp: str, *, wait: bool) -> bool:
+    """The session lock a group's sender holds (it outlives the claim's commit, dies with the connection)."""
+    if wait:
+        conn.execute(sa.text("SELECT pg_advisory_lock(:ns, hashtext(:g))"), {"ns": NS_GROUP, "g": grp})
+        return True
+    return bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:ns, hashtext(:g))"),
+                             {"ns": NS_GROUP, "g": grp}).scalar())
+
+
+def _unlock_group(conn: Connection, grp: str) -> None:
+    conn.execute(sa.text("SELECT pg_advisory_unlock(:ns, hashtext(:g))"), {"ns": NS_GROUP, "g": grp})
+    conn.commit()
+
+
+def _record(conn: Connection, outcomes: Sequence[Outcome], rows: Sequence[EmailRow]) -> int:
+    if not outcomes:
+        return 0
+    ids = [o.email_id for o in outcomes]
+    rids = [r.registration_id for r in rows]
+    with conn.begin():
+        return conn.execute(sa.text(RECORD_SQL), {
+            "ids": ids, "statuses": [o.status for o in outcomes], "pids": [o.provider_id for o in outcomes],
+            "errors": [o.error for o in outcomes], "lo": min(ids), "hi": max(ids), "rlo": min(rids),
+            "rhi": max(rids)}).scalar() or 0
+
+
+@dataclass
+class _Sent:
+    sent: int = 0
+    failed: int = 0
+    unavailable: str | None = None
+    rows_left: int = 0
+
+
+def _send_and_record(conn: Connection, channel: EmailChannel, rows: Sequence[EmailRow], timing: RunResult) -> _Sent:
+    """Send the rows' calls in order; record every outcome in one transaction. On ProviderUnavailable the
+    calls not yet answered stay pending (whole calls, so the grouping rule still rebuilds them)."""
+    out = _Sent()
+    outcomes: list[Outcome] = []
+    calls = provider_calls(rows)
+    t = time.perf_counter()
+    for i, call in enumerate(calls):
+        try:
+            outcomes += send_call(channel, call)
+        except ProviderUnavailable as exc:
+            out.unavailable = str(exc)
+            out.rows_left = sum(len(c) for c in calls[i:])
+            break
+    timing.send_seconds += time.perf_counter() - t
+    t = time.perf_counter()
+    _record(conn, outcomes, rows)
+    timing.db_seconds += time.perf_counter() - t
+    out.sent = sum(o.status == "sent" for o in outcomes)
+    out.failed = len(outcomes) - out.sent
+    return out
+
+
+# -- job_runs --------------------------------------------------------------------------------------------
+
+def _start_run(fleet: Engine, monitored_conn: Connection, job: str, params: dict[str, Any],
+               task_id: str | None, status: str = "running") -> int:
+    with fleet.begin() as conn:
+        run_id = conn.execute(sa.text(
+            """INSERT INTO fleet.job_runs (job, kind, started_at, status, params, task_id)
+               VALUES (:j, :k, now(), :s, CAST(:p AS jsonb), :t) RETURNING id"""),
+            {"j": job, "k": KIND, "s": status, "p": json.dumps(params), "t": task_id}).scalar()
+    # held while the run lives; gone with the worker's connection if it dies (see close_orphaned_runs)
+    monitored_conn.execute(sa.text("SELECT pg_advisory_lock(:ns, :id)"), {"ns": NS_RUN, "id": run_id % 2**31})
+    monitored_conn.commit()
+    close_orphaned_runs(fleet, monitored_conn)
+    return run_id
+
+
+def _live_run_keys(monitored_conn: Connection) -> set[int]:
+    return set(monitored_conn.execute(sa.text(
+        "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND classid = :ns AND objsubid = 2"),
+        {"ns": NS_RUN}).scalars())
+
+
+def close_orphaned_runs(fleet: Engine, monitored_conn: Connection) -> int:
+    """Backlog runs still 'running' whose worker is gone (its run lock is not held) become errors."""
+    live = _live_run_keys(monitored_conn)
+    monitored_conn.commit()
+    with fleet.begin() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT id FROM fleet.job_runs WHERE kind = :k AND status = 'running'"), {"k": KIND}).scalars().all()
+        dead = [i for i in rows if i % 2**31 not in live]
+        if dead:
+            conn.execute(sa.text(
+                """UPDATE fleet.job_runs SET status = 'error', finished_at = now(),
+                          error = 'worker lost before the run finished' WHERE id = ANY(:ids)"""), {"ids": dead})
+    return len(dead)
+
+
+def _heartbeat(fleet: Engine, result: RunResult) -> None:
+    with fleet.begin() as conn:
+        conn.execute(sa.text("UPDATE fleet.job_runs SET rows_affected = :r, batches = :b WHERE id = :id"),
+                     {"r": result.claimed + result.recovered, "b": result.batches, "id": result.run_id})
+
+
+def _finish_run(fleet: Engine, monitored_conn: Connection, result: RunResult) -> None:
+    with fleet.begin() as conn:
+        conn.execute(sa.text(
+            """UPDATE fleet.job_runs SET finished_at = now(), rows_affected = :r, batches = :b, status = :s,
+                      error = :e, params = params || CAST(:extra AS jsonb) WHERE id = :id"""),
+            {"r": result.claimed + result.recovered, "b": result.batches, "s": result.status, "e": result.error,
+             "id": result.run_id, "extra": json.dumps({"result": {k: v for k, v in result.as_dict().items()
+                                                                   if k != "sample"}})})
+    monitored_conn.execute(sa.text("SELECT pg_advisory_unlock(:ns, :id)"),
+                           {"ns": NS_RUN, "id": result.run_id % 2**31})
+    monitored_conn.commit()
+
+
+# -- the runs --------------------------------------------------------------------------------------------
+
+def _rows(result: sa.CursorResult) -> list[EmailRow]:
+    return [EmailRow(**m) for m in result.mappings()]
+
+
+def _stale_groups(conn: Connection, stale_after: timedelta) -> Iterator[tuple[str, list[int]]]:
+    """Groups of pending emails all older than `stale_after` (a seq scan of pending rows, once a run)."""
+    found = conn.execute(sa.text(
+        """SELECT xmin::text AS grp, array_agg(id) AS ids FROM confirmation_emails WHERE status = 'pending'
+           GROUP BY xmin::text HAVING max(created_at) <= now() - make_interval(secs => :s)
+           ORDER BY min(id)"""), {"s": stale_after.total_seconds()}).all()
+    conn.commit()
+    yield from ((g, ids) for g, ids in found)
+
+
+def send_stale_pending(conn: Connection, channel: EmailChannel, stale_after: timedelta, result: RunResult,
+                       limit: int | None = None) -> None:
+    """Resend pending emails that nobody is sending (their group's lock is free) with the same calls and
+    keys as the first attempt. Counts into result.recovered / sent / failed / deferred."""
+    for grp, ids in _stale_groups(conn, stale_after):
+        if limit is not None and result.recovered >= limit:
+            return
+        if not _lock_group(conn, grp, wait=False):
+            conn.commit()
+            continue
+        try:
+            t = time.perf_counter()
+            rows = _rows(conn.execute(sa.text(
+                f"""SELECT {_ROW_COLUMNS} FROM confirmation_emails ce JOIN registrations r ON r.id = ce.registration_id
+                    WHERE ce.id = ANY(:ids) AND ce.status = 'pending' AND ce.xmin = CAST(:g AS xid)"""),  # noqa: S608
+                {"ids": ids, "g": grp}))
+            conn.commit()
+            result.db_seconds += time.perf_counter() - t
+            if not rows:
+                continue
+            log.info("confirmation_group_resending", group=grp, emails=len(rows))
+            out = _send_and_record(conn, channel, rows, result)
+            result.recovered += out.sent + out.failed
+            result.sent += out.sent
+            result.failed += out.failed
+            if out.unavailable:
+                result.deferred += out.rows_left
+                raise ProviderUnavailable(out.unavailable)
+        finally:
+            _unlock_group(conn, grp)
+
+
+def _count_backlog(conn: Connection, older_than: timedelta) -> int:
+    n = conn.execute(sa.text(f"""SELECT count(*) FROM registrations r WHERE {BACKLOG}
+                                 AND r.updated_at <= now() - make_interval(secs => :o)"""),  # noqa: S608
+                     {"o": older_than.total_seconds()}).scalar() or 0
+    conn.commit()
+    return n
+
+
+def _count_conflicts(conn: Connection, older_than: timedelta) -> int:
+    n = conn.execute(sa.text(
+        f"""SELECT count(*) FROM registrations r WHERE {BACKLOG}
+            AND r.updated_at <= now() - make_interval(secs => :o)
+            AND EXISTS (SELECT 1 FROM registrations t WHERE t.confirmation_number = {_NUMBER_SQL})"""),  # noqa: S608
+        {"o": older_than.total_seconds()}).scalar() or 0
+    conn.commit()
+    return n
+
+
+class _Reporter:
+    def __init__(self, fleet: Engine, result: RunResult, total: int,
+                 progress: Callable[[Progress], None] | None) -> None:
+        self.fleet, self.result, self.total, self.progress = fleet, result, total, progress
+        self.started = self.last_beat = time.monotonic()
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last_beat >= HEARTBEAT_S:
+            _heartbeat(self.fleet, self.result)
+            self.last_beat = now
+        if self.progress is not None:
+            elapsed = max(now - self.started, 1e-6)
+            rate = done / elapsed
+            total = max(self.total, done)
+            eta = (total - done) / rate if rate > 0 else None
+            self.progress(Progress(done, total, self.result.sent, self.result.failed, rate, eta))
+
+
+def reprocess(monitored: Engine, fleet: Engine, channel: EmailChannel | None, *, limit: int | None = None,
+              batch_size: int = 500, dry_run: bool = False, older_than: timedelta = timedelta(0),
+              stale_after: timedelta = STALE_AFTER, progress: Callable[[Progress], None] | None = None,
+              task_id: str | None = None) -> RunResult:
+    """Reprocess the confirmation backlog (see the module docstring). Safe to run on any number of
+    workers at once; a dry run counts and samples and writes nothing but its job_runs row."""
+    result = RunResult(JOB_REPROCESS, status="dry_run" if dry_run else "ok")
+    params = {"limit": limit, "batch_size": batch_size, "dry_run": dry_run,
+              "older_than": older_than.total_seconds(), "stale_after": stale_after.total_seconds()}
+    if not dry_run:
+        _require_channel(channel)
+    started = time.perf_counter()
+    with monitored.connect() as conn:
+        if dry_run:
+            return _dry_run(conn, fleet, result, params, older_than, stale_after, limit, task_id, started)
+        result.run_id = _start_run(fleet, conn, JOB_REPROCESS, params, task_id)
+        try:
+            total = _count_backlog(conn, older_than)
+            total = min(total, limit) if limit is not None else total
+            report = _Reporter(fleet, result, total, progress)
+            report(0)
+            send_stale_pending(conn, channel, stale_after, result)
+            while limit is None or result.claimed < limit:
+                n = batch_size if limit is None else min(batch_size, limit - result.claimed)
+                t = time.perf_counter()
+                with conn.begin():
+                    rows = _rows(conn.execute(sa.text(CLAIM_SQL), {"n": n, "older_than": older_than.total_seconds()}))
+                    if rows:
+                        _lock_group(conn, rows[0].grp, wait=True)  # no one else can know this group yet
+                result.db_seconds += time.perf_counter() - t
+                if not rows:
+                    break
+                result.claimed += len(rows)
+                result.batches += 1
+                try:
+                    out = _send_and_record(conn, channel, rows, result)
+                finally:
+                    _unlock_group(conn, rows[0].grp)
+                result.sent += out.sent
+                result.failed += out.failed
+                if out.unavailable:
+                    result.deferred += out.rows_left
+                    raise ProviderUnavailable(out.unavailable)
+                report(result.claimed)
+            result.conflicts = _count_conflicts(conn, older_than)
+        except ProviderUnavailable as exc:
+            result.status, result.error = "error", str(exc)
+        except Exception as exc:
+            result.status, result.error = "error", f"{type(exc).__name__}: {str(exc).splitlines()[0][:500]}"
+            conn.rollback()
+            _finish(fleet, conn, result, started)
+            raise
+        _finish(fleet, conn, result, started)
+    return result
+
+
+def resend_failed(monitored: Engine, fleet: Engine, channel: EmailChannel | None, *, limit: int | None = None,
+                  batch_size: int = 100, dry_run: bool = False, progress: Callable[[Progress], None] | None = None,
+                  task_id: str | None = None) -> RunResult:
+    """Retry confirmation emails in status 'failed' (never 'bounced'): each batch is made pending again
+    with attempts + 1 (a new group, so new keys) and sent like a fresh claim."""
+    result = RunResult(JOB_RESEND, status="dry_run" if dry_run else "ok")
+    params = {"limit": limit, "batch_size": batch_size, "dry_run": dry_run}
+    if not dry_run:
+        _require_channel(channel)
+    started = time.perf_counter()
+    failed_where = "ce.status = 'failed' AND r.confirmation_number IS NOT NULL"
+    with monitored.connect() as conn:
+        if dry_run:
+            result.would_process = conn.execute(sa.text(
+                f"""SELECT count(*) FROM confirmation_emails ce JOIN registrations r ON r.id = ce.registration_id
+                    WHERE {failed_where}"""), {}).scalar() or 0  # noqa: S608
+            result.sample = [dict(m) for m in conn.execute(sa.text(
+                f"""SELECT ce.id AS email_id, ce.registration_id, ce.recipient, ce.attempts, ce.error
+                    FROM confirmation_emails ce JOIN registrations r ON r.id = ce.registration_id
+                    WHERE {failed_where} ORDER BY ce.id LIMIT :k"""), {"k": SAMPLE}).mappings()]  # noqa: S608
+            conn.rollback()
+            if limit is not None:
+                result.would_process = min(result.would_process, limit)
+            result.run_id = _record_dry_run(fleet, JOB_RESEND, params, result, task_id)
+            result.seconds = time.perf_counter() - started
+            return result
+        result.run_id = _start_run(fleet, conn, JOB_RESEND, params, task_id)
+        try:
+            total = conn.execute(sa.text("SELECT count(*) FROM confirmation_emails WHERE status = 'failed'")).scalar()
+            conn.commit()
+            report = _Reporter(fleet, result, min(total, limit) if limit is not None else total, progress)
+            after = 0  # keyset: an email failing again in this run is not picked up again by it
+            while limit is None or result.claimed < limit:
+                n = batch_size if limit is None else min(batch_size, limit - result.claimed)
+                t = time.perf_counter()
+                with conn.begin():
+                    rows = _rows(conn.execute(sa.text(
+                        f"""WITH picked AS (
+                                SELECT ce.id FROM confirmation_emails ce JOIN registrations r ON r.id = ce.registration_id
+                                WHERE {failed_where} AND ce.id > :after ORDER BY ce.id LIMIT :n FOR UPDATE OF ce SKIP LOCKED
+                            ), requeued AS (
+                                UPDATE confirmation_emails ce SET status = 'pending', attempts = ce.attempts + 1
+                                FROM picked WHERE ce.id = picked.id
+                                RETURNING ce.id, ce.registration_id, ce.recipient, ce.subject, ce.attempts, ce.xmin
+                            )
+                            SELECT q.id AS email_id, q.registration_id, q.recipient, q.subject, q.attempts,
+                                   q.xmin::text AS grp, r.full_name, r.confirmation_number, r.event_id, r.amount_in_cents
+                            FROM requeued q JOIN registrations r ON r.id = q.registration_id"""),  # noqa: S608
+                        {"after": after, "n": n}))
+                    if rows:
+                        _lock_group(conn, rows[0].grp, wait=True)
+                result.db_seconds += time.perf_counter() - t
+                if not rows:
+                    break
+                after = max(r.email_id for r in rows)
+                result.claimed += len(rows)
+                result.batches += 1
+                try:
+                    out = _send_and_record(conn, channel, rows, result)
+                finally:
+                    _unlock_group(conn, rows[0].grp)
+                result.sent += out.sent
+                result.failed += out.failed
+                if out.unavailable:
+                    result.deferred += out.rows_left
+                    raise ProviderUnavailable(out.unavailable)
+                report(result.claimed)
+        except ProviderUnavailable as exc:
+            result.status, result.error = "error", str(exc)
+        except Exception as exc:
+            result.status, result.error = "error", f"{type(exc).__name__}: {str(exc).splitlines()[0][:500]}"
+            conn.rollback()
+            _finish(fleet, conn, result, started)
+            raise
+        _finish(fleet, conn, result, started)
+    return result
+
+
+def _require_channel(channel: EmailChannel | None) -> None:
+    if channel is None or not channel.api_key:
+        raise ValueError("RESEND_API_KEY is not set: confirmation emails cannot be sent (a dry run needs no key)")
+    if not channel.from_email:
+        raise ValueError("FROM_EMAIL is not set: confirmation emails need a sender")
+
+
+def _finish(fleet: Engine, conn: Connection, result: RunResult, started: float) -> None:
+    result.seconds = time.perf_counter() - started
+    _finish_run(fleet, conn, result)
+    log.info("backlog_run_finished", job=result.job, status=result.status, claimed=result.claimed,
+             sent=result.sent, failed=result.failed, deferred=result.deferred, recovered=result.recovered,
+             batches=result.batches, conflicts=result.conflicts, seconds=round(result.seconds, 3), error=result.error)
+
+
+def _dry_run(conn: Connection, fleet: Engine, result: RunResult, params: dict[str, Any], older_than: timedelta,
+             stale_after: timedelta, limit: int | None, task_id: str | None, started: float) -> RunResult:
+    o = older_than.total_seconds()
+    result.would_process = _count_backlog(conn, older_than)
+    if limit is not None:
+        result.would_process = min(result.would_process, limit)
+    result.conflicts = _count_conflicts(conn, older_than)
+    result.stale_pending = sum(len(ids) for _, ids in _stale_groups(conn, stale_after))
+    result.sample = [
+        {**dict(m), "confirmation_number": confirmation_number(m["id"]), "updated_at": m["updated_at"].isoformat()}
+        for m in conn.execute(sa.text(
+            f"""SELECT r.id, r.email, r.updated_at FROM registrations r WHERE {BACKLOG}
+                AND r.updated_at <= now() - make_interval(secs => :o) ORDER BY r.updated_at LIMIT :k"""),  # noqa: S608
+            {"o": o, "k": SAMPLE}).mappings()]
+    conn.rollback()
+    result.run_id = _record_dry_run(fleet, JOB_REPROCESS, params, result, task_id)
+    result.seconds = time.perf_counter() - started
+    log.info("backlog_dry_run", job=result.job, would_process=result.would_process, conflicts=result.conflicts,
+             stale_pending=result.stale_pending)
+    return result
+
+
+def _record_dry_run(fleet: Engine, job: str, params: dict[str, Any], result: RunResult, task_id: str | None) -> int:
+    with fleet.begin() as conn:
+        return conn.execute(sa.text(
+            """INSERT INTO fleet.job_runs (job, kind, started_at, finished_at, status, params, task_id)
+               VALUES (:j, :k, now(), now(), 'dry_run', CAST(:p AS jsonb), :t) RETURNING id"""),
+            {"j": job, "k": KIND, "t": task_id, "p": json.dumps(
+                {**params, "would_process": result.would_process, "conflicts": result.conflicts,
+                 "stale_pending": result.stale_pending})}).scalar()
+
+
+# -- status ----------------------------------------------------------------------------------------------
+
+def backlog_status(engine: Engine, fleet: Engine | None = None, stale_after: timedelta = STALE_AFTER) -> dict[str, Any]:
+    """What `opsfleet backlog status` shows: the backlog, the confirmation emails waiting or failed, and
+    the backlog runs in progress (with whether their worker is still alive)."""
+    fleet = fleet or engine
+    with engine.connect() as conn:
+        backlog = conn.execute(sa.text(
+            f"""SELECT count(*) AS pending_confirmations, min(r.updated_at) AS oldest_pending,
+                       EXTRACT(EPOCH FROM now() - min(r.updated_at)) AS oldest_pending_age_s
+                FROM registrations r WHERE {BACKLOG}""")).mappings().one()  # noqa: S608
+        emails = conn.execute(sa.text(
+            """SELECT count(*) FILTER (WHERE status = 'pending') AS emails_pending,
+                      count(*) FILTER (WHERE status = 'pending'
+                                       AND created_at <= now() - make_interval(secs => :s)) AS emails_pending_stale,
+                      count(*) FILTER (WHERE status = 'failed') AS emails_failed,
+                      count(*) FILTER (WHERE status = 'bounced') AS emails_bounced
+               FROM confirmation_emails WHERE status IN ('pending', 'failed', 'bounced')"""),
+            {"s": stale_after.total_seconds()}).mappings().one()
+        live = _live_run_keys(conn)
+    with fleet.connect() as conn:
+        runs = [dict(m) for m in conn.execute(sa.text(
+            """SELECT id, job, status, started_at, rows_affected, batches, task_id, params
+               FROM fleet.job_runs WHERE kind = :k AND status = 'running' ORDER BY started_at"""),
+            {"k": KIND}).mappings()]
+        last = [dict(m) for m in conn.execute(sa.text(
+            """SELECT DISTINCT ON (job) id, job, status, started_at, finished_at, rows_affected, batches, error
+               FROM fleet.job_runs WHERE kind = :k AND status <> 'running' ORDER BY job, started_at DESC"""),
+            {"k": KIND}).mappings()]
+    for run in runs:
+        run["alive"] = run["id"] % 2**31 in live
+    age = backlog["oldest_pending_age_s"]
+    return {
+        "pending_confirmations": backlog["pending_confirmations"],
+        "oldest_pending": backlog["oldest_pending"],
+        "oldest_pending_age_s": float(age) if age is not None else None,
+        **{k: int(v) for k, v in emails.items()},
+        "running_jobs": runs,
+        "last_runs": last,
+    }
