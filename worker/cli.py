@@ -447,6 +447,27 @@ def ping() -> None:
     console.print("ok: broker")
 
 
+@app.command()
+def metrics(port: Annotated[int, typer.Option(help="port to serve /metrics on")] = 9808,
+            host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1") -> None:
+    """Serve Prometheus metrics of the fleet (read from its state on each scrape)."""
+    import time
+
+    from prometheus_client import REGISTRY, start_http_server
+
+    from worker.config import get_config
+    from worker.db import fleet_engine, ping
+    from worker.metrics import FleetCollector
+
+    _settings()
+    ping(fleet_engine(), "the fleet database")
+    REGISTRY.register(FleetCollector(fleet_engine(), get_config()))
+    start_http_server(port, addr=host)
+    console.print(f"serving metrics on http://{host}:{port}/metrics")
+    while True:
+        time.sleep(3600)
+
+
 # -- demo --------------------------------------------------------------------------------------------
 @app.command()
 def demo(duration: Annotated[float | None, typer.Option(help="stop after S seconds (default: until Ctrl-C)")] = None,

@@ -1,0 +1,94 @@
+"""Prometheus metrics for the fleet itself, read from the fleet's state on each scrape.
+
+Postgres is the source of truth, so the exporter is one small process (`opsfleet metrics`) instead
+of per-worker counters that a prefork pool would scatter. Labels come from fixed sets (severity,
+state, status, channel, reason) or from config (check and job names), never from alert text; the
+failure series are pre-created at zero so dashboards show zeros, not gaps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import sqlalchemy as sa
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy.engine import Engine
+
+from worker.channels.base import REASONS
+from worker.config import SEVERITIES, FleetConfig
+
+ALERT_STATES = ("pending", "firing")
+NOTIFY_STATUSES = ("pending", "sending", "retrying", "sent", "dead", "suppressed")
+RUN_STATUSES = ("ok", "no_data", "error")
+
+
+class FleetCollector(Collector):
+    def __init__(self, fleet: Engine, cfg: FleetConfig) -> None:
+        self.fleet, self.cfg = fleet, cfg
+        self.channels = sorted(cfg.routing.channels) if cfg.routing else []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self.fleet.connect() as conn:
+            alerts = {(r.state, r.severity): r.n for r in conn.execute(sa.text(
+                "SELECT state, severity, count(*) AS n FROM fleet.alerts GROUP BY 1, 2"))}
+            notes = {(r.channel, r.status): r.n for r in conn.execute(sa.text(
+                "SELECT channel, status, count(*) AS n FROM fleet.notifications "
+                "WHERE created_at > now() - interval '24 hours' GROUP BY 1, 2"))}
+            failures = {(r.channel, r.reason): r.n for r in conn.execute(sa.text(
+                "SELECT channel, split_part(last_error, ':', 1) AS reason, count(*) AS n FROM fleet.notifications "
+                "WHERE last_error IS NOT NULL AND created_at > now() - interval '24 hours' GROUP BY 1, 2"))}
+            due = conn.execute(sa.text(
+                "SELECT count(*) FROM fleet.notifications WHERE status IN ('pending', 'retrying') "
+                "AND next_attempt_at <= now()")).scalar()
+            runs = {(r.check_name, r.status): r.n for r in conn.execute(sa.text(
+                "SELECT check_name, status, count(*) AS n FROM fleet.check_runs "
+                "WHERE started_at > now() - interval '1 hour' GROUP BY 1, 2"))}
+            last_run = {r.check_name: r.age for r in conn.execute(sa.text(
+                "SELECT check_name, extract(epoch FROM now() - max(started_at)) AS age FROM fleet.check_runs "
+                "GROUP BY 1"))}
+            jobs = {r.job: r for r in conn.execute(sa.text(
+                "SELECT DISTINCT ON (job) job, status, extract(epoch FROM finished_at - started_at) AS secs, "
+                "extract(epoch FROM now() - started_at) AS age FROM fleet.job_runs ORDER BY job, started_at DESC"))}
+
+        g = GaugeMetricFamily("opsfleet_alerts", "Alert instances by state and severity", labels=["state", "severity"])
+        for state in ALERT_STATES:
+            for sev in SEVERITIES:
+                g.add_metric([state, sev], alerts.get((state, sev), 0))
+        yield g
+        g = GaugeMetricFamily("opsfleet_notifications", "Notifications created in the last 24 h by channel and status",
+                              labels=["channel", "status"])
+        for ch in self.channels:
+            for st in NOTIFY_STATUSES:
+                g.add_metric([ch, st], notes.get((ch, st), 0))
+        yield g
+        g = GaugeMetricFamily("opsfleet_notification_failures", "Notifications of the last 24 h whose last attempt "
+                              "failed, by channel and reason", labels=["channel", "reason"])
+        for ch in self.channels:
+            for reason in (*REASONS, "throttled"):
+                g.add_metric([ch, reason], failures.get((ch, reason), 0))
+        yield g
+        yield GaugeMetricFamily("opsfleet_outbox_due", "Outbox rows due and not yet delivered", value=due)
+        g = GaugeMetricFamily("opsfleet_check_runs", "Check runs in the last hour by status", labels=["check", "status"])
+        for name in sorted(self.cfg.checks):
+            for st in RUN_STATUSES:
+                g.add_metric([name, st], runs.get((name, st), 0))
+        yield g
+        g = GaugeMetricFamily("opsfleet_check_last_run_age_seconds", "Seconds since each check last ran",
+                              labels=["check"])
+        for name, age in sorted(last_run.items()):
+            if name in self.cfg.checks:
+                g.add_metric([name], float(age))
+        yield g
+        g = GaugeMetricFamily("opsfleet_job_last_run_ok", "1 if the job's last run succeeded", labels=["job"])
+        d = GaugeMetricFamily("opsfleet_job_last_run_duration_seconds", "Duration of the job's last run", labels=["job"])
+        a = GaugeMetricFamily("opsfleet_job_last_run_age_seconds", "Seconds since the job's last run started", labels=["job"])
+        for job in sorted(self.cfg.maintenance):
+            r = jobs.get(job)
+            g.add_metric([job], 1 if r is not None and r.status == "ok" else 0)
+            if r is not None:
+                d.add_metric([job], float(r.secs or 0))
+                a.add_metric([job], float(r.age))
+        yield g
+        yield d
+        yield a
