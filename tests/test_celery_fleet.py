@@ -15,10 +15,12 @@ from worker.app import QUEUES, VISIBILITY_TIMEOUT, app
 
 
 def test_every_task_is_routed_to_its_family_queue():
-    import tasks.checks  # noqa: F401
-    import tasks.maintenance  # noqa: F401
-    import tasks.notify  # noqa: F401
-    from worker.app import KNOWN_TASKS
+    import importlib
+
+    from worker.app import KNOWN_TASKS, TASK_MODULES
+
+    for module in TASK_MODULES:
+        importlib.import_module(module)
 
     for name in KNOWN_TASKS:
         t = app.tasks[name]
