@@ -17,3 +17,13 @@ def test_readme_first_screen_has_the_two_commands_and_ci_runs_the_test_one():
     assert 'make demo ARGS="--duration 60"' in first_screen
     assert "make test" in first_screen
     assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_config_readme_documents_every_check_and_job_field():
+    from worker.config import Check, MaintenanceJob
+
+    text = (REPO / "config" / "README.md").read_text()
+    for model in (Check, MaintenanceJob):
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            assert f"`{key}`" in text, f"{model.__name__}.{key} is not in config/README.md"
