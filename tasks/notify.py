@@ -19,14 +19,29 @@ log = structlog.get_logger(__name__)
 
 
 @task("notify.deliver", ignore_result=True)
-def deliver(notification_id: str) -> dict:
+def deliver(notification_id: str, channel: str | None = None) -> dict:
+    """Deliver one outbox row (`channel`: a follow-up at the channel's next token, see below)."""
     structlog.contextvars.bind_contextvars(notification_id=notification_id)
     settings = get_settings()
+    client = _redis()
     result = deliver_one(notification_id, fleet=fleet_engine(), settings=settings, routing=get_config().routing,
-                         now=datetime.now(UTC), monitored=monitored_engine(), redis_client=_redis())
-    if result.status in ("retrying", "throttled") and result.retry_in is not None and result.retry_in <= BROKER_RETRY_LIMIT:
+                         now=datetime.now(UTC), monitored=monitored_engine(), redis_client=client,
+                         channel_hint=channel)
+    if result.status == "throttled" or (result.status == "retrying" and result.channel and
+                                        result.error and result.error.startswith("rate_limited")):
+        # One follow-up per channel at its next token; every other throttled row waits to be folded
+        # into that send, instead of each task polling the bucket.
+        wait = min(result.retry_in or 1.0, BROKER_RETRY_LIMIT)
+        if client is None or client.set(f"opsfleet:followup:{result.channel}", notification_id, nx=True,
+                                        px=int(wait * 1000) + 250):
+            app.send_task("notify.deliver", kwargs={"notification_id": notification_id, "channel": result.channel},
+                          queue="notify", countdown=wait)
+    elif result.status == "retrying" and result.retry_in is not None and result.retry_in <= BROKER_RETRY_LIMIT:
         app.send_task("notify.deliver", kwargs={"notification_id": notification_id}, queue="notify",
                       countdown=result.retry_in)
+    if result.more_waiting and result.channel:
+        app.send_task("notify.deliver", kwargs={"notification_id": notification_id, "channel": result.channel},
+                      queue="notify")
     return {"status": result.status, "retry_in": result.retry_in}
 
 

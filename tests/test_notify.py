@@ -321,3 +321,37 @@ def test_markup_in_alert_text_is_escaped_in_html_and_in_slack(db, sink):
     blob = " ".join([slack.get("text", ""), *mrkdwn(slack.get("blocks", []))])
     assert "<@channel>" not in blob and "<!here>" not in blob and "<script>" not in blob
     assert "&lt;@channel&gt;" in blob
+
+
+def test_follow_up_at_the_next_token_delivers_what_waits_even_if_its_own_row_went_out(db, sink, redis_client):
+    r = routing(rate_limit=0.5, burst=1)
+    s = settings_for(sink)
+    first = fire(db, items=("a",), severity="warning", routes=r)
+    assert deliver(first[0], fleet=db, settings=s, routing=r, now=T0, redis_client=redis_client).status == "sent"
+    waiting = fire(db, items=("a", "b"), severity="warning", routes=r, at=T0 + timedelta(minutes=1))
+    assert deliver(waiting[0], fleet=db, settings=s, routing=r, now=T0 + timedelta(minutes=1),
+                   redis_client=redis_client).status == "throttled"
+    import time
+
+    time.sleep(2.1)
+    # the follow-up names a row that is no longer due (it was the one already sent): the channel's
+    # oldest throttled row goes instead
+    out = deliver(first[0], fleet=db, settings=s, routing=r, now=T0 + timedelta(minutes=2), redis_client=redis_client,
+                  channel_hint="slack")
+    assert out.status == "sent" and out.notification_id == waiting[0]
+    assert len(sink.slack_messages) == 2
+
+
+def test_provider_429_empties_the_shared_bucket_for_its_retry_after(db, sink, redis_client):
+    from worker import ratelimit
+    from worker.delivery import _bucket_target
+
+    r = routing(rate_limit=5, burst=5)
+    s = settings_for(sink)
+    sink.script("slack.webhook", [Reply(429, headers={"Retry-After": "3"})])
+    ids = fire(db, items=("a",), severity="warning", routes=r)
+    out = deliver(ids[0], fleet=db, settings=s, routing=r, now=T0, redis_client=redis_client)
+    assert out.status == "retrying" and out.retry_in >= 3
+    assert note(db, ids[0]).throttled  # still foldable into the next send
+    bucket = ratelimit.TokenBucket(redis_client, _bucket_target("slack", "slack", s), 5, 5)
+    assert bucket.take() >= 2.5  # no worker sends to this webhook before Retry-After has passed

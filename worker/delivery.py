@@ -36,6 +36,8 @@ class Delivery:
     retry_in: float | None = None
     error: str | None = None
     provider_id: str | None = None
+    channel: str | None = None
+    more_waiting: bool = False  # a fold hit FOLD_LIMIT: more rows wait behind this channel's bucket
 
 
 def lease(fleet: Engine, nid: str, now: datetime) -> Any:
@@ -48,6 +50,20 @@ def lease(fleet: Engine, nid: str, now: datetime) -> Any:
                     OR (status = 'sending' AND lease_until < :now))
                 RETURNING *"""),
             {"id": nid, "now": now, "lease": now + LEASE},
+        ).first()
+
+
+def lease_next_throttled(fleet: Engine, channel: str, now: datetime) -> Any:
+    """Lease the oldest throttled row of a channel that is due (the follow-up after a throttle)."""
+    with fleet.begin() as conn:
+        return conn.execute(
+            sa.text("""
+                UPDATE fleet.notifications SET status = 'sending', lease_until = :lease, attempts = attempts + 1
+                WHERE id = (SELECT id FROM fleet.notifications
+                            WHERE channel = :ch AND throttled AND status = 'retrying' AND next_attempt_at <= :now
+                            ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+                RETURNING *"""),
+            {"ch": channel, "now": now, "lease": now + LEASE},
         ).first()
 
 
@@ -143,13 +159,20 @@ def count_held_back(conn, reason: str, channel: str, check: str | None, now: dat
 
 
 def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | None, now: datetime,
-            monitored: Engine | None = None, redis_client: Any = None, timeout: float = 10.0) -> Delivery:
-    """Lease -> silence? -> rate-limit token -> (fold what waits behind the bucket) -> send -> record."""
+            monitored: Engine | None = None, redis_client: Any = None, timeout: float = 10.0,
+            channel_hint: str | None = None) -> Delivery:
+    """Lease -> silence? -> rate-limit token -> (fold what waits behind the bucket) -> send -> record.
+
+    With `channel_hint` (a follow-up scheduled at the bucket's next token), a row already folded
+    into another message gives way to the oldest throttled row of that channel."""
     from worker import silences
 
     row = lease(fleet, nid, now)
+    if row is None and channel_hint:
+        row = lease_next_throttled(fleet, channel_hint, now)
     if row is None:
         return Delivery(nid, "skipped")
+    nid = str(row.id)
     kind = _kind(row, routing)
     message = build_message(row)
     folded: list[Any] = []
@@ -164,12 +187,14 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
         log.info("notification_suppressed", notification_id=nid, silence_id=silence, channel=row.channel)
         return Delivery(nid, "suppressed")
 
+    bucket = None
     if redis_client is not None and kind in ("email", "slack"):
         ch = routing.channels.get(row.channel) if routing else None
         rate, burst = ratelimit.DEFAULTS[kind]
         if ch and ch.rate_limit:
             rate, burst = ch.rate_limit, ch.burst or max(1, int(ch.rate_limit))
-        wait = ratelimit.TokenBucket(redis_client, _bucket_target(kind, row.channel, settings), rate, burst).take()
+        bucket = ratelimit.TokenBucket(redis_client, _bucket_target(kind, row.channel, settings), rate, burst)
+        wait = bucket.take()
         if wait > 0:
             # not an attempt: give the row back, marked throttled, for the next token to fold it in
             with fleet.begin() as conn:
@@ -178,7 +203,7 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
                                         last_error = 'throttled: rate limit bucket empty' WHERE id = :id"""),
                              {"id": nid, "at": now + timedelta(seconds=wait)})
             log.info("notification_throttled", notification_id=nid, channel=row.channel, retry_in=wait)
-            return Delivery(nid, "throttled", retry_in=wait)
+            return Delivery(nid, "throttled", retry_in=wait, channel=row.channel)
     if kind in ("email", "slack") and row.transition in ("firing", "repeat", "resolved", "unsilenced"):
         folded = _fold(fleet, row, now)
         if folded:
@@ -194,9 +219,13 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
     try:
         result = send(message, kind, settings, routing, monitored, previous, timeout)
     except DeliveryError as exc:
+        if exc.reason == "rate_limited" and bucket is not None:
+            bucket.penalize(exc.retry_after or 1.0)  # every worker waits out the provider's Retry-After
+        outcome = _record_failure(fleet, row, exc, now)
         if folded:
-            _unfold(fleet, folded)
-        return _record_failure(fleet, row, exc, now)
+            _unfold(fleet, folded, now + timedelta(seconds=outcome.retry_in or 0))
+        outcome.channel = row.channel
+        return outcome
     detail = {k: v for k, v in (result.detail or {}).items() if k in ("channel", "ts", "thread_ts", "updated")}
     with fleet.begin() as conn:
         conn.execute(
@@ -224,10 +253,11 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
             )
     log.info("notification_sent", notification_id=nid, channel=row.channel, provider_id=result.provider_id,
              folded=len(folded) if folded else 0)
-    return Delivery(nid, "sent", provider_id=result.provider_id)
+    return Delivery(nid, "sent", provider_id=result.provider_id, channel=row.channel,
+                    more_waiting=len(folded) >= FOLD_LIMIT)
 
 
-FOLD_LIMIT = 50
+FOLD_LIMIT = 100
 
 
 def _fold(fleet: Engine, row: Any, now: datetime) -> list[Any]:
@@ -259,10 +289,13 @@ def _fold(fleet: Engine, row: Any, now: datetime) -> list[Any]:
         return kept
 
 
-def _unfold(fleet: Engine, folded: list[Any]) -> None:
+def _unfold(fleet: Engine, folded: list[Any], retry_at: datetime) -> None:
+    """The summary failed: its rows wait again, still foldable into the next attempt."""
     with fleet.begin() as conn:
-        conn.execute(sa.text("""UPDATE fleet.notifications SET status = 'retrying', lease_until = NULL
-                                WHERE id = ANY(CAST(:ids AS uuid[]))"""), {"ids": [str(f.id) for f in folded]})
+        conn.execute(sa.text("""UPDATE fleet.notifications SET status = 'retrying', throttled = true,
+                                lease_until = NULL, next_attempt_at = :at
+                                WHERE id = ANY(CAST(:ids AS uuid[]))"""),
+                     {"ids": [str(f.id) for f in folded], "at": retry_at})
 
 
 def _summary_message(first: Message, folded: list[Any]) -> Message:
@@ -300,8 +333,8 @@ def _record_failure(fleet: Engine, row: Any, exc: DeliveryError, now: datetime) 
     with fleet.begin() as conn:
         conn.execute(
             sa.text("""UPDATE fleet.notifications SET status = 'retrying', lease_until = NULL, last_error = :e,
-                       next_attempt_at = :at WHERE id = :id"""),
-            {"id": nid, "e": error, "at": now + timedelta(seconds=delay)},
+                       next_attempt_at = :at, throttled = :throttled WHERE id = :id"""),
+            {"id": nid, "e": error, "at": now + timedelta(seconds=delay), "throttled": exc.reason == "rate_limited"},
         )
     log.warning("notification_retrying", notification_id=nid, channel=row.channel, reason=exc.reason,
                 attempts=row.attempts, retry_in=round(delay, 1))

@@ -11,7 +11,7 @@ import time
 
 import redis
 
-DEFAULTS = {"email": (2.0, 2), "slack": (1.0, 3), "table": (50.0, 50)}  # kind -> (rate/s, burst)
+DEFAULTS = {"email": (2.0, 2), "slack": (1.0, 1), "table": (50.0, 50)}  # kind -> (rate/s, burst)
 
 # KEYS[1] bucket; ARGV rate, burst, now(ms). Returns ms to wait (0 = token taken).
 _TAKE = """
@@ -40,6 +40,11 @@ class TokenBucket:
         self.key = "opsfleet:bucket:" + hashlib.sha256(target.encode()).hexdigest()[:16]
         self.rate, self.burst = rate, burst
         self._take = client.register_script(_TAKE)
+
+    def penalize(self, seconds: float) -> None:
+        """The provider said 429 with Retry-After: no token for anyone until it has passed."""
+        self.client.hset(self.key, mapping={"tokens": 1 - seconds * self.rate, "ts": int(time.time() * 1000)})
+        self.client.pexpire(self.key, int((seconds + self.burst / self.rate) * 1000) + 1000)
 
     def take(self) -> float:
         """Take one token; return 0.0, or the seconds to wait before one is available."""
