@@ -24,7 +24,16 @@ answering: the provider got it but the client never hears back, and a retry with
 Idempotency-Key replays the original answer instead of recording a second email). A non-2xx Reply
 answers with that provider's realistic error body for the status unless `body` is given.
 
-Run standalone: `python -m worker.sink --port 8025 --capture /tmp/opsfleet-sink.jsonl`.
+Optional rate limits (off by default): `ProviderSink(rate_limits={"resend": 2.0, "slack": 1.0})` keeps a
+token bucket per provider target (Resend: per API key, i.e. per team; Slack: per webhook URL or per
+channel of the Web API) and answers a request over the limit the way the provider does: 429 with
+Retry-After (Resend's rate_limit_exceeded JSON with its ratelimit-* headers; Slack's "rate_limited"
+webhook body or {"ok": false, "error": "ratelimited"}). A value is the rate per second, or
+(rate, burst); the burst defaults to max(1, int(rate)). A request refused this way takes no token, is
+not recorded as a message, and is marked `rate_limited` in `requests`. Scripted replies bypass it.
+
+Run standalone: `python -m worker.sink --port 8025 --capture /tmp/opsfleet-sink.jsonl`
+(add `--rate-limit resend=2 --rate-limit slack=1` to enforce the providers' limits).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import re
 import signal
 import sys
@@ -64,6 +74,7 @@ RESEND_MAX_RECIPIENTS = 50
 SLACK_TEXT_MAX = 40000
 _EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 _CHANNEL_ID_RE = re.compile(r"^[CGD][A-Z0-9]{8,}$")
+RATE_LIMITED_PROVIDERS = ("resend", "slack")
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,7 @@ class RecordedRequest:
     status: int | None = None
     scripted: bool = False
     replayed: bool = False
+    rate_limited: bool = False  # refused with 429 by the sink's own rate limit (see `rate_limits`)
 
 
 @dataclass
@@ -309,6 +321,34 @@ def _channel_id(name: str) -> str:
     return "C" + hashlib.sha1(name.encode()).hexdigest()[:10].upper()  # noqa: S324 - an id, not security
 
 
+def _rate_limits(
+    limits: Mapping[str, float | tuple[float, int]] | None,
+) -> dict[str, tuple[float, int]]:
+    out: dict[str, tuple[float, int]] = {}
+    for provider, value in (limits or {}).items():
+        if provider not in RATE_LIMITED_PROVIDERS:
+            raise ValueError(f"rate_limits: unknown provider {provider!r}; known: {', '.join(RATE_LIMITED_PROVIDERS)}")
+        rate, burst = (value if isinstance(value, tuple | list) else (value, None))
+        rate = float(rate)
+        burst = max(1, int(rate)) if burst is None else int(burst)
+        if not rate > 0 or burst < 1:
+            raise ValueError(f"rate_limits[{provider!r}]: the rate must be > 0 and the burst >= 1")
+        out[provider] = (rate, burst)
+    return out
+
+
+def _slack_channel_of(headers: Mapping[str, str], raw: bytes) -> str:
+    """The `channel` argument of a Web API call (JSON or form-encoded), for its per-channel limit."""
+    try:
+        if "application/json" in (_header(headers, "content-type") or "").lower():
+            data = json.loads(raw or b"{}")
+        else:
+            data = {k: v[-1] for k, v in parse_qs(raw.decode()).items()}
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    return str(data.get("channel") or "").lstrip("#") if isinstance(data, dict) else ""
+
+
 # -- the server -----------------------------------------------------------------------------------
 
 
@@ -326,9 +366,11 @@ class ProviderSink:
         slack_webhook_paths: Iterable[str] | None = None,
         slack_channels: Iterable[str] | None = None,
         idempotency_ttl: float = IDEMPOTENCY_TTL,
+        rate_limits: Mapping[str, float | tuple[float, int]] | None = None,
     ) -> None:
         """`resend_api_keys` / `slack_tokens` / `slack_webhook_paths` / `slack_channels`: the valid
-        values; None accepts any well-formed one (re_..., xox..., /services/A/B/C, any channel)."""
+        values; None accepts any well-formed one (re_..., xox..., /services/A/B/C, any channel).
+        `rate_limits`: {"resend": rate, "slack": (rate, burst)}; None (the default) enforces none."""
         self.host = host
         self.port = port
         self.capture_path = Path(capture_path) if capture_path else None
@@ -342,6 +384,7 @@ class ProviderSink:
             else None
         )
         self.idempotency_ttl = idempotency_ttl
+        self.rate_limits = _rate_limits(rate_limits)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._stopping = threading.Event()
@@ -358,6 +401,7 @@ class ProviderSink:
         self._requests: list[RecordedRequest] = []
         self._scripts: dict[str, deque[Reply]] = {}
         self._idempotency: dict[tuple[str, str], tuple[str, float, _Response]] = {}
+        self._buckets: dict[tuple[str, str], list[float]] = {}  # (provider, target) -> [tokens, at]
         self._ts_seq = 0
 
     # -- lifecycle --
@@ -509,11 +553,45 @@ class ProviderSink:
                     else _default_error(rec.route or "", reply.status)
                 )
             else:
-                resp = self._process(rec, raw, arg, token)
+                limited = self._rate_limit(rec, raw, token) if reply is None else None
+                resp = limited if limited is not None else self._process(rec, raw, arg, token)
             if reply is not None:
                 resp.headers.update(reply.headers)
             rec.status = resp.status
             return resp, (reply.hang if reply else 0.0)
+
+    def _rate_limit(self, rec: RecordedRequest, raw: bytes, token: str | None) -> _Response | None:
+        """Take a token from the request's provider-target bucket; a 429 when there is none."""
+        route = rec.route
+        if not self.rate_limits or route is None or route == "slack.auth.test":
+            return None
+        provider = route.split(".", 1)[0]
+        limit = self.rate_limits.get(provider)
+        if limit is None:
+            return None
+        rate, burst = limit
+        if provider == "resend":
+            target = token or ""
+        elif route == "slack.webhook":
+            target = rec.path
+        else:
+            target = "api:" + _slack_channel_of(rec.headers, raw)
+        now = time.monotonic()
+        tokens, at = self._buckets.get((provider, target), (float(burst), now))
+        tokens = min(float(burst), tokens + (now - at) * rate)
+        if tokens >= 1.0:
+            self._buckets[(provider, target)] = [tokens - 1.0, now]
+            return None
+        self._buckets[(provider, target)] = [tokens, now]
+        rec.rate_limited = True
+        retry_after = str(max(1, math.ceil((1.0 - tokens) / rate)))  # whole seconds, as both providers send
+        resp = _default_error(route, 429)
+        resp.headers["Retry-After"] = retry_after
+        if provider == "resend":
+            resp.headers.update(
+                {"ratelimit-limit": f"{rate:g}", "ratelimit-remaining": "0", "ratelimit-reset": retry_after}
+            )
+        return resp
 
     def _process(self, rec: RecordedRequest, raw: bytes, arg: str | None, token: str | None) -> _Response:
         route = rec.route
@@ -855,8 +933,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--capture", help="append one JSON line per accepted message to this file")
+    parser.add_argument("--rate-limit", action="append", default=[], metavar="PROVIDER=RATE[/BURST]",
+                        help="enforce a rate limit per provider target, e.g. resend=2 or slack=1/1 (repeatable)")
     args = parser.parse_args(argv)
-    sink = ProviderSink(args.host, args.port, capture_path=args.capture).start()
+    limits: dict[str, tuple[float, int] | float] = {}
+    for item in args.rate_limit:
+        provider, _, spec = item.partition("=")
+        rate, _, burst = spec.partition("/")
+        try:
+            limits[provider.strip()] = (float(rate), int(burst)) if burst else float(rate)
+        except ValueError:
+            parser.error(f"--rate-limit {item!r}: use PROVIDER=RATE or PROVIDER=RATE/BURST")
+    try:
+        sink = ProviderSink(args.host, args.port, capture_path=args.capture, rate_limits=limits).start()
+    except ValueError as exc:
+        parser.error(str(exc))
     print(f"RESEND_API_URL={sink.resend_api_url}", flush=True)
     print(f"ALERT_SLACK_WEBHOOK_URL={sink.slack_webhook_url}", flush=True)
     print(f"SLACK_API_URL={sink.slack_api_url}", flush=True)
