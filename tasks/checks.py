@@ -41,12 +41,18 @@ def run(self, name: str, slot: str | None = None, at: str | None = None) -> dict
     # enqueue after commit: the outbox rows exist before any worker looks for them
     if outcome.notification_ids:
         with fleet_engine().connect() as conn:
-            due = dict(conn.execute(sa.text("SELECT CAST(id AS text), next_attempt_at FROM fleet.notifications "
-                                            "WHERE id = ANY(CAST(:ids AS uuid[]))"), {"ids": outcome.notification_ids}).all())
-        for nid in outcome.notification_ids:
-            # due after its route's group_wait (short, well under the visibility timeout)
-            wait = max(0.0, (due[nid] - datetime.now(UTC)).total_seconds()) if nid in due else 0.0
-            app.send_task("notify.deliver", kwargs={"notification_id": nid}, queue="notify", countdown=wait)
+            rows = conn.execute(sa.text("SELECT CAST(id AS text) AS id, channel, next_attempt_at FROM fleet.notifications "
+                                        "WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY created_at"),
+                                {"ids": outcome.notification_ids}).all()
+        # One delivery per channel: it folds the run's other rows for that channel into one message
+        # (and asks for a follow-up if more wait); notify.sweep catches anything left behind.
+        first: dict[str, tuple[str, datetime]] = {}
+        for r in rows:
+            first.setdefault(r.channel, (r.id, r.next_attempt_at))
+        for channel, (nid, due) in first.items():
+            wait = max(0.0, (due - datetime.now(UTC)).total_seconds())  # the route's group_wait
+            app.send_task("notify.deliver", kwargs={"notification_id": nid, "channel": channel}, queue="notify",
+                          countdown=wait)
     if outcome.remediate and check.remediate:
         app.send_task(check.remediate.task, kwargs=dict(check.remediate.kwargs))
         log.info("remediation_enqueued", task=check.remediate.task)
