@@ -32,8 +32,9 @@ def deliver(notification_id: str, channel: str | None = None) -> dict:
         # One follow-up per channel at its next token; every other throttled row waits to be folded
         # into that send, instead of each task polling the bucket.
         wait = min(result.retry_in or 1.0, BROKER_RETRY_LIMIT)
-        if client is None or client.set(f"opsfleet:followup:{result.channel}", notification_id, nx=True,
-                                        px=int(wait * 1000) + 250):
+        # a follow-up that is throttled again always re-arms itself; others only if none is pending
+        if client is None or client.set(f"opsfleet:followup:{result.channel}", notification_id, nx=channel is None,
+                                        px=int(wait * 1000) + 5000):
             app.send_task("notify.deliver", kwargs={"notification_id": notification_id, "channel": result.channel},
                           queue="notify", countdown=wait)
     elif result.status == "retrying" and result.retry_in is not None and result.retry_in <= BROKER_RETRY_LIMIT:

@@ -329,12 +329,16 @@ def _record_failure(fleet: Engine, row: Any, exc: DeliveryError, now: datetime) 
         log.error("notification_dead", notification_id=nid, channel=row.channel, reason=exc.reason,
                   attempts=row.attempts, error=error)
         return Delivery(nid, "dead", error=error)
-    delay = backoff(row.attempts, exc.retry_after)
+    rate_limited = exc.reason == "rate_limited"
+    # A 429 is pacing, not a fault: wait exactly what the provider asks (never less), and do not
+    # count it toward MAX_ATTEMPTS; every other transient failure backs off exponentially.
+    delay = max(exc.retry_after or 1.0, 0.5) if rate_limited else backoff(row.attempts, exc.retry_after)
     with fleet.begin() as conn:
         conn.execute(
             sa.text("""UPDATE fleet.notifications SET status = 'retrying', lease_until = NULL, last_error = :e,
-                       next_attempt_at = :at, throttled = :throttled WHERE id = :id"""),
-            {"id": nid, "e": error, "at": now + timedelta(seconds=delay), "throttled": exc.reason == "rate_limited"},
+                       next_attempt_at = :at, throttled = :throttled,
+                       attempts = attempts - CASE WHEN :throttled THEN 1 ELSE 0 END WHERE id = :id"""),
+            {"id": nid, "e": error, "at": now + timedelta(seconds=delay), "throttled": rate_limited},
         )
     log.warning("notification_retrying", notification_id=nid, channel=row.channel, reason=exc.reason,
                 attempts=row.attempts, retry_in=round(delay, 1))
