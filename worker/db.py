@@ -70,11 +70,12 @@ def ping(engine: Engine, what: str) -> None:
 @contextlib.contextmanager
 def read_only(engine: Engine, *, statement_timeout_ms: int, lock_timeout_ms: int = 2000) -> Iterator[Connection]:
     """A READ ONLY transaction with statement and lock timeouts, always rolled back."""
-    with engine.connect() as conn:
+    # BEGIN READ ONLY (psycopg's read_only) and both timeouts in one statement: two round trips
+    # fewer per check than SET TRANSACTION + two set_config calls.
+    with engine.connect().execution_options(postgresql_readonly=True) as conn:
         with conn.begin() as txn:
-            conn.execute(sa.text("SET TRANSACTION READ ONLY"))
-            conn.execute(sa.text("SELECT set_config('statement_timeout', :v, true)"), {"v": str(statement_timeout_ms)})
-            conn.execute(sa.text("SELECT set_config('lock_timeout', :v, true)"), {"v": str(lock_timeout_ms)})
+            conn.execute(sa.text("SELECT set_config('statement_timeout', :s, true), set_config('lock_timeout', :l, true)"),
+                         {"s": str(statement_timeout_ms), "l": str(lock_timeout_ms)})
             try:
                 yield conn
             finally:

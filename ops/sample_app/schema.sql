@@ -36,6 +36,14 @@ CREATE INDEX IF NOT EXISTS registrations_confirmation_generated_at_idx
 CREATE INDEX IF NOT EXISTS registrations_confirmation_backlog_idx
     ON registrations (updated_at)
     WHERE status = 'completed' AND payment_status = 'completed' AND confirmation_number IS NULL;
+-- Registrations that completed in a time window (check no_confirmations_generated: status =
+-- payment_status = 'completed' AND updated_at in the last 5 minutes, every minute). Without it that
+-- count is a parallel seq scan of the whole table: 92-136 ms at 1M registrations (bench/checks.py),
+-- half the catalog's time; with it, an index-only scan of the window: 0.2 ms. updated_at is already
+-- indexed (the backlog index above), so this costs no HOT updates, only its own upkeep (~20 MB at 1M).
+CREATE INDEX IF NOT EXISTS registrations_completed_updated_at_idx
+    ON registrations (updated_at)
+    WHERE status = 'completed' AND payment_status = 'completed';
 
 CREATE TABLE IF NOT EXISTS confirmation_emails (
     id               bigserial PRIMARY KEY,
@@ -339,7 +347,7 @@ CREATE OR REPLACE FUNCTION verify_latest_backup(
 )
 LANGUAGE sql STABLE AS $$
     WITH latest AS (
-        SELECT b.* FROM backup_log b ORDER BY b.started_at DESC LIMIT 1
+        SELECT b.* FROM backup_log b WHERE b.started_at <= p_now ORDER BY b.started_at DESC LIMIT 1
     ), previous AS (
         SELECT b.size_bytes FROM backup_log b, latest l
         WHERE b.status = 'succeeded' AND b.started_at < l.started_at

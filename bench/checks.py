@@ -1,0 +1,364 @@
+"""Benchmark the check engine over the whole catalog: per-check time, the engine's overhead against bare
+psycopg, and the full catalog's time, at each size of the sample application.
+
+    .venv/bin/python bench/checks.py [--sizes 100000,1000000] [--database-url URL] [--repeat 3]
+                                     [--warmup 12] [--explain-over MS] [--keep-database]
+
+For each size it creates a fresh database on the server of DATABASE_URL (default
+postgresql+psycopg://postgres@127.0.0.1:5432/postgres; the user must be allowed to CREATE DATABASE),
+migrates the fleet schema (worker.migrate.upgrade), runs the sample app's `init` + `seed(scale=size,
+now=NOW)` with NOW a fixed instant, VACUUM ANALYZEs it (the steady state that autovacuum keeps a live
+database in: statistics, visibility map, hint bits; it also keeps autovacuum from starting on the
+freshly loaded tables in the middle of the timings), then times every enabled sql check of the
+catalog (config/checks/*.yaml, through worker.config.load_config) in passes over the whole catalog:
+
+  engine     worker.checking.collect_sql(check, engine, NOW): the engine's query path (pool checkout
+             with pre-ping, READ ONLY transaction with statement_timeout and lock_timeout, SQLAlchemy
+             text() with :now bound, rows -> labelled Samples, rollback), on an engine made by
+             worker.db.create() as the workers make theirs.
+  bare       the same query text with psycopg alone on one open connection, same guarantees in the
+             fewest round trips (4): BEGIN READ ONLY; SET LOCAL statement_timeout (the check's
+             timeout) and lock_timeout (2000 ms, as worker.db.read_only) in one message; the query with
+             :now turned into a psycopg %(now)s placeholder (checked against SQLAlchemy's own
+             compilation of the text) and bound server-side to the same NOW; fetchall; ROLLBACK.
+  bare_same  psycopg alone sending exactly the engine's statements (6 round trips: BEGIN; SET
+             TRANSACTION READ ONLY; set_config(statement_timeout); set_config(lock_timeout); the query;
+             ROLLBACK), to split the overhead into "the engine's round trips" and "SQLAlchemy + Python".
+  run_check  worker.checking.run_check end to end with the repo's routing: claim the check_runs slot,
+             collect, the state machine's writes (alerts, alert_events, outbox rows), one commit.
+
+Every kind has its own connections (engines), so at each pass every connection has executed every
+query equally often. --warmup passes of each kind come first (default 12: psycopg prepares a
+statement on its 6th execution and the server settles its custom/generic plan choice after 5 more, the
+steady state of a long-running worker's pooled connections), then --repeat measured passes, the order
+of the kinds rotated each round so none always runs first; per-check figures are the median over the
+measured passes, the catalog figures the median (and the fastest) of the passes' wall times.
+overhead = (engine - bare) / bare. The `value` columns of engine and bare are compared for every
+check (same query, same NOW, same rows). Prints Markdown, with the load average around the timings
+(other work on the machine inflates the fixed per-check costs most); --explain-over MS adds EXPLAIN
+(ANALYZE, BUFFERS) of the checks whose engine time is at least MS ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import sqlalchemy as sa
+from psycopg import sql
+
+from ops.sample_app import init
+from ops.sample_app.seed import seed
+from worker import migrate
+from worker.checking import CheckError, collect_sql, run_check
+from worker.config import Check, load_config
+from worker.db import create
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # the fixed instant: seed() anchors its problems here
+LOCK_TIMEOUT_MS = 2000  # worker.db.read_only's default, which collect_sql uses
+# SQLAlchemy text()'s bind-parameter syntax: `:name` not preceded by `:` (a `::cast`), a word
+# character or a backslash, and not followed by another `:`.
+_NOW_PARAM = re.compile(r"(?<![:\w\\]):now\b(?!:)")
+
+
+def to_psycopg(query: str) -> str:
+    """:now -> %(now)s, and literal % -> %% (psycopg's placeholder syntax)."""
+    return _NOW_PARAM.sub("%(now)s", query.replace("%", "%%"))
+
+
+def _libpq(url: str) -> str:
+    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.1f}"
+
+
+def _same(a: object, b: object) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ the ways to run a check
+
+def bare_run(conn: psycopg.Connection, check: Check, query: str) -> list[object]:
+    timeout_ms = int(check.timeout.total_seconds() * 1000)
+    try:
+        with conn.transaction(force_rollback=True):  # BEGIN READ ONLY (conn.read_only) ... ROLLBACK
+            conn.execute(f"SET LOCAL statement_timeout = {timeout_ms}; SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
+            cur = conn.execute(query, {"now": NOW})
+            cols = [c.name for c in cur.description]
+            rows = cur.fetchall()
+    except psycopg.Error as exc:
+        raise CheckError(f"check {check.name}: {str(exc).strip().splitlines()[0]}") from None
+    i = cols.index("value")
+    return [row[i] for row in rows]
+
+
+def bare_same_run(conn: psycopg.Connection, check: Check, query: str) -> list[object]:
+    timeout_ms = int(check.timeout.total_seconds() * 1000)
+    with conn.transaction(force_rollback=True):  # BEGIN ... ROLLBACK
+        conn.execute("SET TRANSACTION READ ONLY")
+        conn.execute("SELECT set_config('statement_timeout', %(v)s, true)", {"v": str(timeout_ms)})
+        conn.execute("SELECT set_config('lock_timeout', %(v)s, true)", {"v": str(LOCK_TIMEOUT_MS)})
+        cur = conn.execute(query, {"now": NOW})
+        cols = [c.name for c in cur.description]
+        rows = cur.fetchall()
+    i = cols.index("value")
+    return [row[i] for row in rows]
+
+
+def _pass(kind: str, checks: list[Check], ctx: dict) -> tuple[float, dict[str, float], dict[str, object]]:
+    """One pass over the catalog: (wall seconds, seconds per check, result per check)."""
+    times: dict[str, float] = {}
+    results: dict[str, object] = {}
+    started = time.perf_counter()
+    for check in checks:
+        monitored, fleet = ctx["engines"][kind] if kind in ctx["engines"] else (None, None)
+        t0 = time.perf_counter()
+        try:
+            if kind == "engine":
+                source = fleet if check.database == "fleet" else monitored
+                results[check.name] = [s.value for s in collect_sql(check, source, NOW)]
+            elif kind == "bare":
+                results[check.name] = bare_run(ctx["bare"], check, ctx["queries"][check.name])
+            elif kind == "bare_same":
+                try:
+                    results[check.name] = bare_same_run(ctx["bare_same"], check, ctx["queries"][check.name])
+                except psycopg.Error as exc:
+                    raise CheckError(f"check {check.name}: {str(exc).strip().splitlines()[0]}") from None
+            else:
+                ctx["slot"] += 1  # a fresh slot per run: the same slot twice would be "skipped"
+                out = run_check(check, monitored=monitored, fleet=fleet, now=NOW,
+                                routing=ctx["routing"], slot=NOW - timedelta(minutes=ctx["slot"]))
+                results[check.name] = out.status if out.status != "error" else f"error: {out.error}"
+        except CheckError as exc:
+            results[check.name] = f"error: {exc}"
+        times[check.name] = time.perf_counter() - t0
+    return time.perf_counter() - started, times, results
+
+
+# ------------------------------------------------------------------ one size, in its own database
+
+def _prepare(url: str, size: int) -> dict[str, int]:
+    migrate.upgrade(url)
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        init(engine)
+        last = [0.0]
+
+        def progress(table: str, done: int, total: int) -> None:
+            if time.perf_counter() - last[0] > 10:
+                last[0] = time.perf_counter()
+                print(f"    seeding {table}: {done:,}/{total:,}", file=sys.stderr)
+
+        rows = seed(engine, size, now=NOW, progress=progress)
+    finally:
+        engine.dispose()
+    with psycopg.connect(_libpq(url), autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE)")
+    return rows
+
+
+def _measure(url: str, size: int, checks: list[Check], routing, repeat: int, warmup: int,
+             explain_over: float | None) -> dict:
+    t0 = time.perf_counter()
+    rows = _prepare(url, size)
+    prepared = time.perf_counter() - t0
+    print(f"  {size:,}: {sum(rows.values()):,} rows seeded, migrated and vacuum-analyzed in {prepared:.0f} s",
+          file=sys.stderr)
+
+    # as the workers make theirs (worker.db.monitored_engine / fleet_engine); one pair per kind
+    engines = {k: (create(url, application_name="opsfleet-checks"), create(url, application_name="opsfleet"))
+               for k in ("engine", "run_check")}
+    dialect = engines["engine"][0].dialect
+    queries = {}
+    for c in checks:
+        queries[c.name] = to_psycopg(c.query)
+        compiled = str(sa.text(c.query).compile(dialect=dialect))
+        if queries[c.name] != compiled:  # our conversion must be the very text SQLAlchemy sends
+            raise SystemExit(f"{c.name}: :now conversion differs from SQLAlchemy's compilation")
+    bare = psycopg.connect(_libpq(url), application_name="opsfleet-bench-bare")
+    bare.read_only = True  # transactions start with BEGIN READ ONLY
+    bare_same = psycopg.connect(_libpq(url), application_name="opsfleet-bench-bare")
+    ctx = {"engines": engines, "bare": bare, "bare_same": bare_same, "queries": queries, "routing": routing,
+           "slot": 0}
+    load = [os.getloadavg()[0]]
+    try:
+        kinds = ["engine", "bare", "bare_same", "run_check"]
+        passes: dict[str, list[tuple[float, dict[str, float]]]] = {k: [] for k in kinds}
+        results: dict[str, dict[str, object]] = {}
+        for _ in range(warmup):  # caches, pools, prepared statements, plans
+            for k in kinds:
+                _, _, results[k] = _pass(k, checks, ctx)
+        for r in range(repeat):
+            for k in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
+                wall, times, res = _pass(k, checks, ctx)
+                passes[k].append((wall, times))
+                if k != "run_check":
+                    results[k] = res
+        load.append(os.getloadavg()[0])
+        explains = {}
+        per = {k: {c.name: statistics.median(p[1][c.name] for p in passes[k]) for c in checks} for k in kinds}
+        if explain_over is not None:
+            for c in checks:
+                if per["engine"][c.name] * 1000 >= explain_over:
+                    with bare.transaction(force_rollback=True):
+                        plan = bare.execute("EXPLAIN (ANALYZE, BUFFERS) " + queries[c.name], {"now": NOW}).fetchall()
+                    explains[c.name] = "\n".join(r[0] for r in plan)
+    finally:
+        bare.close()
+        bare_same.close()
+        for pair in engines.values():
+            for e in pair:
+                e.dispose()
+
+    mismatches = []
+    for c in checks:
+        e = results["engine"][c.name]
+        for b in (results["bare"][c.name], results["bare_same"][c.name]):
+            if isinstance(e, str) or isinstance(b, str):
+                same = isinstance(e, str) and isinstance(b, str)
+            else:
+                same = len(e) == len(b) and all(_same(x, y) for x, y in zip(sorted(e, key=_key), sorted(b, key=_key), strict=True))
+            if not same and c.name not in mismatches:
+                mismatches.append(c.name)
+    return {
+        "size": size, "rows": rows, "prepared": prepared, "per": per,
+        "wall": {k: statistics.median(p[0] for p in passes[k]) for k in kinds},
+        "fastest": {k: min(p[0] for p in passes[k]) for k in kinds},
+        "status": results["run_check"], "engine_results": results["engine"], "mismatches": mismatches,
+        "explains": explains, "load": load,
+    }
+
+
+def _key(v: object) -> float:
+    return float("-inf") if v is None else float(v)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ report
+
+def _environment(url: str) -> list[str]:
+    with psycopg.connect(_libpq(url)) as conn:
+        server = conn.execute("SHOW server_version").fetchone()[0]
+        sb = conn.execute("SHOW shared_buffers").fetchone()[0]
+        wm = conn.execute("SHOW work_mem").fetchone()[0]
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return [f"- machine: {os.cpu_count()} cores, {mem:.1f} GiB RAM; `{' '.join(os.uname())}`",
+            f"- Python {sys.version.split()[0]}, psycopg {psycopg.__version__}, SQLAlchemy {sa.__version__}, "
+            f"PostgreSQL {server} (shared_buffers {sb}, work_mem {wm})"]
+
+
+LIVE = re.compile(r"pg_stat_|pg_database_size|pg_total_relation_size")  # values that move between runs
+
+
+def _report(runs: list[dict], checks: list[Check], top: int) -> None:
+    for run in runs:
+        per, wall = run["per"], run["wall"]
+        eng, bare, same, rc = (sum(per[k].values()) for k in ("engine", "bare", "bare_same", "run_check"))
+        print(f"\n### {run['size']:,} registrations ({sum(run['rows'].values()):,} rows in all tables)\n")
+        print(f"1-minute load average when the timings started / ended: {run['load'][0]:.2f} / {run['load'][1]:.2f} "
+              f"({os.cpu_count()} cores; other work on the machine shows here)\n")
+        print("| check | engine ms | bare ms | engine - bare | overhead | bare, engine's statements ms "
+              "| run_check ms | status: result |")
+        print("|---|---:|---:|---:|---:|---:|---:|---|")
+        for c in sorted(checks, key=lambda c: -per["engine"][c.name]):
+            e, b, m, r = (per[k][c.name] for k in ("engine", "bare", "bare_same", "run_check"))
+            res = run["engine_results"][c.name]
+            shown = res[:60] if isinstance(res, str) else (
+                f"{len(res)} row{'s' if len(res) != 1 else ''}" + (f", value {_fmt(res[0])}" if len(res) == 1 else ""))
+            print(f"| {c.name} | {_ms(e)} | {_ms(b)} | {_ms(e - b)} | {100 * (e - b) / b:+.0f}% | {_ms(m)} | {_ms(r)} "
+                  f"| {run['status'][c.name]}: {shown} |")
+        slow = sorted(checks, key=lambda c: -per["engine"][c.name])[:top]
+        print(f"\nSlowest {top} (engine): " + ", ".join(f"{c.name} {_ms(per['engine'][c.name])} ms" for c in slow) + ".")
+        print(f"\n| {len(checks)} checks | engine (collect_sql) | bare psycopg | overhead = (engine - bare) / bare "
+              "| bare, engine's statements | run_check end to end |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for label, (e, b, m, r) in (("sum of per-check medians", (eng, bare, same, rc)),
+                                    ("catalog pass, wall (median)", tuple(wall[k] for k in
+                                                                          ("engine", "bare", "bare_same", "run_check"))),
+                                    ("catalog pass, wall (fastest)", tuple(run["fastest"][k] for k in
+                                                                           ("engine", "bare", "bare_same", "run_check")))):
+            print(f"| {label} | {_ms(e)} ms | {_ms(b)} ms | {_ms(e - b)} ms = **{100 * (e - b) / b:.1f}%** "
+                  f"| {_ms(m)} ms | {_ms(r)} ms |")
+        n = len(checks)
+        print(f"\nPer check (catalog sums / {n}): engine {_ms(eng / n)} ms, bare {_ms(bare / n)} ms, so "
+              f"{_ms((eng - bare) / n)} ms of engine overhead per check, of which {_ms((same - bare) / n)} ms is the "
+              f"extra round trips of worker.db.read_only() (bare with the engine's statements - bare) and "
+              f"{_ms((eng - same) / n)} ms SQLAlchemy, pool and Python (engine - bare with the engine's statements).")
+        live = [name for name in run["mismatches"] if LIVE.search(next(c.query for c in checks if c.name == name))]
+        other = [name for name in run["mismatches"] if name not in live]
+        print(f"Results of engine and bare: {'identical for all ' + str(n) + ' checks' if not run['mismatches'] else ''}"
+              + (f"identical except {', '.join(live)} (live server counters or sizes, which move between runs)"
+                 if live else "") + (f"; DIFFERENT: {', '.join(other)}" if other else "") + ".")
+        for name, plan in run["explains"].items():
+            print(f"\nEXPLAIN (ANALYZE, BUFFERS) {name} at {run['size']:,}:\n\n```\n{plan}\n```")
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, (float, Decimal)):
+        return f"{float(v):g}"
+    return str(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="100000,1000000", help="comma-separated registration counts")
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", DEFAULT_URL))
+    parser.add_argument("--config-dir", default=str(ROOT / "config"))
+    parser.add_argument("--repeat", type=int, default=3, help="measured passes per kind")
+    parser.add_argument("--warmup", type=int, default=12, help="warm-up passes per kind before measuring")
+    parser.add_argument("--top", type=int, default=5, help="how many slowest checks to name")
+    parser.add_argument("--explain-over", type=float, metavar="MS",
+                        help="print EXPLAIN (ANALYZE, BUFFERS) of checks whose engine time is at least MS ms")
+    parser.add_argument("--keep-database", action="store_true", help="keep the largest size's database (named on stderr)")
+    args = parser.parse_args(argv)
+    url = args.database_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+
+    cfg = load_config(args.config_dir)
+    checks = [c for c in cfg.checks.values() if c.enabled and c.kind == "sql"]
+    print("\n".join(_environment(url)))
+    print(f"- {len(checks)} enabled sql checks of {len(cfg.checks)} in {args.config_dir}/checks; :now = "
+          f"{NOW.isoformat()} (seed's now); {args.warmup} warm-up + {args.repeat} measured passes per kind; "
+          "each size in its own fresh database, VACUUM (ANALYZE)d after seeding\n")
+
+    runs = []
+    for size in sizes:
+        name = f"opsfleet_bench_{uuid.uuid4().hex[:8]}"
+        db_url = sa.make_url(url).set(database=name).render_as_string(hide_password=False)
+        with psycopg.connect(_libpq(url), autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        keep = args.keep_database and size == sizes[-1]
+        try:
+            runs.append(_measure(db_url, size, checks, cfg.routing, args.repeat, args.warmup, args.explain_over))
+            r = runs[-1]
+            print(f"  {size:,}: engine {_ms(r['wall']['engine'])} ms, bare {_ms(r['wall']['bare'])} ms, "
+                  f"run_check {_ms(r['wall']['run_check'])} ms per catalog pass", file=sys.stderr)
+        finally:
+            if keep:
+                print(f"  kept database {name}", file=sys.stderr)
+            else:
+                with psycopg.connect(_libpq(url), autocommit=True) as admin:
+                    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    _report(runs, checks, args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
