@@ -32,8 +32,10 @@ KNOWN_TASKS = frozenset({
     "notify.sweep",
     "maintenance.run",
     "digest.daily_summary",
+    "backlog.reprocess_confirmations",
+    "backlog.resend_failed_emails",
 })
-TASK_MODULES = ["tasks.checks", "tasks.notify", "tasks.maintenance", "tasks.digest"]
+TASK_MODULES = ["tasks.checks", "tasks.notify", "tasks.maintenance", "tasks.digest", "tasks.backlog"]
 
 try:
     _settings = get_settings()

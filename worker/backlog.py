@@ -31,10 +31,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import resend
 import sqlalchemy as sa
@@ -56,7 +56,8 @@ KIND = "backlog"
 BACKLOG = "r.status = 'completed' AND r.payment_status = 'completed' AND r.confirmation_number IS NULL"
 STALE_AFTER = timedelta(minutes=10)  # a pending email older than this, unlocked, is resent
 NS_GROUP, NS_RUN = 0x0CF1, 0x0CF2  # advisory lock namespaces: a group being sent, a run in progress
-SEND_TRIES = 4
+SEND_TRIES = 4  # per provider call, same key: 1 + 3 retries
+RETRY_BASE = 0.5  # seconds; doubled per retry unless the provider says Retry-After
 MAX_RETRY_WAIT = 30.0
 HEARTBEAT_S = 2.0
 SAMPLE = 10
@@ -78,6 +79,7 @@ ACCEPTED = {
     "dry_run": "true or false",
     "older_than": 'a duration such as "0s", "15m", "1h"',
     "stale_after": 'a duration such as "10m" (pending emails older than this are resent)',
+    "max_attempts": "a whole number from 1 to 100 (emails tried this often are left failed)",
 }
 
 
@@ -103,6 +105,7 @@ class ResendArgs(_Args):
     limit: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=100, ge=1, le=5000)
     dry_run: bool = False
+    max_attempts: int = Field(default=5, ge=1, le=100)
 
 
 def parse_args(task_name: str, model: type[_Args], kwargs: dict[str, Any]) -> Any:
@@ -116,20 +119,22 @@ def parse_args(task_name: str, model: type[_Args], kwargs: dict[str, Any]) -> An
             if err["type"] == "extra_forbidden":
                 problems.append(f"unknown argument {name!r}")
             else:
-                problems.append(f"{name}={err['input']!r} is invalid: expected {ACCEPTED.get(name, err['msg'])}")
-        accepted = "; ".join(f"{n}: {ACCEPTED[n]}" for n in model.model_fields)
-        raise ValueError(f"{task_name}: {', '.join(problems)}. Accepted arguments: {accepted}") from None
+                problems.append(f"{name}={err['input']!r} is invalid (expected {ACCEPTED.get(name, err['msg'])})")
+        accepted = ", ".join(f"{n} ({ACCEPTED[n]})" for n in model.model_fields)
+        raise ValueError(f"{task_name} rejected its arguments, nothing was done: {'; '.join(problems)}. "
+                         f"Accepted arguments: {accepted}") from None
 
 
 # -- results and progress ------------------------------------------------------------------------------
 
 @dataclass
 class Progress:
-    done: int
+    done: int  # of the backlog this run set out to clear (with other workers on it: by all of them)
     total: int
+    claimed: int  # by this run
     sent: int
     failed: int
-    rate: float  # registrations (or emails) per second in this run
+    rate: float  # registrations (or emails) per second
     eta_s: float | None
 
     def as_meta(self) -> dict[str, Any]:
@@ -142,6 +147,7 @@ class RunResult:
     status: str = "ok"  # ok | error | dry_run
     run_id: int | None = None
     claimed: int = 0  # confirmation numbers assigned (resend_failed: emails requeued)
+    claim_seconds: float = 0.0  # of db_seconds: the claims (numbers + email rows)
     sent: int = 0
     failed: int = 0
     deferred: int = 0  # left pending after the provider kept failing; the next run resends them
@@ -158,7 +164,7 @@ class RunResult:
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for k in ("seconds", "db_seconds", "send_seconds"):
+        for k in ("seconds", "db_seconds", "send_seconds", "claim_seconds"):
             data[k] = round(data[k], 3)
         return data
 
@@ -170,8 +176,9 @@ class ProviderUnavailable(Exception):
 
 # -- rendering and sending -------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class EmailRow:
+class EmailRow(NamedTuple):
+    """One pending confirmation email with what its message needs (the SELECTs list these in this order)."""
+
     email_id: int
     registration_id: int
     recipient: str
@@ -241,11 +248,15 @@ def send_call(channel: EmailChannel, call: Sequence[EmailRow], *,
             if exc.permanent and exc.reason == "invalid":  # the provider rejected the payload: nothing sent
                 return [Outcome(r.email_id, "failed", None, f"{exc.status or ''} {exc.message}".strip()[:500])
                         for r in call]
-            if exc.permanent:  # auth, wrong URL, idempotency conflict: not the emails' fault
+            if exc.permanent and exc.status == 409:  # the key is known with another body: the data changed
+                note = ("the provider holds this key with a different email (the registration changed since the "
+                        "first attempt), so that attempt was probably delivered: check before resending")
+                return [Outcome(r.email_id, "failed", None, f"409 {exc.message}: {note}"[:500]) for r in call]
+            if exc.permanent:  # auth, wrong URL: not the emails' fault
                 raise ProviderUnavailable(f"Resend: {exc.reason}: {exc.message}") from exc
             if attempt == SEND_TRIES - 1:
                 raise ProviderUnavailable(f"Resend kept failing ({exc.reason}): {exc.message}") from exc
-            wait = exc.retry_after if exc.retry_after is not None else 0.5 * 2 ** attempt
+            wait = exc.retry_after if exc.retry_after is not None else RETRY_BASE * 2 ** attempt
             log.warning("confirmation_send_retrying", reason=exc.reason, wait_s=wait, key=key)
             sleep(min(wait, MAX_RETRY_WAIT))
             continue
@@ -269,18 +280,17 @@ def _outcomes(call: Sequence[EmailRow], resp: Any) -> list[Outcome]:
 _ROW_COLUMNS = """ce.id AS email_id, ce.registration_id, ce.recipient, ce.subject, ce.attempts,
                   ce.xmin::text AS grp, r.full_name, r.confirmation_number, r.event_id, r.amount_in_cents"""
 
-CLAIM_SQL = f"""
+_CLAIM_SQL = """
 WITH batch AS (
-    SELECT r.id FROM registrations r
-    WHERE {BACKLOG} AND r.updated_at <= now() - make_interval(secs => :older_than)
-      AND NOT EXISTS (SELECT 1 FROM registrations t WHERE t.confirmation_number = {_NUMBER_SQL})
+    SELECT r.ctid AS tid FROM registrations r
+    WHERE {BACKLOG} AND r.updated_at <= now() - make_interval(secs => :older_than){careful}
     ORDER BY r.updated_at
     LIMIT :n
     FOR UPDATE SKIP LOCKED
 ), numbered AS (
     UPDATE registrations r
-       SET confirmation_number = {_NUMBER_SQL}, confirmation_generated_at = now(), email_status = 'pending'
-      FROM batch WHERE r.id = batch.id
+       SET confirmation_number = {NUMBER_SQL}, confirmation_generated_at = now(), email_status = 'pending'
+      FROM batch WHERE r.ctid = batch.tid  -- the row we locked (a TID scan: no second index lookup)
     RETURNING r.id, r.email, r.full_name, r.confirmation_number, r.event_id, r.amount_in_cents
 ), emails AS (
     INSERT INTO confirmation_emails (registration_id, recipient, subject, status, attempts)
@@ -289,7 +299,12 @@ WITH batch AS (
 )
 SELECT e.id AS email_id, e.registration_id, e.recipient, e.subject, e.attempts, e.xmin::text AS grp,
        n.full_name, n.confirmation_number, n.event_id, n.amount_in_cents
-FROM emails e JOIN numbered n ON n.id = e.registration_id"""  # noqa: S608 - constants only
+FROM emails e JOIN numbered n ON n.id = e.registration_id"""
+# Optimistic: the UNIQUE constraint on confirmation_number is the guard. After it fires once (the
+# application used a number of this form), claims skip rows whose number is taken (one probe each).
+CLAIM_SQL = _CLAIM_SQL.format(BACKLOG=BACKLOG, NUMBER_SQL=_NUMBER_SQL, careful="")
+CAREFUL_CLAIM_SQL = _CLAIM_SQL.format(BACKLOG=BACKLOG, NUMBER_SQL=_NUMBER_SQL, careful=f"""
+      AND NOT EXISTS (SELECT 1 FROM registrations t WHERE t.confirmation_number = {_NUMBER_SQL})""")  # noqa: S608
 
 RECORD_SQL = """
 WITH res AS (
@@ -309,17 +324,20 @@ WITH res AS (
 SELECT count(*) FROM upd"""
 
 
+def _group_key(grp: str) -> int:
+    return (NS_GROUP << 32) | int(grp)  # one bigint per transaction id: no two live groups share a key
+
+
 def _lock_group(conn: Connection, grp: str, *, wait: bool) -> bool:
     """The session lock a group's sender holds (it outlives the claim's commit, dies with the connection)."""
     if wait:
-        conn.execute(sa.text("SELECT pg_advisory_lock(:ns, hashtext(:g))"), {"ns": NS_GROUP, "g": grp})
+        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _group_key(grp)})
         return True
-    return bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:ns, hashtext(:g))"),
-                             {"ns": NS_GROUP, "g": grp}).scalar())
+    return bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": _group_key(grp)}).scalar())
 
 
 def _unlock_group(conn: Connection, grp: str) -> None:
-    conn.execute(sa.text("SELECT pg_advisory_unlock(:ns, hashtext(:g))"), {"ns": NS_GROUP, "g": grp})
+    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _group_key(grp)})
     conn.commit()
 
 
@@ -329,6 +347,9 @@ def _record(conn: Connection, outcomes: Sequence[Outcome], rows: Sequence[EmailR
     ids = [o.email_id for o in outcomes]
     rids = [r.registration_id for r in rows]
     with conn.begin():
+        # Losing this commit in a database crash is harmless: the rows stay pending and are resent with
+        # the same keys, which the provider answers from its idempotency store. So no WAL flush wait.
+        conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
         return conn.execute(sa.text(RECORD_SQL), {
             "ids": ids, "statuses": [o.status for o in outcomes], "pids": [o.provider_id for o in outcomes],
             "errors": [o.error for o in outcomes], "lo": min(ids), "hi": max(ids), "rlo": min(rids),
@@ -371,13 +392,16 @@ def _send_and_record(conn: Connection, channel: EmailChannel, rows: Sequence[Ema
 def _start_run(fleet: Engine, monitored_conn: Connection, job: str, params: dict[str, Any],
                task_id: str | None, status: str = "running") -> int:
     with fleet.begin() as conn:
-        run_id = conn.execute(sa.text(
-            """INSERT INTO fleet.job_runs (job, kind, started_at, status, params, task_id)
-               VALUES (:j, :k, now(), :s, CAST(:p AS jsonb), :t) RETURNING id"""),
-            {"j": job, "k": KIND, "s": status, "p": json.dumps(params), "t": task_id}).scalar()
-    # held while the run lives; gone with the worker's connection if it dies (see close_orphaned_runs)
+        run_id = conn.execute(sa.text("SELECT nextval(pg_get_serial_sequence('fleet.job_runs', 'id'))")).scalar()
+    # held while the run lives, taken before its row exists; gone with the worker's connection if it dies
+    # (see close_orphaned_runs)
     monitored_conn.execute(sa.text("SELECT pg_advisory_lock(:ns, :id)"), {"ns": NS_RUN, "id": run_id % 2**31})
     monitored_conn.commit()
+    with fleet.begin() as conn:
+        conn.execute(sa.text(
+            """INSERT INTO fleet.job_runs (id, job, kind, started_at, status, params, task_id)
+               VALUES (:id, :j, :k, now(), :s, CAST(:p AS jsonb), :t)"""),
+            {"id": run_id, "j": job, "k": KIND, "s": status, "p": json.dumps(params), "t": task_id})
     close_orphaned_runs(fleet, monitored_conn)
     return run_id
 
@@ -417,34 +441,39 @@ def _finish_run(fleet: Engine, monitored_conn: Connection, result: RunResult) ->
             {"r": result.claimed + result.recovered, "b": result.batches, "s": result.status, "e": result.error,
              "id": result.run_id, "extra": json.dumps({"result": {k: v for k, v in result.as_dict().items()
                                                                    if k != "sample"}})})
-    monitored_conn.execute(sa.text("SELECT pg_advisory_unlock(:ns, :id)"),
-                           {"ns": NS_RUN, "id": result.run_id % 2**31})
+    # the run's lock, and any group lock an interrupted batch left on this (pooled) connection
+    monitored_conn.execute(sa.text("SELECT pg_advisory_unlock_all()"))
     monitored_conn.commit()
 
 
 # -- the runs --------------------------------------------------------------------------------------------
 
 def _rows(result: sa.CursorResult) -> list[EmailRow]:
-    return [EmailRow(**m) for m in result.mappings()]
+    return list(map(EmailRow._make, result))
 
 
-def _stale_groups(conn: Connection, stale_after: timedelta) -> Iterator[tuple[str, list[int]]]:
+def _tally(result: RunResult, out: _Sent) -> None:
+    result.sent += out.sent
+    result.failed += out.failed
+    if out.unavailable:
+        result.deferred += out.rows_left
+        raise ProviderUnavailable(out.unavailable)
+
+
+def _stale_groups(conn: Connection, stale_after: timedelta) -> list[tuple[str, list[int]]]:
     """Groups of pending emails all older than `stale_after` (a seq scan of pending rows, once a run)."""
     found = conn.execute(sa.text(
         """SELECT xmin::text AS grp, array_agg(id) AS ids FROM confirmation_emails WHERE status = 'pending'
            GROUP BY xmin::text HAVING max(created_at) <= now() - make_interval(secs => :s)
            ORDER BY min(id)"""), {"s": stale_after.total_seconds()}).all()
     conn.commit()
-    yield from ((g, ids) for g, ids in found)
+    return [(g, ids) for g, ids in found]
 
 
-def send_stale_pending(conn: Connection, channel: EmailChannel, stale_after: timedelta, result: RunResult,
-                       limit: int | None = None) -> None:
+def send_stale_pending(conn: Connection, channel: EmailChannel, stale_after: timedelta, result: RunResult) -> None:
     """Resend pending emails that nobody is sending (their group's lock is free) with the same calls and
     keys as the first attempt. Counts into result.recovered / sent / failed / deferred."""
     for grp, ids in _stale_groups(conn, stale_after):
-        if limit is not None and result.recovered >= limit:
-            return
         if not _lock_group(conn, grp, wait=False):
             conn.commit()
             continue
@@ -456,18 +485,65 @@ def send_stale_pending(conn: Connection, channel: EmailChannel, stale_after: tim
                 {"ids": ids, "g": grp}))
             conn.commit()
             result.db_seconds += time.perf_counter() - t
-            if not rows:
-                continue
-            log.info("confirmation_group_resending", group=grp, emails=len(rows))
-            out = _send_and_record(conn, channel, rows, result)
-            result.recovered += out.sent + out.failed
-            result.sent += out.sent
-            result.failed += out.failed
-            if out.unavailable:
-                result.deferred += out.rows_left
-                raise ProviderUnavailable(out.unavailable)
+            if rows:  # (else someone sent them between our look and our lock)
+                log.info("confirmation_group_resending", group=grp, emails=len(rows))
+                out = _send_and_record(conn, channel, rows, result)
+                result.recovered += out.sent + out.failed
+                _tally(result, out)
         finally:
             _unlock_group(conn, grp)
+
+
+def _drain(conn: Connection, channel: EmailChannel, claim: Callable[[int, bool], list[EmailRow]], limit: int | None,
+           batch_size: int, result: RunResult, report: _Reporter) -> None:
+    """Claim a batch (one transaction, which also takes the new group's lock), send it, record it; until
+    nothing is left, the limit is reached, or the provider stops answering (ProviderUnavailable)."""
+    careful = False
+    while limit is None or result.claimed < limit:
+        n = batch_size if limit is None else min(batch_size, limit - result.claimed)
+        t = time.perf_counter()
+        try:
+            with conn.begin():
+                rows = claim(n, careful)
+                if rows:
+                    _lock_group(conn, rows[0].grp, wait=True)  # a new group: no one else can know it yet
+        except sa.exc.IntegrityError as exc:
+            if careful or "confirmation_number" not in str(exc.orig):
+                raise
+            log.warning("confirmation_number_taken", detail=str(exc.orig).splitlines()[-1][:300])
+            careful = True  # the batch was rolled back whole; claim it again, skipping taken numbers
+            continue
+        result.claim_seconds += time.perf_counter() - t
+        result.db_seconds += time.perf_counter() - t
+        if not rows:
+            return
+        result.claimed += len(rows)
+        result.batches += 1
+        try:
+            _tally(result, _send_and_record(conn, channel, rows, result))
+        finally:
+            _unlock_group(conn, rows[0].grp)
+        report(result.claimed)
+
+
+def _run(monitored: Engine, fleet: Engine, job: str, params: dict[str, Any], task_id: str | None,
+         body: Callable[[Connection, RunResult], None]) -> RunResult:
+    """One recorded run on one connection: job_runs row and run lock, the body, the outcome."""
+    result = RunResult(job)
+    started = time.perf_counter()
+    with monitored.connect() as conn:
+        result.run_id = _start_run(fleet, conn, job, params, task_id)
+        try:
+            body(conn, result)
+        except ProviderUnavailable as exc:
+            result.status, result.error = "error", str(exc)
+        except Exception as exc:
+            result.status, result.error = "error", f"{type(exc).__name__}: {str(exc).splitlines()[0][:500]}"
+            conn.rollback()
+            _finish(fleet, conn, result, started)
+            raise
+        _finish(fleet, conn, result, started)
+    return result
 
 
 def _count_backlog(conn: Connection, older_than: timedelta) -> int:
@@ -489,22 +565,28 @@ def _count_conflicts(conn: Connection, older_than: timedelta) -> int:
 
 
 class _Reporter:
-    def __init__(self, fleet: Engine, result: RunResult, total: int,
-                 progress: Callable[[Progress], None] | None) -> None:
-        self.fleet, self.result, self.total, self.progress = fleet, result, total, progress
-        self.started = self.last_beat = time.monotonic()
+    """Progress for Flower (via `progress`) and a job_runs heartbeat every HEARTBEAT_S. With several workers
+    on one backlog, `remaining()` (a count of what is left, refreshed at most every HEARTBEAT_S) turns this
+    run's view into the backlog's: done, rate and ETA of all of them."""
 
-    def __call__(self, done: int) -> None:
+    def __init__(self, fleet: Engine, result: RunResult, total: int, progress: Callable[[Progress], None] | None,
+                 remaining: Callable[[], int] | None = None) -> None:
+        self.fleet, self.result, self.total, self.progress, self.remaining = fleet, result, total, progress, remaining
+        self.started = self.last_beat = time.monotonic()
+        self.global_done = 0
+
+    def __call__(self, claimed: int) -> None:
         now = time.monotonic()
         if now - self.last_beat >= HEARTBEAT_S:
             _heartbeat(self.fleet, self.result)
+            if self.remaining is not None:
+                self.global_done = self.total - self.remaining()
             self.last_beat = now
         if self.progress is not None:
-            elapsed = max(now - self.started, 1e-6)
-            rate = done / elapsed
-            total = max(self.total, done)
-            eta = (total - done) / rate if rate > 0 else None
-            self.progress(Progress(done, total, self.result.sent, self.result.failed, rate, eta))
+            done = min(self.total, max(claimed, self.global_done))
+            rate = done / max(now - self.started, 1e-6)
+            eta = (self.total - done) / rate if rate > 0 else None
+            self.progress(Progress(done, self.total, claimed, self.result.sent, self.result.failed, rate, eta))
 
 
 def reprocess(monitored: Engine, fleet: Engine, channel: EmailChannel | None, *, limit: int | None = None,
@@ -513,132 +595,77 @@ def reprocess(monitored: Engine, fleet: Engine, channel: EmailChannel | None, *,
               task_id: str | None = None) -> RunResult:
     """Reprocess the confirmation backlog (see the module docstring). Safe to run on any number of
     workers at once; a dry run counts and samples and writes nothing but its job_runs row."""
-    result = RunResult(JOB_REPROCESS, status="dry_run" if dry_run else "ok")
     params = {"limit": limit, "batch_size": batch_size, "dry_run": dry_run,
               "older_than": older_than.total_seconds(), "stale_after": stale_after.total_seconds()}
-    if not dry_run:
-        _require_channel(channel)
-    started = time.perf_counter()
-    with monitored.connect() as conn:
-        if dry_run:
-            return _dry_run(conn, fleet, result, params, older_than, stale_after, limit, task_id, started)
-        result.run_id = _start_run(fleet, conn, JOB_REPROCESS, params, task_id)
-        try:
-            total = _count_backlog(conn, older_than)
-            total = min(total, limit) if limit is not None else total
-            report = _Reporter(fleet, result, total, progress)
-            report(0)
-            send_stale_pending(conn, channel, stale_after, result)
-            while limit is None or result.claimed < limit:
-                n = batch_size if limit is None else min(batch_size, limit - result.claimed)
-                t = time.perf_counter()
-                with conn.begin():
-                    rows = _rows(conn.execute(sa.text(CLAIM_SQL), {"n": n, "older_than": older_than.total_seconds()}))
-                    if rows:
-                        _lock_group(conn, rows[0].grp, wait=True)  # no one else can know this group yet
-                result.db_seconds += time.perf_counter() - t
-                if not rows:
-                    break
-                result.claimed += len(rows)
-                result.batches += 1
-                try:
-                    out = _send_and_record(conn, channel, rows, result)
-                finally:
-                    _unlock_group(conn, rows[0].grp)
-                result.sent += out.sent
-                result.failed += out.failed
-                if out.unavailable:
-                    result.deferred += out.rows_left
-                    raise ProviderUnavailable(out.unavailable)
-                report(result.claimed)
-            result.conflicts = _count_conflicts(conn, older_than)
-        except ProviderUnavailable as exc:
-            result.status, result.error = "error", str(exc)
-        except Exception as exc:
-            result.status, result.error = "error", f"{type(exc).__name__}: {str(exc).splitlines()[0][:500]}"
-            conn.rollback()
-            _finish(fleet, conn, result, started)
-            raise
-        _finish(fleet, conn, result, started)
-    return result
+    if dry_run:
+        return _dry_run(monitored, fleet, params, older_than, stale_after, limit, task_id)
+    _require_channel(channel)
+    claim_params = {"older_than": older_than.total_seconds()}
+
+    def body(conn: Connection, result: RunResult) -> None:
+        total = _count_backlog(conn, older_than)
+        total = min(total, limit) if limit is not None else total
+        report = _Reporter(fleet, result, total, progress,
+                           None if limit is not None else lambda: _count_backlog(conn, older_than))
+        report(0)
+        send_stale_pending(conn, channel, stale_after, result)
+        _drain(conn, channel,
+               lambda n, careful: _rows(conn.execute(sa.text(CAREFUL_CLAIM_SQL if careful else CLAIM_SQL),
+                                                     {**claim_params, "n": n})),
+               limit, batch_size, result, report)
+        result.conflicts = _count_conflicts(conn, older_than)
+
+    return _run(monitored, fleet, JOB_REPROCESS, params, task_id, body)
+
+
+_FAILED = """confirmation_emails ce JOIN registrations r ON r.id = ce.registration_id
+             WHERE ce.status = 'failed' AND ce.attempts < :max_attempts AND r.confirmation_number IS NOT NULL"""
+
+REQUEUE_SQL = f"""
+WITH picked AS (
+    SELECT ce.id FROM {_FAILED} AND ce.id > :after ORDER BY ce.id LIMIT :n FOR UPDATE OF ce SKIP LOCKED
+), requeued AS (
+    UPDATE confirmation_emails ce SET status = 'pending', attempts = ce.attempts + 1
+      FROM picked WHERE ce.id = picked.id
+    RETURNING ce.id, ce.registration_id, ce.recipient, ce.subject, ce.attempts, ce.xmin
+)
+SELECT q.id AS email_id, q.registration_id, q.recipient, q.subject, q.attempts, q.xmin::text AS grp,
+       r.full_name, r.confirmation_number, r.event_id, r.amount_in_cents
+FROM requeued q JOIN registrations r ON r.id = q.registration_id"""  # noqa: S608 - constants only
 
 
 def resend_failed(monitored: Engine, fleet: Engine, channel: EmailChannel | None, *, limit: int | None = None,
-                  batch_size: int = 100, dry_run: bool = False, progress: Callable[[Progress], None] | None = None,
-                  task_id: str | None = None) -> RunResult:
-    """Retry confirmation emails in status 'failed' (never 'bounced'): each batch is made pending again
-    with attempts + 1 (a new group, so new keys) and sent like a fresh claim."""
-    result = RunResult(JOB_RESEND, status="dry_run" if dry_run else "ok")
-    params = {"limit": limit, "batch_size": batch_size, "dry_run": dry_run}
-    if not dry_run:
-        _require_channel(channel)
-    started = time.perf_counter()
-    failed_where = "ce.status = 'failed' AND r.confirmation_number IS NOT NULL"
-    with monitored.connect() as conn:
-        if dry_run:
-            result.would_process = conn.execute(sa.text(
-                f"""SELECT count(*) FROM confirmation_emails ce JOIN registrations r ON r.id = ce.registration_id
-                    WHERE {failed_where}"""), {}).scalar() or 0  # noqa: S608
-            result.sample = [dict(m) for m in conn.execute(sa.text(
-                f"""SELECT ce.id AS email_id, ce.registration_id, ce.recipient, ce.attempts, ce.error
-                    FROM confirmation_emails ce JOIN registrations r ON r.id = ce.registration_id
-                    WHERE {failed_where} ORDER BY ce.id LIMIT :k"""), {"k": SAMPLE}).mappings()]  # noqa: S608
-            conn.rollback()
-            if limit is not None:
-                result.would_process = min(result.would_process, limit)
-            result.run_id = _record_dry_run(fleet, JOB_RESEND, params, result, task_id)
-            result.seconds = time.perf_counter() - started
-            return result
-        result.run_id = _start_run(fleet, conn, JOB_RESEND, params, task_id)
-        try:
-            total = conn.execute(sa.text("SELECT count(*) FROM confirmation_emails WHERE status = 'failed'")).scalar()
-            conn.commit()
-            report = _Reporter(fleet, result, min(total, limit) if limit is not None else total, progress)
-            after = 0  # keyset: an email failing again in this run is not picked up again by it
-            while limit is None or result.claimed < limit:
-                n = batch_size if limit is None else min(batch_size, limit - result.claimed)
-                t = time.perf_counter()
-                with conn.begin():
-                    rows = _rows(conn.execute(sa.text(
-                        f"""WITH picked AS (
-                                SELECT ce.id FROM confirmation_emails ce JOIN registrations r ON r.id = ce.registration_id
-                                WHERE {failed_where} AND ce.id > :after ORDER BY ce.id LIMIT :n FOR UPDATE OF ce SKIP LOCKED
-                            ), requeued AS (
-                                UPDATE confirmation_emails ce SET status = 'pending', attempts = ce.attempts + 1
-                                FROM picked WHERE ce.id = picked.id
-                                RETURNING ce.id, ce.registration_id, ce.recipient, ce.subject, ce.attempts, ce.xmin
-                            )
-                            SELECT q.id AS email_id, q.registration_id, q.recipient, q.subject, q.attempts,
-                                   q.xmin::text AS grp, r.full_name, r.confirmation_number, r.event_id, r.amount_in_cents
-                            FROM requeued q JOIN registrations r ON r.id = q.registration_id"""),  # noqa: S608
-                        {"after": after, "n": n}))
-                    if rows:
-                        _lock_group(conn, rows[0].grp, wait=True)
-                result.db_seconds += time.perf_counter() - t
-                if not rows:
-                    break
-                after = max(r.email_id for r in rows)
-                result.claimed += len(rows)
-                result.batches += 1
-                try:
-                    out = _send_and_record(conn, channel, rows, result)
-                finally:
-                    _unlock_group(conn, rows[0].grp)
-                result.sent += out.sent
-                result.failed += out.failed
-                if out.unavailable:
-                    result.deferred += out.rows_left
-                    raise ProviderUnavailable(out.unavailable)
-                report(result.claimed)
-        except ProviderUnavailable as exc:
-            result.status, result.error = "error", str(exc)
-        except Exception as exc:
-            result.status, result.error = "error", f"{type(exc).__name__}: {str(exc).splitlines()[0][:500]}"
-            conn.rollback()
-            _finish(fleet, conn, result, started)
-            raise
-        _finish(fleet, conn, result, started)
-    return result
+                  batch_size: int = 100, dry_run: bool = False, max_attempts: int = 5,
+                  progress: Callable[[Progress], None] | None = None, task_id: str | None = None) -> RunResult:
+    """Retry confirmation emails in status 'failed' (never 'bounced') tried fewer than `max_attempts`
+    times: each batch is made pending again with attempts + 1 (a new group, so new keys) and sent like
+    a fresh claim."""
+    params = {"limit": limit, "batch_size": batch_size, "dry_run": dry_run, "max_attempts": max_attempts}
+    if dry_run:
+        return _dry_run_resend(monitored, fleet, params, limit, max_attempts, task_id)
+    _require_channel(channel)
+
+    def body(conn: Connection, result: RunResult) -> None:
+        total = conn.execute(sa.text(f"SELECT count(*) FROM {_FAILED}"), {"max_attempts": max_attempts}).scalar()  # noqa: S608
+        conn.commit()
+        report = _Reporter(fleet, result, min(total, limit) if limit is not None else total, progress)
+        after = [0]  # keyset: an email failing again in this run is not picked up again by it
+
+        def claim(n: int, careful: bool) -> list[EmailRow]:
+            rows = _rows(conn.execute(sa.text(REQUEUE_SQL), {"after": after[0], "n": n, "max_attempts": max_attempts}))
+            after[0] = max([after[0], *(r.email_id for r in rows)])
+            return rows
+
+        _drain(conn, channel, claim, limit, batch_size, result, report)
+
+    return _run(monitored, fleet, JOB_RESEND, params, task_id, body)
+
+
+def confirmation_channel(settings: Any) -> EmailChannel:
+    """Confirmation emails go out as FROM_NAME <FROM_EMAIL> through RESEND_API_URL with RESEND_API_KEY
+    (`settings`: worker.settings.Settings)."""
+    return EmailChannel(settings.resend_api_key, settings.from_email, settings.from_name, [],
+                        api_url=settings.resend_api_url)
 
 
 def _require_channel(channel: EmailChannel | None) -> None:
@@ -656,36 +683,55 @@ def _finish(fleet: Engine, conn: Connection, result: RunResult, started: float) 
              batches=result.batches, conflicts=result.conflicts, seconds=round(result.seconds, 3), error=result.error)
 
 
-def _dry_run(conn: Connection, fleet: Engine, result: RunResult, params: dict[str, Any], older_than: timedelta,
-             stale_after: timedelta, limit: int | None, task_id: str | None, started: float) -> RunResult:
-    o = older_than.total_seconds()
-    result.would_process = _count_backlog(conn, older_than)
+def _dry_run(monitored: Engine, fleet: Engine, params: dict[str, Any], older_than: timedelta,
+             stale_after: timedelta, limit: int | None, task_id: str | None) -> RunResult:
+    result = RunResult(JOB_REPROCESS, status="dry_run")
+    started = time.perf_counter()
+    with monitored.connect() as conn:
+        result.would_process = _count_backlog(conn, older_than)
+        result.conflicts = _count_conflicts(conn, older_than)
+        result.stale_pending = sum(len(ids) for _, ids in _stale_groups(conn, stale_after))
+        result.sample = [
+            {**dict(m), "confirmation_number": confirmation_number(m["id"]), "updated_at": m["updated_at"].isoformat()}
+            for m in conn.execute(sa.text(
+                f"""SELECT r.id, r.email, r.updated_at FROM registrations r WHERE {BACKLOG}
+                    AND r.updated_at <= now() - make_interval(secs => :o) ORDER BY r.updated_at LIMIT :k"""),  # noqa: S608
+                {"o": older_than.total_seconds(), "k": SAMPLE}).mappings()]
+        conn.rollback()
     if limit is not None:
         result.would_process = min(result.would_process, limit)
-    result.conflicts = _count_conflicts(conn, older_than)
-    result.stale_pending = sum(len(ids) for _, ids in _stale_groups(conn, stale_after))
-    result.sample = [
-        {**dict(m), "confirmation_number": confirmation_number(m["id"]), "updated_at": m["updated_at"].isoformat()}
-        for m in conn.execute(sa.text(
-            f"""SELECT r.id, r.email, r.updated_at FROM registrations r WHERE {BACKLOG}
-                AND r.updated_at <= now() - make_interval(secs => :o) ORDER BY r.updated_at LIMIT :k"""),  # noqa: S608
-            {"o": o, "k": SAMPLE}).mappings()]
-    conn.rollback()
-    result.run_id = _record_dry_run(fleet, JOB_REPROCESS, params, result, task_id)
+    return _record_dry_run(fleet, params, result, task_id, started)
+
+
+def _dry_run_resend(monitored: Engine, fleet: Engine, params: dict[str, Any], limit: int | None,
+                    max_attempts: int, task_id: str | None) -> RunResult:
+    result = RunResult(JOB_RESEND, status="dry_run")
+    started = time.perf_counter()
+    with monitored.connect() as conn:
+        p = {"max_attempts": max_attempts, "k": SAMPLE}
+        result.would_process = conn.execute(sa.text(f"SELECT count(*) FROM {_FAILED}"), p).scalar() or 0  # noqa: S608
+        result.sample = [dict(m) for m in conn.execute(sa.text(
+            f"""SELECT ce.id AS email_id, ce.registration_id, ce.recipient, ce.attempts, ce.error
+                FROM {_FAILED} ORDER BY ce.id LIMIT :k"""), p).mappings()]  # noqa: S608
+        conn.rollback()
+    if limit is not None:
+        result.would_process = min(result.would_process, limit)
+    return _record_dry_run(fleet, params, result, task_id, started)
+
+
+def _record_dry_run(fleet: Engine, params: dict[str, Any], result: RunResult, task_id: str | None,
+                    started: float) -> RunResult:
+    with fleet.begin() as conn:
+        result.run_id = conn.execute(sa.text(
+            """INSERT INTO fleet.job_runs (job, kind, started_at, finished_at, status, params, task_id)
+               VALUES (:j, :k, now(), now(), 'dry_run', CAST(:p AS jsonb), :t) RETURNING id"""),
+            {"j": result.job, "k": KIND, "t": task_id, "p": json.dumps(
+                {**params, "would_process": result.would_process, "conflicts": result.conflicts,
+                 "stale_pending": result.stale_pending})}).scalar()
     result.seconds = time.perf_counter() - started
     log.info("backlog_dry_run", job=result.job, would_process=result.would_process, conflicts=result.conflicts,
              stale_pending=result.stale_pending)
     return result
-
-
-def _record_dry_run(fleet: Engine, job: str, params: dict[str, Any], result: RunResult, task_id: str | None) -> int:
-    with fleet.begin() as conn:
-        return conn.execute(sa.text(
-            """INSERT INTO fleet.job_runs (job, kind, started_at, finished_at, status, params, task_id)
-               VALUES (:j, :k, now(), now(), 'dry_run', CAST(:p AS jsonb), :t) RETURNING id"""),
-            {"j": job, "k": KIND, "t": task_id, "p": json.dumps(
-                {**params, "would_process": result.would_process, "conflicts": result.conflicts,
-                 "stale_pending": result.stale_pending})}).scalar()
 
 
 # -- status ----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -34,6 +34,10 @@ class JobResult:
     batches: int = 0
     error: str | None = None
     run_id: int | None = None
+
+
+class JobFailed(Exception):
+    """The job ran and reports failure (a function returning NULL): the run is an error."""
 
 
 def quote(ident: str) -> str:
@@ -66,6 +70,28 @@ def validate_against_catalog(job: MaintenanceJob, conn: Connection) -> None:
     if job.kind == "sql":
         if not conn.execute(sa.text("SELECT 1 FROM pg_proc WHERE proname = :f"), {"f": job.function.split(".")[-1]}).first():
             raise ConfigError(f"maintenance job {job.name}: function {job.function!r} does not exist")
+
+
+def _returns_a_value(conn: Connection, function: str) -> bool:
+    rettype = conn.execute(sa.text("""SELECT p.prorettype::regtype::text FROM pg_proc p
+                                      WHERE p.proname = :f ORDER BY p.oid LIMIT 1"""),
+                           {"f": function.split(".")[-1]}).scalar()
+    return rettype not in (None, "void")
+
+
+def check_catalog(jobs: Iterable[MaintenanceJob], monitored: Engine) -> list[str]:
+    """Every configured job against the monitored database's catalog, at start: one message per bad job
+    (empty when all is well). The fleet's own retention job names no application table."""
+    errors = []
+    with monitored.connect() as conn:
+        for job in jobs:
+            if job.kind == "fleet_retention":
+                continue
+            try:
+                validate_against_catalog(job, conn)
+            except ConfigError as exc:
+                errors.append(str(exc))
+    return errors
 
 
 def _batches(job: MaintenanceJob, engine: Engine, now: datetime, stmt: str,
@@ -122,12 +148,25 @@ def run_job(job: MaintenanceJob, *, monitored: Engine, fleet: Engine, now: datet
         lock_conn.commit()
         if not got:
             log.info("maintenance_skipped", job=job.name, reason="another run holds the lock")
-            return JobResult(job.name, "skipped", error="another run of this job is in progress")
+            return _record_skipped(job, fleet, task_id)
         try:
             return _run_locked(job, target, fleet, now, task_id, progress)
         finally:
             lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key(job.name)})
             lock_conn.commit()
+
+
+def _record_skipped(job: MaintenanceJob, fleet: Engine, task_id: str | None) -> JobResult:
+    """A run that found the job already running does nothing, and says so in job_runs too."""
+    error = "another run of this job is in progress"
+    with fleet.begin() as conn:
+        run_id = conn.execute(
+            sa.text("""INSERT INTO fleet.job_runs (job, kind, started_at, finished_at, status, error, params, task_id)
+                       VALUES (:j, :k, now(), now(), 'skipped', :e, CAST(:p AS jsonb), :tid) RETURNING id"""),
+            {"j": job.name, "k": job.kind, "e": error, "tid": task_id,
+             "p": json.dumps(job.model_dump(mode="json", by_alias=True))},
+        ).scalar()
+    return JobResult(job.name, "skipped", error=error, run_id=run_id)
 
 
 def _run_locked(job: MaintenanceJob, target: Engine, fleet: Engine, now: datetime, task_id: str | None,
@@ -168,14 +207,31 @@ def _run_locked(job: MaintenanceJob, target: Engine, fleet: Engine, now: datetim
                 first = value[0] if value is not None and len(value) else None
                 result.rows = int(first) if isinstance(first, (int, float)) else 0
                 result.batches = 1
+                failed = first is None and _returns_a_value(conn, job.function)
+            if failed:  # after the commit, which keeps the function's own record of its failure
+                # e.g. cleanup_expired_seat_reservations() reports its failure by returning NULL
+                raise JobFailed(f"maintenance job {job.name}: {job.function}() returned NULL, which it "
+                                "does when it failed (see its own log, e.g. reservation_cleanup_runs)")
         if job.maintenance_log and job.kind != "fleet_retention":
             with target.begin() as conn:
-                conn.execute(sa.text("INSERT INTO maintenance_log (task, completed_at) VALUES (:t, now())"),
-                             {"t": job.name})
-    except (sa.exc.DBAPIError, ConfigError) as exc:
+                conn.execute(sa.text(
+                    """INSERT INTO maintenance_log (task, started_at, completed_at, rows_affected, details)
+                       VALUES (:t, now() - make_interval(secs => :d), now(), :r, CAST(:x AS jsonb))"""),
+                    {"t": job.name, "d": time.monotonic() - started, "r": result.rows,
+                     "x": json.dumps({"kind": job.kind, "batches": result.batches, "run_id": run_id})})
+    except (sa.exc.DBAPIError, ConfigError, JobFailed) as exc:
         result.status = "error"
         result.error = (str(exc.orig).strip().splitlines()[0] if isinstance(exc, sa.exc.DBAPIError) and exc.orig
                         else str(exc))
+    except Exception as exc:  # anything else: recorded, then raised (a run never stays 'running')
+        result.status, result.error = "error", f"{type(exc).__name__}: {exc}"
+        _finish_run(fleet, job, result, run_id, started)
+        raise
+    _finish_run(fleet, job, result, run_id, started)
+    return result
+
+
+def _finish_run(fleet: Engine, job: MaintenanceJob, result: JobResult, run_id: int, started: float) -> None:
     with fleet.begin() as conn:
         conn.execute(
             sa.text("""UPDATE fleet.job_runs SET finished_at = now(), rows_affected = :r, batches = :b, status = :s,
@@ -184,4 +240,3 @@ def _run_locked(job: MaintenanceJob, target: Engine, fleet: Engine, now: datetim
         )
     log.info("maintenance_finished", job=job.name, status=result.status, rows=result.rows, batches=result.batches,
              duration_s=round(time.monotonic() - started, 3), error=result.error)
-    return result
