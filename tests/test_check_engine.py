@@ -225,3 +225,20 @@ def test_flapping_condition_without_for_notifies_each_episode_once(db):
     states = [r.to_state for r in rows(db, "SELECT to_state FROM fleet.alert_events ORDER BY id")]
     assert states == ["firing", "resolved", "firing", "resolved"]
     assert rows(db, "SELECT count(*) FROM fleet.notifications")[0][0] == 8  # 2 channels x 4 transitions
+
+
+def test_a_check_survives_its_pooled_connection_being_killed(fleet_db):
+    """No pre-ping round trip per check: a connection that went away (a restart) is retried once."""
+    from worker.checking import collect_sql
+
+    engine = create(fleet_db, pre_ping=False, pool_size=1)
+    check = make_check(query="SELECT 1 AS value")
+    assert collect_sql(check, engine, T0)[0].value == 1
+    with engine.connect() as conn:
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+    killer = create(fleet_db)
+    with killer.connect() as conn:
+        assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+    killer.dispose()
+    assert collect_sql(check, engine, T0)[0].value == 1
+    engine.dispose()

@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from tenacity import retry, retry_if_exception, stop_after_attempt
 
 from worker.config import Check, Routing, render
 from worker.db import read_only
@@ -78,16 +79,21 @@ def _number(v: Any, check: str) -> float | None:
     raise CheckError(f"check {check}: column `value` must be numeric, got {type(v).__name__} {str(v)[:40]!r}")
 
 
+@retry(retry=retry_if_exception(lambda e: isinstance(e, sa.exc.DBAPIError) and e.connection_invalidated),
+       stop=stop_after_attempt(2), reraise=True)
+def _query(check: Check, engine: Engine, now: datetime) -> tuple[list[str], list[Any]]:
+    """One short in-call retry when a pooled connection went away (a database restart)."""
+    with read_only(engine, statement_timeout_ms=int(check.timeout.total_seconds() * 1000)) as conn:
+        result = conn.execute(sa.text(check.query), {"now": now})
+        return list(result.keys()), result.fetchall()
+
+
 def collect_sql(check: Check, engine: Engine, now: datetime) -> list[Sample]:
     """Run the rule's query READ ONLY with statement and lock timeouts; one sample per row."""
-    timeout_ms = int(check.timeout.total_seconds() * 1000)
     try:
-        with read_only(engine, statement_timeout_ms=timeout_ms) as conn:
-            result = conn.execute(sa.text(check.query), {"now": now})
-            cols = list(result.keys())
-            if "value" not in cols:
-                raise CheckError(f"check {check.name}: the query must return a column named `value` (got {', '.join(cols)})")
-            rows = result.fetchall()
+        cols, rows = _query(check, engine, now)
+        if "value" not in cols:
+            raise CheckError(f"check {check.name}: the query must return a column named `value` (got {', '.join(cols)})")
     except sa.exc.DBAPIError as exc:
         msg = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise CheckError(f"check {check.name}: {msg}") from None

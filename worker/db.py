@@ -26,10 +26,10 @@ def safe_url(url: str) -> str:
     return make_url(normalize_url(url)).render_as_string(hide_password=True)
 
 
-def create(url: str, *, application_name: str = "opsfleet", pool_size: int = 5) -> Engine:
+def create(url: str, *, application_name: str = "opsfleet", pool_size: int = 5, pre_ping: bool = True) -> Engine:
     return sa.create_engine(
         normalize_url(url),
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_size=pool_size,
         max_overflow=5,
         pool_recycle=1800,
@@ -39,7 +39,8 @@ def create(url: str, *, application_name: str = "opsfleet", pool_size: int = 5) 
 
 @lru_cache(maxsize=1)
 def monitored_engine() -> Engine:
-    return create(get_settings().require_database_url(), application_name="opsfleet-checks")
+    # no pre-ping round trip per check: collect_sql retries once on a connection that went away
+    return create(get_settings().require_database_url(), application_name="opsfleet-checks", pre_ping=False)
 
 
 @lru_cache(maxsize=1)
