@@ -450,11 +450,11 @@ def test_celery_call_with_bad_arguments_fails_clearly_and_writes_nothing(engine,
 
 
 def test_three_workers_share_a_backlog_and_claim_no_row_twice(engine, fleet, sink):
-    n = 5000
+    n = 50_000
     add_backlog(engine, n)
     start, client = fleet
     start(3)
-    results = [client.send_task("backlog.reprocess_confirmations", kwargs={"batch_size": 100}, queue="backlog")
+    results = [client.send_task("backlog.reprocess_confirmations", kwargs={"batch_size": 500}, queue="backlog")
                for _ in range(3)]
     progress = []
     deadline = time.monotonic() + 120
