@@ -124,6 +124,21 @@ def fleet_db(fresh_database):
     return url
 
 
+@pytest.fixture(scope="module")
+def app_db_url(fresh_database):
+    """A database of this test module's own: the fleet schema and the sample app's (empty) tables."""
+    from ops import sample_app
+    from worker.db import create
+    from worker.migrate import upgrade
+
+    url = fresh_database()
+    upgrade(url)
+    engine = create(url)
+    sample_app.init(engine)
+    engine.dispose()
+    return url
+
+
 @pytest.fixture
 def env(fleet_db, redis_url, tmp_path):
     """Environment for subprocesses (opsfleet CLI, celery workers) pointed at the test servers."""

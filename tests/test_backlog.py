@@ -17,7 +17,6 @@ import pytest
 import sqlalchemy as sa
 from celery import Celery
 
-from ops.sample_app import init
 from tests.fleet import CELERY, Proc
 from worker import backlog
 from worker.backlog import (
@@ -38,24 +37,14 @@ KEY = "re_test_key_0123456789"
 
 
 @pytest.fixture(scope="module")
-def db_url(fresh_database):
-    url = fresh_database()
-    upgrade(url)
-    engine = create(url)
-    init(engine)
-    engine.dispose()
-    return url
-
-
-@pytest.fixture(scope="module")
 def sink():
     with ProviderSink(resend_api_keys=[KEY]) as s:
         yield s
 
 
 @pytest.fixture
-def engine(db_url, sink):
-    eng = create(db_url)
+def engine(app_db_url, sink):
+    eng = create(app_db_url)
     with eng.begin() as conn:
         conn.execute(sa.text("TRUNCATE registrations, confirmation_emails RESTART IDENTITY CASCADE"))
         conn.execute(sa.text("DELETE FROM fleet.job_runs"))
@@ -390,9 +379,9 @@ def test_good_arguments_parse():
 # -- through real Celery workers -------------------------------------------------------------------------
 
 @pytest.fixture
-def fleet(engine, db_url, env, redis_client, redis_url, sink, tmp_path):
+def fleet(engine, app_db_url, env, redis_client, redis_url, sink, tmp_path):
     """Start workers on the backlog queue (in parallel) and a client with the result backend."""
-    wenv = {**env, "DATABASE_URL": db_url, "RESEND_API_KEY": KEY, "RESEND_API_URL": sink.resend_api_url,
+    wenv = {**env, "DATABASE_URL": app_db_url, "RESEND_API_KEY": KEY, "RESEND_API_URL": sink.resend_api_url,
             "FROM_EMAIL": "confirm@example.com", "FROM_NAME": "Events"}
     procs: list[Proc] = []
 
@@ -502,7 +491,6 @@ def test_backlog_cli_status_and_reprocess(env, fresh_database):
     from ops import sample_app
     from tests.conftest import run_cli
     from worker.db import create
-    from worker.migrate import upgrade
     from worker.sink import ProviderSink
 
     url = fresh_database()

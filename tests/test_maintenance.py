@@ -11,31 +11,19 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from ops.sample_app import init
 from worker.config import MaintenanceFile, MaintenanceJob, load_config
 from worker.db import create
 from worker.errors import ConfigError
 from worker.maintenance import check_catalog, run_job
-from worker.migrate import upgrade
 from worker.yamlfile import load_yaml
 
 REPO_JOBS = {j.name: j for j in MaintenanceFile.model_validate(
     load_yaml(Path(__file__).resolve().parent.parent / "config" / "maintenance.yaml").data).jobs}
 
 
-@pytest.fixture(scope="module")
-def db_url(fresh_database):
-    url = fresh_database()
-    upgrade(url)
-    engine = create(url)
-    init(engine)
-    engine.dispose()
-    return url
-
-
 @pytest.fixture
-def engine(db_url):
-    eng = create(db_url)
+def engine(app_db_url):
+    eng = create(app_db_url)
     with eng.begin() as conn:
         conn.execute(sa.text("""TRUNCATE webhook_logs, webhook_logs_archive, maintenance_log, whatsapp_error_logs,
                                 rate_limit_logs, shows, reservation_cleanup_runs, seat_reservation_audit_log
