@@ -1,7 +1,9 @@
 """Token buckets in Redis, one per provider target, shared by every worker.
 
-Defaults follow the providers' documented limits: Resend allows 2 requests per second per team;
-Slack allows about 1 message per second per incoming webhook / channel.
+Defaults sit just under the providers' documented limits (Resend: 2 requests per second per team;
+Slack: about 1 message per second per incoming webhook / channel): a bucket at exactly the limit
+meets the provider's 429 whenever scheduling jitter puts two requests inside one of its windows
+(bench/RESULTS.md, Notifications).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import time
 
 import redis
 
-DEFAULTS = {"email": (2.0, 2), "slack": (1.0, 1), "table": (50.0, 50)}  # kind -> (rate/s, burst)
+DEFAULTS = {"email": (1.9, 2), "slack": (0.95, 1), "table": (50.0, 50)}  # kind -> (rate/s, burst)
 
 # KEYS[1] bucket; ARGV rate, burst, now(ms). Returns ms to wait (0 = token taken).
 _TAKE = """
