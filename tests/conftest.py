@@ -124,6 +124,15 @@ def fleet_db(fresh_database):
     return url
 
 
+@pytest.fixture
+def sink():
+    """The Resend and Slack fake (worker/sink.py), on a free loopback port."""
+    from worker.sink import ProviderSink
+
+    with ProviderSink() as s:
+        yield s
+
+
 @pytest.fixture(scope="module")
 def app_db_url(fresh_database):
     """A database of this test module's own: the fleet schema and the sample app's (empty) tables."""

@@ -36,11 +36,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from ops import sample_app
 from worker.checking import _active, collect_sql
 from worker.config import load_config
 from worker.db import create
-from worker.migrate import upgrade
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = load_config(REPO / "config")
@@ -1022,12 +1020,9 @@ cases(
 
 # -- the database ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def monitored(fresh_database):
+def monitored(app_db_url):
     """One database for the module: the fleet schema, the sample application's schema, no rows."""
-    url = fresh_database()
-    upgrade(url)
-    engine = create(url)
-    sample_app.init(engine)
+    engine = create(app_db_url)
     with engine.connect() as conn:
         rows = conn.execute(sa.text("""
             SELECT CASE WHEN n.nspname = 'public' THEN c.relname ELSE n.nspname || '.' || c.relname END,

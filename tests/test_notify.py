@@ -13,7 +13,7 @@ from worker.config import Check, Routing
 from worker.db import create
 from worker.delivery import deliver, due
 from worker.settings import Settings
-from worker.sink import ProviderSink, Reply
+from worker.sink import Reply
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
@@ -37,12 +37,6 @@ def check(severity="critical", name="gauge_high") -> Check:
         "query": "SELECT name AS item, v AS value FROM gauge", "condition": "> 10", "severity": severity,
         "summary": "{{ labels.item }} at {{ value }} <script>alert(1)</script>",
     })
-
-
-@pytest.fixture
-def sink():
-    with ProviderSink() as s:
-        yield s
 
 
 @pytest.fixture

@@ -9,13 +9,7 @@ import sqlalchemy as sa
 
 from tests.conftest import run_cli
 from worker.db import create
-from worker.sink import ProviderSink, Reply
-
-
-@pytest.fixture
-def sink():
-    with ProviderSink() as s:
-        yield s
+from worker.sink import Reply
 
 
 @pytest.fixture

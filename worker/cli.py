@@ -171,7 +171,7 @@ def checks_run(name: str, dry_run: Annotated[bool, typer.Option("--dry-run", hel
     """Evaluate one check now and print its rows, the condition and the transition it makes."""
     import sqlalchemy as sa
 
-    from worker.checking import CheckError, collect, fingerprint, next_state, run_check
+    from worker.checking import CheckError, _active, collect, fingerprint, next_state, run_check
     from worker.config import get_config
     from worker.db import fleet_engine, monitored_engine
 
@@ -195,8 +195,7 @@ def checks_run(name: str, dry_run: Annotated[bool, typer.Option("--dry-run", hel
         row = states.get(fp)
         active = None if s.value is None else check.condition.holds(s.value)
         cur = row.state if row else "inactive"
-        nxt = next_state(cur, active if active is not None else {"ok": False, "alerting": True, "keep": None}[check.no_data],
-                         row.active_at if row else None, now, check.for_)
+        nxt = next_state(cur, _active(check, s.value), row.active_at if row else None, now, check.for_)
         t.add_row(", ".join(f"{k}={v}" for k, v in s.labels.items()) or "-", "NULL" if s.value is None else f"{s.value:g}",
                   "-" if active is None else str(active), cur, nxt)
     console.print(t)
