@@ -12,18 +12,20 @@ database in: statistics, visibility map, hint bits; it also keeps autovacuum fro
 freshly loaded tables in the middle of the timings), then times every enabled sql check of the
 catalog (config/checks/*.yaml, through worker.config.load_config) in passes over the whole catalog:
 
-  engine     worker.checking.collect_sql(check, engine, NOW): the engine's query path (pool checkout
-             with pre-ping, READ ONLY transaction with statement_timeout and lock_timeout, SQLAlchemy
-             text() with :now bound, rows -> labelled Samples, rollback), on an engine made by
-             worker.db.create() as the workers make theirs.
-  bare       the same query text with psycopg alone on one open connection, same guarantees in the
-             fewest round trips (4): BEGIN READ ONLY; SET LOCAL statement_timeout (the check's
-             timeout) and lock_timeout (2000 ms, as worker.db.read_only) in one message; the query with
-             :now turned into a psycopg %(now)s placeholder (checked against SQLAlchemy's own
+  engine     worker.checking.collect_sql(check, engine, NOW): the engine's query path (pool checkout,
+             worker.db.read_only_cursor: BEGIN READ ONLY with statement_timeout, lock_timeout and
+             force_custom_plan in one message, the query with :now bound as a prepared statement,
+             fetchall, ROLLBACK; rows -> labelled Samples), on engines made as the workers make theirs
+             (worker.db.create(); the monitored one without pre-ping, the fleet one with it).
+  bare       the same query with psycopg alone on one open autocommit connection, the same guarantees
+             and server work in the fewest round trips (3): `BEGIN READ ONLY; SET LOCAL
+             statement_timeout = <the check's timeout>; SET LOCAL lock_timeout = 2000; SET LOCAL
+             plan_cache_mode = force_custom_plan` as one message; the query as a prepared statement,
+             with :now turned into a psycopg %(now)s placeholder (checked against SQLAlchemy's own
              compilation of the text) and bound server-side to the same NOW; fetchall; ROLLBACK.
-  bare_same  psycopg alone sending exactly the engine's statements (6 round trips: BEGIN; SET
-             TRANSACTION READ ONLY; set_config(statement_timeout); set_config(lock_timeout); the query;
-             ROLLBACK), to split the overhead into "the engine's round trips" and "SQLAlchemy + Python".
+  sqlalchemy the path the engine took before (for comparison): Connection with postgresql_readonly,
+             SELECT set_config(...) for both timeouts, text() with :now bound, Rows, rollback (4 round
+             trips); what going through SQLAlchemy's Connection costs per check.
   run_check  worker.checking.run_check end to end with the repo's routing: claim the check_runs slot,
              collect, the state machine's writes (alerts, alert_events, outbox rows), one commit.
 
@@ -96,29 +98,33 @@ def _same(a: object, b: object) -> bool:
 
 def bare_run(conn: psycopg.Connection, check: Check, query: str) -> list[object]:
     timeout_ms = int(check.timeout.total_seconds() * 1000)
+    cur = conn.cursor()
     try:
-        with conn.transaction(force_rollback=True):  # BEGIN READ ONLY (conn.read_only) ... ROLLBACK
-            conn.execute(f"SET LOCAL statement_timeout = {timeout_ms}; SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
-            cur = conn.execute(query, {"now": NOW})
-            cols = [c.name for c in cur.description]
-            rows = cur.fetchall()
-    except psycopg.Error as exc:
-        raise CheckError(f"check {check.name}: {str(exc).strip().splitlines()[0]}") from None
-    i = cols.index("value")
-    return [row[i] for row in rows]
-
-
-def bare_same_run(conn: psycopg.Connection, check: Check, query: str) -> list[object]:
-    timeout_ms = int(check.timeout.total_seconds() * 1000)
-    with conn.transaction(force_rollback=True):  # BEGIN ... ROLLBACK
-        conn.execute("SET TRANSACTION READ ONLY")
-        conn.execute("SELECT set_config('statement_timeout', %(v)s, true)", {"v": str(timeout_ms)})
-        conn.execute("SELECT set_config('lock_timeout', %(v)s, true)", {"v": str(LOCK_TIMEOUT_MS)})
-        cur = conn.execute(query, {"now": NOW})
+        cur.execute(f"BEGIN READ ONLY; SET LOCAL statement_timeout = {timeout_ms}; "
+                    f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}; SET LOCAL plan_cache_mode = force_custom_plan")
+        cur.execute(query, {"now": NOW}, prepare=True)
         cols = [c.name for c in cur.description]
         rows = cur.fetchall()
+    except psycopg.Error as exc:
+        raise CheckError(f"check {check.name}: {str(exc).strip().splitlines()[0]}") from None
+    finally:
+        conn.pgconn.exec_(b"ROLLBACK")  # psycopg would drop its prepared statements on a ROLLBACK it sees
     i = cols.index("value")
     return [row[i] for row in rows]
+
+
+def sqlalchemy_run(engine: sa.Engine, check: Check) -> list[object]:
+    timeout_ms = int(check.timeout.total_seconds() * 1000)
+    try:
+        with engine.connect().execution_options(postgresql_readonly=True) as conn, conn.begin() as txn:
+            conn.execute(sa.text("SELECT set_config('statement_timeout', :s, true), set_config('lock_timeout', :l, true)"),
+                         {"s": str(timeout_ms), "l": str(LOCK_TIMEOUT_MS)})
+            result = conn.execute(sa.text(check.query), {"now": NOW})
+            rows = [r._mapping["value"] for r in result]
+            txn.rollback()
+    except sa.exc.DBAPIError as exc:
+        raise CheckError(f"check {check.name}: {str(exc.orig).strip().splitlines()[0]}") from None
+    return rows
 
 
 def _pass(kind: str, checks: list[Check], ctx: dict) -> tuple[float, dict[str, float], dict[str, object]]:
@@ -135,11 +141,8 @@ def _pass(kind: str, checks: list[Check], ctx: dict) -> tuple[float, dict[str, f
                 results[check.name] = [s.value for s in collect_sql(check, source, NOW)]
             elif kind == "bare":
                 results[check.name] = bare_run(ctx["bare"], check, ctx["queries"][check.name])
-            elif kind == "bare_same":
-                try:
-                    results[check.name] = bare_same_run(ctx["bare_same"], check, ctx["queries"][check.name])
-                except psycopg.Error as exc:
-                    raise CheckError(f"check {check.name}: {str(exc).strip().splitlines()[0]}") from None
+            elif kind == "sqlalchemy":
+                results[check.name] = sqlalchemy_run(fleet if check.database == "fleet" else monitored, check)
             else:
                 ctx["slot"] += 1  # a fresh slot per run: the same slot twice would be "skipped"
                 out = run_check(check, monitored=monitored, fleet=fleet, now=NOW,
@@ -182,23 +185,18 @@ def _measure(url: str, size: int, checks: list[Check], routing, repeat: int, war
           file=sys.stderr)
 
     # as the workers make theirs (worker.db.monitored_engine / fleet_engine); one pair per kind
-    engines = {k: (create(url, application_name="opsfleet-checks"), create(url, application_name="opsfleet"))
-               for k in ("engine", "run_check")}
-    dialect = engines["engine"][0].dialect
-    queries = {}
-    for c in checks:
-        queries[c.name] = to_psycopg(c.query)
-        compiled = str(sa.text(c.query).compile(dialect=dialect))
-        if queries[c.name] != compiled:  # our conversion must be the very text SQLAlchemy sends
+    engines = {k: (create(url, application_name="opsfleet-checks", pre_ping=False),
+                   create(url, application_name="opsfleet"))
+               for k in ("engine", "sqlalchemy", "run_check")}
+    queries = {c.name: to_psycopg(c.query) for c in checks}
+    for c in checks:  # our conversion must be the very text SQLAlchemy sends
+        if queries[c.name] != str(sa.text(c.query).compile(dialect=engines["engine"][0].dialect)):
             raise SystemExit(f"{c.name}: :now conversion differs from SQLAlchemy's compilation")
-    bare = psycopg.connect(_libpq(url), application_name="opsfleet-bench-bare")
-    bare.read_only = True  # transactions start with BEGIN READ ONLY
-    bare_same = psycopg.connect(_libpq(url), application_name="opsfleet-bench-bare")
-    ctx = {"engines": engines, "bare": bare, "bare_same": bare_same, "queries": queries, "routing": routing,
-           "slot": 0}
+    bare = psycopg.connect(_libpq(url), application_name="opsfleet-bench-bare", autocommit=True)
+    ctx = {"engines": engines, "bare": bare, "queries": queries, "routing": routing, "slot": 0}
     load = [os.getloadavg()[0]]
     try:
-        kinds = ["engine", "bare", "bare_same", "run_check"]
+        kinds = ["engine", "bare", "sqlalchemy", "run_check"]
         passes: dict[str, list[tuple[float, dict[str, float]]]] = {k: [] for k in kinds}
         results: dict[str, dict[str, object]] = {}
         for _ in range(warmup):  # caches, pools, prepared statements, plans
@@ -221,7 +219,6 @@ def _measure(url: str, size: int, checks: list[Check], routing, repeat: int, war
                     explains[c.name] = "\n".join(r[0] for r in plan)
     finally:
         bare.close()
-        bare_same.close()
         for pair in engines.values():
             for e in pair:
                 e.dispose()
@@ -229,7 +226,7 @@ def _measure(url: str, size: int, checks: list[Check], routing, repeat: int, war
     mismatches = []
     for c in checks:
         e = results["engine"][c.name]
-        for b in (results["bare"][c.name], results["bare_same"][c.name]):
+        for b in (results["bare"][c.name], results["sqlalchemy"][c.name]):
             if isinstance(e, str) or isinstance(b, str):
                 same = isinstance(e, str) and isinstance(b, str)
             else:
@@ -268,15 +265,15 @@ LIVE = re.compile(r"pg_stat_|pg_database_size|pg_total_relation_size")  # values
 def _report(runs: list[dict], checks: list[Check], top: int) -> None:
     for run in runs:
         per, wall = run["per"], run["wall"]
-        eng, bare, same, rc = (sum(per[k].values()) for k in ("engine", "bare", "bare_same", "run_check"))
+        eng, bare, same, rc = (sum(per[k].values()) for k in ("engine", "bare", "sqlalchemy", "run_check"))
         print(f"\n### {run['size']:,} registrations ({sum(run['rows'].values()):,} rows in all tables)\n")
         print(f"1-minute load average when the timings started / ended: {run['load'][0]:.2f} / {run['load'][1]:.2f} "
               f"({os.cpu_count()} cores; other work on the machine shows here)\n")
-        print("| check | engine ms | bare ms | engine - bare | overhead | bare, engine's statements ms "
+        print("| check | engine ms | bare ms | engine - bare | overhead | via SQLAlchemy Connection ms "
               "| run_check ms | status: result |")
         print("|---|---:|---:|---:|---:|---:|---:|---|")
         for c in sorted(checks, key=lambda c: -per["engine"][c.name]):
-            e, b, m, r = (per[k][c.name] for k in ("engine", "bare", "bare_same", "run_check"))
+            e, b, m, r = (per[k][c.name] for k in ("engine", "bare", "sqlalchemy", "run_check"))
             res = run["engine_results"][c.name]
             shown = res[:60] if isinstance(res, str) else (
                 f"{len(res)} row{'s' if len(res) != 1 else ''}" + (f", value {_fmt(res[0])}" if len(res) == 1 else ""))
@@ -285,20 +282,20 @@ def _report(runs: list[dict], checks: list[Check], top: int) -> None:
         slow = sorted(checks, key=lambda c: -per["engine"][c.name])[:top]
         print(f"\nSlowest {top} (engine): " + ", ".join(f"{c.name} {_ms(per['engine'][c.name])} ms" for c in slow) + ".")
         print(f"\n| {len(checks)} checks | engine (collect_sql) | bare psycopg | overhead = (engine - bare) / bare "
-              "| bare, engine's statements | run_check end to end |")
+              "| via SQLAlchemy Connection | run_check end to end |")
         print("|---|---:|---:|---:|---:|---:|")
         for label, (e, b, m, r) in (("sum of per-check medians", (eng, bare, same, rc)),
                                     ("catalog pass, wall (median)", tuple(wall[k] for k in
-                                                                          ("engine", "bare", "bare_same", "run_check"))),
+                                                                          ("engine", "bare", "sqlalchemy", "run_check"))),
                                     ("catalog pass, wall (fastest)", tuple(run["fastest"][k] for k in
-                                                                           ("engine", "bare", "bare_same", "run_check")))):
+                                                                           ("engine", "bare", "sqlalchemy", "run_check")))):
             print(f"| {label} | {_ms(e)} ms | {_ms(b)} ms | {_ms(e - b)} ms = **{100 * (e - b) / b:.1f}%** "
                   f"| {_ms(m)} ms | {_ms(r)} ms |")
         n = len(checks)
         print(f"\nPer check (catalog sums / {n}): engine {_ms(eng / n)} ms, bare {_ms(bare / n)} ms, so "
-              f"{_ms((eng - bare) / n)} ms of engine overhead per check, of which {_ms((same - bare) / n)} ms is the "
-              f"extra round trips of worker.db.read_only() (bare with the engine's statements - bare) and "
-              f"{_ms((eng - same) / n)} ms SQLAlchemy, pool and Python (engine - bare with the engine's statements).")
+              f"{1e6 * (eng - bare) / n:,.0f} us of engine overhead per check (pool checkout, prepared-statement "
+              f"lookup, rows -> Samples); through a SQLAlchemy Connection, as the engine ran before: "
+              f"{_ms(same / n)} ms ({1e6 * (same - bare) / n:,.0f} us over bare).")
         live = [name for name in run["mismatches"] if LIVE.search(next(c.query for c in checks if c.name == name))]
         other = [name for name in run["mismatches"] if name not in live]
         print(f"Results of engine and bare: {'identical for all ' + str(n) + ' checks' if not run['mismatches'] else ''}"

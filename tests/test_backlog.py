@@ -521,3 +521,17 @@ def test_backlog_cli_status_and_reprocess(env, fresh_database):
         bad = run_cli(["backlog", "reprocess", "--older-than", "soon"], e)
         assert bad.returncode == 2 and "--older-than" in bad.stderr and "Traceback" not in bad.stderr
     engine.dispose()
+
+
+def test_a_call_waits_out_the_providers_retry_after_then_backs_off_exponentially(sink, monkeypatch):
+    """send_call alone: 429 with Retry-After, then two 503s, then success, all with the same key."""
+    monkeypatch.setattr(backlog, "RETRY_BASE", 0.25)
+    rows = [backlog.EmailRow(i, i, f"guest{i}@example.com", "Your confirmation", 0, "1", f"Guest {i}",
+                             confirmation_number(i), 7, 12_500) for i in (1, 2)]
+    sink.script("resend.emails.batch", [Reply(429, headers={"Retry-After": "3"}), Reply(503), Reply(503), Reply()])
+    waits: list[float] = []
+    outcomes = backlog.send_call(channel(sink), rows, sleep=waits.append)
+    assert [o.status for o in outcomes] == ["sent", "sent"]
+    assert waits == [3.0, 0.5, 1.0]  # Retry-After as given; then RETRY_BASE * 2 ** (attempt - 1)
+    reqs = sink.requests_for("resend.emails.batch")[-4:]
+    assert len({r.headers["Idempotency-Key"] for r in reqs}) == 1

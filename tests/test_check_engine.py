@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from worker.checking import run_check
+from worker.checking import CheckError, run_check
 from worker.config import Check, Routing
 from worker.db import create
 
@@ -242,3 +242,47 @@ def test_a_check_survives_its_pooled_connection_being_killed(fleet_db):
     killer.dispose()
     assert collect_sql(check, engine, T0)[0].value == 1
     engine.dispose()
+
+
+@pytest.mark.parametrize("tail", ["COMMIT; DELETE FROM gauge", "ROLLBACK; DELETE FROM gauge", "DELETE FROM gauge"])
+def test_a_query_cannot_end_the_read_only_transaction_with_more_statements(db, tail):
+    """The extended protocol takes one statement: `...; COMMIT; DELETE` is an error and deletes nothing."""
+    from worker.checking import collect_sql
+
+    set_gauge(db, a=50)
+    check = make_check(query=f"SELECT 1 AS value; {tail}")
+    with pytest.raises(CheckError, match="must be one SQL statement"):
+        collect_sql(check, db, T0)
+    assert rows(db, "SELECT count(*) FROM gauge")[0][0] == 1
+
+
+def test_the_pooled_connection_goes_back_as_it_came(fleet_db):
+    """Checks share the monitored engine with maintenance and backlog work, which write."""
+    from worker.checking import collect_sql
+
+    engine = create(fleet_db, pre_ping=False, pool_size=1)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE IF EXISTS gauge2"))
+            conn.execute(sa.text("CREATE TABLE gauge2 (v int)"))
+        for query in ("SELECT 1 AS value", "SELECT 1/0 AS value", "SELECT pg_sleep(2), 1 AS value"):
+            try:
+                collect_sql(make_check(query=query, timeout="1s"), engine, T0)
+            except CheckError:
+                pass
+            with engine.connect() as conn:  # a transaction of our own, rolled back: nothing autocommitted
+                assert conn.execute(sa.text("SHOW transaction_read_only")).scalar() == "off"
+                assert conn.execute(sa.text("SHOW statement_timeout")).scalar() == "0"
+                conn.execute(sa.text("INSERT INTO gauge2 VALUES (1)"))
+                conn.rollback()
+            with engine.begin() as conn:
+                assert conn.execute(sa.text("SELECT count(*) FROM gauge2")).scalar() == 0
+    finally:
+        engine.dispose()
+
+
+def test_a_bind_parameter_other_than_now_is_a_clear_error(db):
+    from worker.checking import collect_sql
+
+    with pytest.raises(CheckError, match=r"unknown bind parameter :since \(only :now is bound\)"):
+        collect_sql(make_check(query="SELECT count(*) AS value FROM gauge WHERE at > :since"), db, T0)

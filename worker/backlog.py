@@ -41,6 +41,7 @@ import sqlalchemy as sa
 from markupsafe import escape
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.engine import Connection, Engine
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from worker.channels.base import DeliveryError
 from worker.channels.email import MAX_BATCH, EmailChannel
@@ -240,28 +241,33 @@ def send_call(channel: EmailChannel, call: Sequence[EmailRow], *,
     with the same key on transient errors. Raises ProviderUnavailable when retrying does not help."""
     batch = [{"from": channel.sender, **render_confirmation(r)} for r in call]
     key = idempotency_key(call)
-    for attempt in range(SEND_TRIES):
-        try:
-            resp = channel._call(resend.Batch.send, batch,
-                                 options={"idempotency_key": key, "batch_validation": "permissive"})
-        except DeliveryError as exc:
-            if exc.permanent and exc.reason == "invalid":  # the provider rejected the payload: nothing sent
-                return [Outcome(r.email_id, "failed", None, f"{exc.status or ''} {exc.message}".strip()[:500])
-                        for r in call]
-            if exc.permanent and exc.status == 409:  # the key is known with another body: the data changed
-                note = ("the provider holds this key with a different email (the registration changed since the "
-                        "first attempt), so that attempt was probably delivered: check before resending")
-                return [Outcome(r.email_id, "failed", None, f"409 {exc.message}: {note}"[:500]) for r in call]
-            if exc.permanent:  # auth, wrong URL: not the emails' fault
-                raise ProviderUnavailable(f"Resend: {exc.reason}: {exc.message}") from exc
-            if attempt == SEND_TRIES - 1:
-                raise ProviderUnavailable(f"Resend kept failing ({exc.reason}): {exc.message}") from exc
-            wait = exc.retry_after if exc.retry_after is not None else RETRY_BASE * 2 ** attempt
-            log.warning("confirmation_send_retrying", reason=exc.reason, wait_s=wait, key=key)
-            sleep(min(wait, MAX_RETRY_WAIT))
-            continue
-        return _outcomes(call, resp)
-    raise AssertionError("unreachable")
+
+    def wait(state: RetryCallState) -> float:  # the provider's Retry-After, else exponential
+        exc = state.outcome.exception() if state.outcome else None
+        after = getattr(exc, "retry_after", None)
+        return min(after if after is not None else RETRY_BASE * 2 ** (state.attempt_number - 1), MAX_RETRY_WAIT)
+
+    retrying = Retrying(
+        retry=retry_if_exception(lambda e: isinstance(e, DeliveryError) and not e.permanent),
+        stop=stop_after_attempt(SEND_TRIES), wait=wait, sleep=sleep, reraise=True,
+        before_sleep=lambda state: log.warning("confirmation_send_retrying", reason=state.outcome.exception().reason,
+                                               wait_s=state.upcoming_sleep, key=key),
+    )
+    try:
+        resp = retrying(channel._call, resend.Batch.send, batch,
+                        options={"idempotency_key": key, "batch_validation": "permissive"})
+    except DeliveryError as exc:
+        if exc.permanent and exc.reason == "invalid":  # the provider rejected the payload: nothing sent
+            return [Outcome(r.email_id, "failed", None, f"{exc.status or ''} {exc.message}".strip()[:500])
+                    for r in call]
+        if exc.permanent and exc.status == 409:  # the key is known with another body: the data changed
+            note = ("the provider holds this key with a different email (the registration changed since the "
+                    "first attempt), so that attempt was probably delivered: check before resending")
+            return [Outcome(r.email_id, "failed", None, f"409 {exc.message}: {note}"[:500]) for r in call]
+        if exc.permanent:  # auth, wrong URL: not the emails' fault
+            raise ProviderUnavailable(f"Resend: {exc.reason}: {exc.message}") from exc
+        raise ProviderUnavailable(f"Resend kept failing ({exc.reason}): {exc.message}") from exc
+    return _outcomes(call, resp)
 
 
 def _outcomes(call: Sequence[EmailRow], resp: Any) -> list[Outcome]:

@@ -17,12 +17,12 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from tenacity import retry, retry_if_exception, stop_after_attempt
 
 from worker.config import Check, Routing, render
-from worker.db import read_only
+from worker.db import ConnectionLost, psycopg_text, read_only_cursor
 from worker.delivery import count_held_back
 from worker.logs import get_logger
 
@@ -79,29 +79,48 @@ def _number(v: Any, check: str) -> float | None:
     raise CheckError(f"check {check}: column `value` must be numeric, got {type(v).__name__} {str(v)[:40]!r}")
 
 
-@retry(retry=retry_if_exception(lambda e: isinstance(e, sa.exc.DBAPIError) and e.connection_invalidated),
-       stop=stop_after_attempt(2), reraise=True)
-def _query(check: Check, engine: Engine, now: datetime) -> tuple[list[str], list[Any]]:
-    """One short in-call retry when a pooled connection went away (a database restart)."""
-    with read_only(engine, statement_timeout_ms=int(check.timeout.total_seconds() * 1000)) as conn:
-        result = conn.execute(sa.text(check.query), {"now": now})
-        return list(result.keys()), result.fetchall()
+def _query(check: Check, engine: Engine, now: datetime) -> tuple[list[str], list[tuple]]:
+    query, names = psycopg_text(check.query)
+    unknown = [n for n in names if n != "now"]
+    if unknown:
+        raise CheckError(f"check {check.name}: unknown bind parameter :{unknown[0]} (only :now is bound)")
+    timeout_ms = int(check.timeout.total_seconds() * 1000)
+    # One short in-call retry when a pooled connection went away (a database restart). A plain loop:
+    # a tenacity-wrapped call costs ~50 us, a tenth of a cheap check.
+    for attempt in (1, 2):
+        try:
+            with read_only_cursor(engine, statement_timeout_ms=timeout_ms) as cur:
+                cur.execute(query, {"now": now}, prepare=True)
+                if cur.description is None:
+                    return [], []
+                return [c.name for c in cur.description], cur.fetchall()
+        except ConnectionLost:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def collect_sql(check: Check, engine: Engine, now: datetime) -> list[Sample]:
     """Run the rule's query READ ONLY with statement and lock timeouts; one sample per row."""
     try:
         cols, rows = _query(check, engine, now)
-        if "value" not in cols:
-            raise CheckError(f"check {check.name}: the query must return a column named `value` (got {', '.join(cols)})")
-    except sa.exc.DBAPIError as exc:
+    except (psycopg.Error, ConnectionLost) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "cannot insert multiple commands" in msg:
+            msg = "the query must be one SQL statement (no `;` between statements)"
+        raise CheckError(f"check {check.name}: {msg}") from None
+    except sa.exc.DBAPIError as exc:  # the pool could not connect
         msg = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise CheckError(f"check {check.name}: {msg}") from None
+    if "value" not in cols:
+        raise CheckError(f"check {check.name}: the query must return a column named `value` (got {', '.join(cols) or 'no columns'})")
+    v = cols.index("value")
+    extra = check.labels
+    label_cols = [(i, k) for i, k in enumerate(cols) if i != v]
     samples = []
     for row in rows:
-        m = row._mapping
-        labels = {k: str(m[k]) for k in cols if k != "value" and m[k] is not None}
-        samples.append(Sample(labels={**check.labels, **labels}, value=_number(m["value"], check.name)))
+        labels = {**extra, **{k: str(row[i]) for i, k in label_cols if row[i] is not None}}
+        samples.append(Sample(labels=labels, value=_number(row[v], check.name)))
     return samples
 
 

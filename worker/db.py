@@ -6,8 +6,10 @@ import contextlib
 from collections.abc import Iterator
 from functools import lru_cache
 
+import psycopg
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.dialects.postgresql.psycopg import dialect as _psycopg_dialect
+from sqlalchemy.engine import Engine, make_url
 
 from worker.errors import ServiceUnavailable
 from worker.settings import get_settings
@@ -68,16 +70,55 @@ def ping(engine: Engine, what: str) -> None:
         ) from None
 
 
+class ConnectionLost(Exception):
+    """The pooled connection broke under a query (a restart, a terminated backend); retry on a new one."""
+
+
+@lru_cache(maxsize=1024)
+def psycopg_text(query: str) -> tuple[str, tuple[str, ...]]:
+    """A text() query (`:name` binds, `::` casts, literal `%`) as psycopg sends it, and its bind names.
+
+    SQLAlchemy's own compilation, so the query means what it means through text(); cached per text.
+    """
+    compiled = sa.text(query).compile(dialect=_DIALECT)
+    return str(compiled), tuple(compiled.params)
+
+
+_DIALECT = _psycopg_dialect()
+
+
 @contextlib.contextmanager
-def read_only(engine: Engine, *, statement_timeout_ms: int, lock_timeout_ms: int = 2000) -> Iterator[Connection]:
-    """A READ ONLY transaction with statement and lock timeouts, always rolled back."""
-    # BEGIN READ ONLY (psycopg's read_only) and both timeouts in one statement: two round trips
-    # fewer per check than SET TRANSACTION + two set_config calls.
-    with engine.connect().execution_options(postgresql_readonly=True) as conn:
-        with conn.begin() as txn:
-            conn.execute(sa.text("SELECT set_config('statement_timeout', :s, true), set_config('lock_timeout', :l, true)"),
-                         {"s": str(statement_timeout_ms), "l": str(lock_timeout_ms)})
-            try:
-                yield conn
-            finally:
-                txn.rollback()
+def read_only_cursor(engine: Engine, *, statement_timeout_ms: int,
+                     lock_timeout_ms: int = 2000) -> Iterator[psycopg.Cursor]:
+    """The checks' query path: a psycopg cursor of a pooled connection, in a READ ONLY transaction with
+    statement and lock timeouts, always rolled back, the connection handed back as it came.
+
+    Three round trips around a query: BEGIN READ ONLY with the timeouts in one message, the query,
+    ROLLBACK. Run the query with `prepare=True`: the extended protocol takes exactly one statement, so
+    a query cannot end the read-only transaction (`...; COMMIT; DELETE ...`), and the server keeps it
+    parsed for the next run (planned afresh each time: force_custom_plan, as an unprepared query is).
+    ROLLBACK goes through libpq, since psycopg forgets every prepared statement on a ROLLBACK it sees
+    (a guard for DDL, which a READ ONLY transaction cannot run). A connection that broke is
+    invalidated in the pool and ConnectionLost raised; any other error propagates as psycopg's.
+    """
+    fairy = engine.raw_connection()
+    conn: psycopg.Connection = fairy.driver_connection
+    try:
+        conn.autocommit = True  # we send BEGIN ourselves, together with the settings
+        try:
+            cur = conn.cursor()
+            cur.execute(f"BEGIN READ ONLY; SET LOCAL statement_timeout = {int(statement_timeout_ms)}; "
+                        f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}; "
+                        "SET LOCAL plan_cache_mode = force_custom_plan")
+            yield cur
+        finally:
+            if not conn.broken:
+                conn.pgconn.exec_(b"ROLLBACK")
+                conn.autocommit = False
+    except psycopg.OperationalError as exc:
+        if conn.broken:
+            fairy.invalidate(exc)
+            raise ConnectionLost(str(exc).strip().splitlines()[0] if str(exc).strip() else "connection lost") from exc
+        raise
+    finally:
+        fairy.close()
