@@ -17,7 +17,9 @@ catalog (config/checks/*.yaml, through worker.config.load_config) in passes over
              force_custom_plan in one message, the query with :now bound as a prepared statement,
              fetchall, ROLLBACK; rows -> labelled Samples), on engines made as the workers make theirs
              (worker.db.create(); the monitored one without pre-ping, the fleet one with it).
-  bare       the same query with psycopg alone on one open autocommit connection, the same guarantees
+  bare       the same query with psycopg alone, on the very connections the engine's pools hand out
+             (borrowed for the pass and switched to autocommit: the same server backends, so the
+             difference is the engine's code path, not which backend served it), the same guarantees
              and server work in the fewest round trips (3): `BEGIN READ ONLY; SET LOCAL
              statement_timeout = <the check's timeout>; SET LOCAL lock_timeout = 2000; SET LOCAL
              plan_cache_mode = force_custom_plan` as one message; the query as a prepared statement,
@@ -131,6 +133,12 @@ def _pass(kind: str, checks: list[Check], ctx: dict) -> tuple[float, dict[str, f
     """One pass over the catalog: (wall seconds, seconds per check, result per check)."""
     times: dict[str, float] = {}
     results: dict[str, object] = {}
+    if kind == "bare":  # the very connections the engine's pools hand out: same server backends
+        borrowed = [e.raw_connection() for e in ctx["engines"]["engine"]]
+        bare = [b.driver_connection for b in borrowed]
+        for conn in bare:
+            conn.autocommit = True
+        ctx["backends"]["bare"].update(c.info.backend_pid for c in bare)
     started = time.perf_counter()
     for check in checks:
         monitored, fleet = ctx["engines"][kind] if kind in ctx["engines"] else (None, None)
@@ -140,7 +148,7 @@ def _pass(kind: str, checks: list[Check], ctx: dict) -> tuple[float, dict[str, f
                 source = fleet if check.database == "fleet" else monitored
                 results[check.name] = [s.value for s in collect_sql(check, source, NOW)]
             elif kind == "bare":
-                results[check.name] = bare_run(ctx["bare"], check, ctx["queries"][check.name])
+                results[check.name] = bare_run(bare[check.database == "fleet"], check, ctx["queries"][check.name])
             elif kind == "sqlalchemy":
                 results[check.name] = sqlalchemy_run(fleet if check.database == "fleet" else monitored, check)
             else:
@@ -151,7 +159,16 @@ def _pass(kind: str, checks: list[Check], ctx: dict) -> tuple[float, dict[str, f
         except CheckError as exc:
             results[check.name] = f"error: {exc}"
         times[check.name] = time.perf_counter() - t0
-    return time.perf_counter() - started, times, results
+    wall = time.perf_counter() - started
+    if kind == "bare":
+        for conn, b in zip(bare, borrowed, strict=True):
+            conn.autocommit = False
+            b.close()
+    elif kind == "engine":
+        for e in ctx["engines"]["engine"]:
+            with e.connect() as c:
+                ctx["backends"]["engine"].add(c.connection.driver_connection.info.backend_pid)
+    return wall, times, results
 
 
 # ------------------------------------------------------------------ one size, in its own database
@@ -192,8 +209,8 @@ def _measure(url: str, size: int, checks: list[Check], routing, repeat: int, war
     for c in checks:  # our conversion must be the very text SQLAlchemy sends
         if queries[c.name] != str(sa.text(c.query).compile(dialect=engines["engine"][0].dialect)):
             raise SystemExit(f"{c.name}: :now conversion differs from SQLAlchemy's compilation")
-    bare = psycopg.connect(_libpq(url), application_name="opsfleet-bench-bare", autocommit=True)
-    ctx = {"engines": engines, "bare": bare, "queries": queries, "routing": routing, "slot": 0}
+    ctx = {"engines": engines, "queries": queries, "routing": routing, "slot": 0,
+           "backends": {"engine": set(), "bare": set()}}
     load = [os.getloadavg()[0]]
     try:
         kinds = ["engine", "bare", "sqlalchemy", "run_check"]
@@ -214,11 +231,10 @@ def _measure(url: str, size: int, checks: list[Check], routing, repeat: int, war
         if explain_over is not None:
             for c in checks:
                 if per["engine"][c.name] * 1000 >= explain_over:
-                    with bare.transaction(force_rollback=True):
-                        plan = bare.execute("EXPLAIN (ANALYZE, BUFFERS) " + queries[c.name], {"now": NOW}).fetchall()
+                    with psycopg.connect(_libpq(url)) as conn, conn.transaction(force_rollback=True):
+                        plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + queries[c.name], {"now": NOW}).fetchall()
                     explains[c.name] = "\n".join(r[0] for r in plan)
     finally:
-        bare.close()
         for pair in engines.values():
             for e in pair:
                 e.dispose()
@@ -238,6 +254,7 @@ def _measure(url: str, size: int, checks: list[Check], routing, repeat: int, war
         "wall": {k: statistics.median(p[0] for p in passes[k]) for k in kinds},
         "fastest": {k: min(p[0] for p in passes[k]) for k in kinds},
         "status": results["run_check"], "engine_results": results["engine"], "mismatches": mismatches,
+        "backends": ctx["backends"],
         "explains": explains, "load": load,
     }
 
@@ -298,6 +315,9 @@ def _report(runs: list[dict], checks: list[Check], top: int) -> None:
               f"{_ms(same / n)} ms ({1e6 * (same - bare) / n:,.0f} us over bare).")
         live = [name for name in run["mismatches"] if LIVE.search(next(c.query for c in checks if c.name == name))]
         other = [name for name in run["mismatches"] if name not in live]
+        same_backends = run["backends"]["engine"] == run["backends"]["bare"]
+        print(f"Server backends (pids): engine {sorted(run['backends']['engine'])}, bare {sorted(run['backends']['bare'])}"
+              + (" (the same)." if same_backends else " (DIFFERENT: the comparison is not like for like)."))
         print(f"Results of engine and bare: {'identical for all ' + str(n) + ' checks' if not run['mismatches'] else ''}"
               + (f"identical except {', '.join(live)} (live server counters or sizes, which move between runs)"
                  if live else "") + (f"; DIFFERENT: {', '.join(other)}" if other else "") + ".")
