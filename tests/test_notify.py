@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -349,3 +351,32 @@ def test_provider_429_empties_the_shared_bucket_for_its_retry_after(db, sink, re
     assert note(db, ids[0]).throttled  # still foldable into the next send
     bucket = ratelimit.TokenBucket(redis_client, _bucket_target("slack", "slack", s), 5, 5)
     assert bucket.take() >= 2.5  # no worker sends to this webhook before Retry-After has passed
+    assert bucket.wait_turn(max_wait=0.0) == 0.0 and bucket.wait_turn(max_wait=0.5, sleep=lambda s: None) > 0
+    # the wire bucket is emptied too: no request leaves before Retry-After, whatever the admission said
+
+
+def test_requests_leave_spaced_at_the_rate_whatever_happened_between_admission_and_send(redis_client):
+    """Admission tokens taken close together, preparation of uneven length, then wait_turn(): the
+    requests leave at least 1/rate apart (burst 1), as the provider counts them."""
+
+    from worker import ratelimit
+
+    target = f"spacing-{time.time_ns()}"
+    rate = 5.0
+    left: list[float] = []
+    lock = threading.Lock()
+
+    def worker(prep: float) -> None:
+        bucket = ratelimit.TokenBucket(redis_client, target, rate, 1)
+        time.sleep(prep)  # folding, rendering, a slow database
+        bucket.wait_turn()
+        with lock:
+            left.append(time.monotonic())
+
+    threads = [threading.Thread(target=worker, args=(p,)) for p in (0.0, 0.15, 0.02, 0.3, 0.01, 0.22)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    gaps = [b - a for a, b in zip(sorted(left), sorted(left)[1:], strict=False)]
+    assert len(gaps) == 5 and min(gaps) >= 1 / rate - 0.01, gaps

@@ -214,6 +214,8 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
         with fleet.connect() as conn:
             previous = conn.execute(sa.text("SELECT last_notified -> :ch FROM fleet.alerts WHERE fingerprint = :fp"),
                                     {"ch": row.channel, "fp": row.fingerprint}).scalar()
+    if bucket is not None:
+        bucket.wait_turn()
     log.info("notification_sending", notification_id=nid, channel=row.channel, attempt=row.attempts,
              fingerprint=message.fingerprint, check=message.check)
     try:

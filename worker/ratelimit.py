@@ -37,18 +37,41 @@ return wait
 
 
 class TokenBucket:
+    """Two buckets of the same rate and burst per target. `take()` (admission) decides whether a
+    notification is sent now or waits (throttled, to be folded); `wait_turn()`, right before the
+    provider call, decides when the request leaves: whatever happens between the two (folding the
+    rows that wait, rendering, a slow database) cannot put two requests closer than the provider
+    allows."""
+
     def __init__(self, client: redis.Redis, target: str, rate: float, burst: int) -> None:
         self.client = client
         self.key = "opsfleet:bucket:" + hashlib.sha256(target.encode()).hexdigest()[:16]
+        self.wire_key = self.key + ":wire"
         self.rate, self.burst = rate, burst
         self._take = client.register_script(_TAKE)
 
     def penalize(self, seconds: float) -> None:
         """The provider said 429 with Retry-After: no token for anyone until it has passed."""
-        self.client.hset(self.key, mapping={"tokens": 1 - seconds * self.rate, "ts": int(time.time() * 1000)})
-        self.client.pexpire(self.key, int((seconds + self.burst / self.rate) * 1000) + 1000)
+        now_ms = int(time.time() * 1000)
+        with self.client.pipeline(transaction=False) as pipe:
+            for key in (self.key, self.wire_key):
+                pipe.hset(key, mapping={"tokens": 1 - seconds * self.rate, "ts": now_ms})
+                pipe.pexpire(key, int((seconds + self.burst / self.rate) * 1000) + 1000)
+            pipe.execute()
 
     def take(self) -> float:
         """Take one token; return 0.0, or the seconds to wait before one is available."""
         wait_ms = self._take(keys=[self.key], args=[self.rate, self.burst, int(time.time() * 1000)])
         return int(wait_ms) / 1000.0
+
+    def wait_turn(self, max_wait: float = 5.0, sleep=time.sleep) -> float:
+        """Take a token of the wire bucket, sleeping until there is one (at most `max_wait` s, then go
+        anyway: a 429 is handled). Returns the seconds slept."""
+        slept = 0.0
+        while True:
+            wait_ms = int(self._take(keys=[self.wire_key], args=[self.rate, self.burst, int(time.time() * 1000)]))
+            if wait_ms == 0 or slept >= max_wait:
+                return slept
+            pause = min(wait_ms / 1000.0, max_wait - slept)
+            sleep(pause)
+            slept += pause
