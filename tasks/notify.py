@@ -27,22 +27,30 @@ def deliver(notification_id: str, channel: str | None = None) -> dict:
     result = deliver_one(notification_id, fleet=fleet_engine(), settings=settings, routing=get_config().routing,
                          now=datetime.now(UTC), monitored=monitored_engine(), redis_client=client,
                          channel_hint=channel)
+    key = f"opsfleet:followup:{result.channel}"
+    chained = False
     if result.status == "throttled" or (result.status == "retrying" and result.channel and
                                         result.error and result.error.startswith("rate_limited")):
         # One follow-up per channel at its next token; every other throttled row waits to be folded
         # into that send, instead of each task polling the bucket.
         wait = min(result.retry_in or 1.0, BROKER_RETRY_LIMIT)
         # a follow-up that is throttled again always re-arms itself; others only if none is pending
-        if client is None or client.set(f"opsfleet:followup:{result.channel}", notification_id, nx=channel is None,
-                                        px=int(wait * 1000) + 5000):
+        if client is None or client.set(key, notification_id, nx=channel is None, px=int(wait * 1000) + 5000):
             app.send_task("notify.deliver", kwargs={"notification_id": notification_id, "channel": result.channel},
                           queue="notify", countdown=wait)
+            chained = True
     elif result.status == "retrying" and result.retry_in is not None and result.retry_in <= BROKER_RETRY_LIMIT:
         app.send_task("notify.deliver", kwargs={"notification_id": notification_id}, queue="notify",
                       countdown=result.retry_in)
-    if result.more_waiting and result.channel:
+    if result.more_waiting and result.channel and (
+            channel is not None or client is None or client.set(key, notification_id, nx=True, px=10_000)):
+        # rows still wait behind the bucket: the chain goes on (the next run is throttled until the
+        # next token, then re-arms itself at it)
         app.send_task("notify.deliver", kwargs={"notification_id": notification_id, "channel": result.channel},
                       queue="notify")
+        chained = True
+    if channel is not None and client is not None and not chained:
+        client.delete(f"opsfleet:followup:{channel}")  # the chain ends: the next throttled row starts one
     return {"status": result.status, "retry_in": result.retry_in}
 
 

@@ -37,7 +37,7 @@ class Delivery:
     error: str | None = None
     provider_id: str | None = None
     channel: str | None = None
-    more_waiting: bool = False  # a fold hit FOLD_LIMIT: more rows wait behind this channel's bucket
+    more_waiting: bool = False  # rows still wait behind this channel's bucket (a full fold, or throttled since)
 
 
 def lease(fleet: Engine, nid: str, now: datetime) -> Any:
@@ -255,8 +255,16 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
             )
     log.info("notification_sent", notification_id=nid, channel=row.channel, provider_id=result.provider_id,
              folded=len(folded) if folded else 0)
-    return Delivery(nid, "sent", provider_id=result.provider_id, channel=row.channel,
-                    more_waiting=len(folded) >= FOLD_LIMIT)
+    more = bucket is not None and (len(folded) >= FOLD_LIMIT or _throttled_waiting(fleet, row.channel))
+    return Delivery(nid, "sent", provider_id=result.provider_id, channel=row.channel, more_waiting=more)
+
+
+def _throttled_waiting(fleet: Engine, channel: str) -> bool:
+    """Rows gave way to the bucket after this send folded what was waiting: the follow-up chain goes on."""
+    with fleet.connect() as conn:
+        return bool(conn.execute(sa.text("""SELECT EXISTS (SELECT 1 FROM fleet.notifications
+                                             WHERE channel = :ch AND throttled AND status = 'retrying')"""),
+                                 {"ch": channel}).scalar())
 
 
 FOLD_LIMIT = 100
