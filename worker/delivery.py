@@ -255,16 +255,19 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
             )
     log.info("notification_sent", notification_id=nid, channel=row.channel, provider_id=result.provider_id,
              folded=len(folded) if folded else 0)
-    more = bucket is not None and (len(folded) >= FOLD_LIMIT or _throttled_waiting(fleet, row.channel))
+    more = bucket is not None and (len(folded) >= FOLD_LIMIT or _waiting(fleet, row.channel, now))
     return Delivery(nid, "sent", provider_id=result.provider_id, channel=row.channel, more_waiting=more)
 
 
-def _throttled_waiting(fleet: Engine, channel: str) -> bool:
-    """Rows gave way to the bucket after this send folded what was waiting: the follow-up chain goes on."""
+def _waiting(fleet: Engine, channel: str, now: datetime) -> bool:
+    """Foldable rows still wait for this channel (throttled, or pending in their group_wait: the
+    last runs of a storm have no task of their own): the follow-up chain goes on."""
     with fleet.connect() as conn:
         return bool(conn.execute(sa.text("""SELECT EXISTS (SELECT 1 FROM fleet.notifications
-                                             WHERE channel = :ch AND throttled AND status = 'retrying')"""),
-                                 {"ch": channel}).scalar())
+                                             WHERE channel = :ch AND transition IN ('firing', 'repeat', 'resolved', 'unsilenced')
+                                               AND (status = 'pending' OR (status = 'retrying' AND throttled))
+                                               AND (lease_until IS NULL OR lease_until < :now))"""),
+                                 {"ch": channel, "now": now}).scalar())
 
 
 FOLD_LIMIT = 100
