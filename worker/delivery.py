@@ -53,16 +53,21 @@ def lease(fleet: Engine, nid: str, now: datetime) -> Any:
         ).first()
 
 
-def lease_next_throttled(fleet: Engine, channel: str, now: datetime) -> Any:
-    """Lease the oldest throttled row of a channel that is due (the follow-up after a throttle)."""
+FOLDABLE = """transition IN ('firing', 'repeat', 'resolved', 'unsilenced')
+               AND (status = 'pending' OR (status = 'retrying' AND throttled))
+               AND (lease_until IS NULL OR lease_until < :now)"""
+
+
+def lease_next_waiting(fleet: Engine, channel: str, now: datetime) -> Any:
+    """Lease the oldest row of a channel that waits to be folded (the follow-up at the bucket's next
+    token): throttled, or pending in its group_wait (a storm's last runs have no task of their own)."""
     with fleet.begin() as conn:
         return conn.execute(
-            sa.text("""
+            sa.text(f"""
                 UPDATE fleet.notifications SET status = 'sending', lease_until = :lease, attempts = attempts + 1
-                WHERE id = (SELECT id FROM fleet.notifications
-                            WHERE channel = :ch AND throttled AND status = 'retrying' AND next_attempt_at <= :now
+                WHERE id = (SELECT id FROM fleet.notifications WHERE channel = :ch AND {FOLDABLE}
                             ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-                RETURNING *"""),
+                RETURNING *"""),  # noqa: S608 - a constant
             {"ch": channel, "now": now, "lease": now + LEASE},
         ).first()
 
@@ -164,12 +169,12 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
     """Lease -> silence? -> rate-limit token -> (fold what waits behind the bucket) -> send -> record.
 
     With `channel_hint` (a follow-up scheduled at the bucket's next token), a row already folded
-    into another message gives way to the oldest throttled row of that channel."""
+    into another message gives way to the oldest row of that channel waiting to be folded."""
     from worker import silences
 
     row = lease(fleet, nid, now)
     if row is None and channel_hint:
-        row = lease_next_throttled(fleet, channel_hint, now)
+        row = lease_next_waiting(fleet, channel_hint, now)
     if row is None:
         return Delivery(nid, "skipped")
     nid = str(row.id)
@@ -263,10 +268,8 @@ def _waiting(fleet: Engine, channel: str, now: datetime) -> bool:
     """Foldable rows still wait for this channel (throttled, or pending in their group_wait: the
     last runs of a storm have no task of their own): the follow-up chain goes on."""
     with fleet.connect() as conn:
-        return bool(conn.execute(sa.text("""SELECT EXISTS (SELECT 1 FROM fleet.notifications
-                                             WHERE channel = :ch AND transition IN ('firing', 'repeat', 'resolved', 'unsilenced')
-                                               AND (status = 'pending' OR (status = 'retrying' AND throttled))
-                                               AND (lease_until IS NULL OR lease_until < :now))"""),
+        return bool(conn.execute(sa.text(f"""SELECT EXISTS (SELECT 1 FROM fleet.notifications
+                                             WHERE channel = :ch AND {FOLDABLE})"""),  # noqa: S608 - a constant
                                  {"ch": channel, "now": now}).scalar())
 
 
@@ -281,13 +284,11 @@ def _fold(fleet: Engine, row: Any, now: datetime) -> list[Any]:
 
     with fleet.begin() as conn:
         rows = conn.execute(
-            sa.text("""UPDATE fleet.notifications SET status = 'sending', lease_until = :lease
+            sa.text(f"""UPDATE fleet.notifications SET status = 'sending', lease_until = :lease
                        WHERE id IN (SELECT id FROM fleet.notifications
-                                    WHERE channel = :ch AND id <> :id AND transition IN ('firing', 'repeat', 'resolved', 'unsilenced')
-                                      AND (status = 'pending' OR (status = 'retrying' AND throttled))
-                                      AND (lease_until IS NULL OR lease_until < :now)
+                                    WHERE channel = :ch AND id <> :id AND {FOLDABLE}
                                     ORDER BY created_at LIMIT :lim FOR UPDATE SKIP LOCKED)
-                       RETURNING *"""),
+                       RETURNING *"""),  # noqa: S608 - a constant
             {"ch": row.channel, "id": row.id, "lease": now + LEASE, "now": now, "lim": FOLD_LIMIT},
         ).all()
         kept = []
