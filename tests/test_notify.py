@@ -380,3 +380,21 @@ def test_requests_leave_spaced_at_the_rate_whatever_happened_between_admission_a
         t.join()
     gaps = [b - a for a, b in zip(sorted(left), sorted(left)[1:], strict=False)]
     assert len(gaps) == 5 and min(gaps) >= 1 / rate - 0.01, gaps
+
+
+def test_follow_up_takes_a_pending_row_that_has_no_task_of_its_own(db, sink, redis_client):
+    """A storm's last runs leave pending rows behind a busy bucket with no task of their own (one
+    task per run and channel, the rest wait to be folded): the follow-up sends them, not the sweeper."""
+    r = routing(rate_limit=0.5, burst=1)
+    s = settings_for(sink)
+    first = fire(db, items=("a",), severity="warning", routes=r)
+    out = deliver(first[0], fleet=db, settings=s, routing=r, now=T0, redis_client=redis_client)
+    assert out.status == "sent" and not out.more_waiting
+    later = fire(db, items=("a", "b", "c"), severity="warning", routes=r, at=T0 + timedelta(minutes=1))
+    assert len(later) == 2 and {note(db, n).status for n in later} == {"pending"}
+    time.sleep(2.1)
+    out = deliver(first[0], fleet=db, settings=s, routing=r, now=T0 + timedelta(minutes=1), redis_client=redis_client,
+                  channel_hint="slack")
+    assert out.status == "sent" and out.notification_id in later
+    assert {note(db, n).status for n in later} == {"sent"}  # the other one folded into the same message
+    assert len(sink.slack_messages) == 2
