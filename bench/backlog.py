@@ -232,11 +232,11 @@ def phase_floor(server: Server, base: str) -> dict:
     name = server.create(template=base)
     engine = sa.create_engine(server.db_url(name), poolclass=sa.pool.NullPool)
     out = {}
-    with engine.begin() as conn:
-        t = time.perf_counter()
+    t = time.perf_counter()
+    with engine.begin() as conn:  # timed with its commit, as every claim is
         conn.execute(sa.text(f"""UPDATE registrations SET confirmation_generated_at = now(),
                                  confirmation_number = 'CNF-' || lpad(id::text, 10, '0') WHERE {BACKLOG}"""))  # noqa: S608
-        out["update_s"] = time.perf_counter() - t
+    out["update_s"] = time.perf_counter() - t
     steps = [
         """INSERT INTO confirmation_emails (registration_id, recipient, subject, status)
            SELECT id, email, 'Your registration is confirmed (' || confirmation_number || ')', 'pending'
