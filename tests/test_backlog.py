@@ -321,44 +321,6 @@ def test_concurrent_runs_claim_each_registration_once(engine, sink):
     assert_exactly_once(engine, sink, 1500)
 
 
-def test_concurrent_runs_with_other_batch_sizes_cut_overlapping_ranges_and_still_claim_once(engine, sink):
-    """Runs with different batch sizes cut key ranges that overlap (no shared advisory lock covers
-    them): the UPDATE waits for the other run's rows and re-checks the backlog predicate."""
-    add_backlog(engine, 3000)
-    results = []
-
-    def run(batch_size: int) -> None:
-        results.append(reprocess(engine, engine, channel(sink), batch_size=batch_size))
-
-    threads = [threading.Thread(target=run, args=(b,)) for b in (70, 130, 250, 333)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(90)
-    assert len(results) == 4 and all(r.status == "ok" for r in results), [(r.status, r.error) for r in results]
-    assert sum(r.claimed for r in results) == 3000
-    assert_exactly_once(engine, sink, 3000)
-
-
-def test_a_row_the_application_keeps_locked_holds_up_nothing_else(engine, sink, monkeypatch):
-    """The range UPDATE would wait for it: after RANGE_LOCK_TIMEOUT the range is claimed again with
-    SKIP LOCKED; the locked registration stays in the backlog for the next run."""
-    monkeypatch.setattr(backlog, "RANGE_LOCK_TIMEOUT", "300ms")
-    add_backlog(engine, 400)
-    app = engine.connect()
-    app.execute(sa.text("SELECT id FROM registrations WHERE id = 150 FOR UPDATE"))  # an app transaction, open
-    started = time.monotonic()
-    result = reprocess(engine, engine, channel(sink), batch_size=100)
-    assert result.status == "ok" and result.claimed == 399
-    assert time.monotonic() - started < 10
-    assert one(engine, "SELECT count(*) FROM registrations WHERE confirmation_number IS NULL") == 1
-    app.rollback()
-    app.close()
-    again = reprocess(engine, engine, channel(sink), batch_size=100)
-    assert again.status == "ok" and again.claimed == 1
-    assert_exactly_once(engine, sink, 400)
-
-
 def test_backlog_status_shows_backlog_emails_and_runs(engine, sink):
     add_backlog(engine, 30)
     with engine.begin() as conn:

@@ -2,11 +2,10 @@
 
 One batch, as `reprocess()` runs it (any number of workers at once):
 
-1. claim   one short transaction: take the next key range of up to `batch_size` backlog rows (an
-           advisory lock per range shares them between runs, see _RangeClaims), give each row in it
-           its confirmation number (derived from the id: CNF-0000000042; the UNIQUE constraint is
-           the final guard), set confirmation_generated_at, write its confirmation_emails row
-           (status pending), take the batch's advisory lock, commit.
+1. claim   one short transaction: pick up to `batch_size` backlog rows with FOR UPDATE SKIP LOCKED,
+           give each its confirmation number (derived from the id: CNF-0000000042; the UNIQUE
+           constraint is the final guard), set confirmation_generated_at, write its
+           confirmation_emails row (status pending), take the batch's advisory lock, commit.
 2. send    the batch's emails through Resend's batch endpoint, 100 per call, each call with an
            Idempotency-Key derived from its registration ids (and attempt number).
 3. record  one short transaction: sent (provider id, sent_at) or failed (error) per email, and
@@ -37,7 +36,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any, NamedTuple
 
-import psycopg
 import resend
 import sqlalchemy as sa
 from markupsafe import escape
@@ -58,8 +56,7 @@ KIND = "backlog"
 # seed 000 "Pending Confirmations"; registrations_confirmation_backlog_idx has the same predicate
 BACKLOG = "r.status = 'completed' AND r.payment_status = 'completed' AND r.confirmation_number IS NULL"
 STALE_AFTER = timedelta(minutes=10)  # a pending email older than this, unlocked, is resent
-# advisory lock namespaces: a group being sent, a run in progress, a key range being claimed
-NS_GROUP, NS_RUN, NS_RANGE = 0x0CF1, 0x0CF2, 0x0CF3
+NS_GROUP, NS_RUN = 0x0CF1, 0x0CF2  # advisory lock namespaces: a group being sent, a run in progress
 SEND_TRIES = 4  # per provider call, same key: 1 + 3 retries
 RETRY_BASE = 0.5  # seconds; doubled per retry unless the provider says Retry-After
 MAX_RETRY_WAIT = 30.0
@@ -289,13 +286,17 @@ def _outcomes(call: Sequence[EmailRow], resp: Any) -> list[Outcome]:
 _ROW_COLUMNS = """ce.id AS email_id, ce.registration_id, ce.recipient, ce.subject, ce.attempts,
                   ce.xmin::text AS grp, r.full_name, r.confirmation_number, r.event_id, r.amount_in_cents"""
 
-_IN_RANGE = """r.id >= :lo AND r.id < :hi AND {BACKLOG}
-       AND r.updated_at <= now() - make_interval(secs => :older_than){careful}"""
 _CLAIM_SQL = """
-WITH {batch}numbered AS (
+WITH batch AS (
+    SELECT r.ctid AS tid FROM registrations r
+    WHERE {BACKLOG} AND r.updated_at <= now() - make_interval(secs => :older_than){careful}
+    ORDER BY r.updated_at
+    LIMIT :n
+    FOR UPDATE SKIP LOCKED
+), numbered AS (
     UPDATE registrations r
        SET confirmation_number = {NUMBER_SQL}, confirmation_generated_at = now(), email_status = 'pending'
-     {where}
+      FROM batch WHERE r.ctid = batch.tid  -- the row we locked (a TID scan: no second index lookup)
     RETURNING r.id, r.email, r.full_name, r.confirmation_number, r.event_id, r.amount_in_cents
 ), emails AS (
     INSERT INTO confirmation_emails (registration_id, recipient, subject, status, attempts)
@@ -307,34 +308,9 @@ SELECT e.id AS email_id, e.registration_id, e.recipient, e.subject, e.attempts, 
 FROM emails e JOIN numbered n ON n.id = e.registration_id"""
 # Optimistic: the UNIQUE constraint on confirmation_number is the guard. After it fires once (the
 # application used a number of this form), claims skip rows whose number is taken (one probe each).
-_CAREFUL = f"""
-       AND NOT EXISTS (SELECT 1 FROM registrations t WHERE t.confirmation_number = {_NUMBER_SQL})"""  # noqa: S608
-
-
-def _claim_sql(*, careful: bool, skip_locked: bool) -> str:
-    """The range's rows by an UPDATE bounded by the range, or, where rows were busy, the ones
-    SELECT ... FOR UPDATE SKIP LOCKED can lock."""
-    cond = _IN_RANGE.format(BACKLOG=BACKLOG, careful=_CAREFUL if careful else "")
-    if skip_locked:
-        batch = f"batch AS (SELECT r.ctid AS tid FROM registrations r WHERE {cond} FOR UPDATE SKIP LOCKED), "  # noqa: S608 - constants only
-        where = "FROM batch WHERE r.ctid = batch.tid  -- the row we locked (a TID scan)"
-    else:
-        batch, where = "", f"WHERE {cond}"
-    return _CLAIM_SQL.format(batch=batch, where=where, NUMBER_SQL=_NUMBER_SQL)
-
-
-CLAIM_SQL = {(careful, skip): _claim_sql(careful=careful, skip_locked=skip) for careful in (False, True)
-             for skip in (False, True)}
-
-# The key ranges of a pass: every :n-th eligible backlog id in id order starts one (row numbers over a
-# scan of the backlog index, sorted: ~50 ms per 100k rows); with a cap (a run's limit), the id after
-# the cap-th row ends the last one.
-RANGES_SQL = f"""
-SELECT id, rn FROM (
-    SELECT r.id, row_number() OVER (ORDER BY r.id) AS rn FROM registrations r
-    WHERE {BACKLOG} AND r.updated_at <= now() - make_interval(secs => :older_than)
-) s WHERE (rn - 1) % :n = 0 OR rn = :cap + 1 ORDER BY id"""  # noqa: S608 - constants only
-RANGE_LOCK_TIMEOUT = "2s"  # a row the application holds locked this long: its range waits for the next pass
+CLAIM_SQL = _CLAIM_SQL.format(BACKLOG=BACKLOG, NUMBER_SQL=_NUMBER_SQL, careful="")
+CAREFUL_CLAIM_SQL = _CLAIM_SQL.format(BACKLOG=BACKLOG, NUMBER_SQL=_NUMBER_SQL, careful=f"""
+      AND NOT EXISTS (SELECT 1 FROM registrations t WHERE t.confirmation_number = {_NUMBER_SQL})""")  # noqa: S608
 
 RECORD_SQL = """
 WITH res AS (
@@ -477,75 +453,6 @@ def _finish_run(fleet: Engine, monitored_conn: Connection, result: RunResult) ->
 
 
 # -- the runs --------------------------------------------------------------------------------------------
-
-class _RangeClaims:
-    """reprocess()'s claims: one key range of up to `batch_size` backlog rows per batch, numbered by an
-    UPDATE bounded by the range. No rows are locked first (as SELECT ... FOR UPDATE SKIP LOCKED does,
-    one more write per row): concurrent runs share the ranges through transaction-scoped advisory
-    locks, skipping one that is taken; a range someone already did finds nothing; and the UPDATE
-    re-checks the backlog predicate on any row it had to wait for, so no row is numbered twice, even
-    when runs with other batch sizes cut overlapping ranges. A range with a row that stays locked (by
-    the application) past RANGE_LOCK_TIMEOUT, or that meets a deadlock, is rolled back to its
-    savepoint and claimed again with SKIP LOCKED, leaving the busy rows for later. When the ranges run
-    out they are cut again (rows that joined the backlog or were busy), claimed with SKIP LOCKED, until
-    a pass claims nothing."""
-
-    def __init__(self, conn: Connection, older_than: timedelta, batch_size: int, limit: int | None) -> None:
-        self.conn, self.older_than, self.batch_size, self.limit = conn, older_than.total_seconds(), batch_size, limit
-        self.ranges: list[tuple[int, int]] = []
-        self.claimed = 0
-        self.claimed_in_pass = 0
-        self.passes = 0
-
-    def _cut(self) -> list[tuple[int, int]]:
-        cap = None if self.limit is None else self.limit - self.claimed
-        rows = self.conn.execute(sa.text(RANGES_SQL), {"older_than": self.older_than, "n": self.batch_size,
-                                                       "cap": -2 if cap is None else cap}).all()
-        starts = [r.id for r in rows if (r.rn - 1) % self.batch_size == 0 and (cap is None or r.rn <= cap)]
-        if not starts:
-            return []
-        end = next((r.id for r in rows if cap is not None and r.rn == cap + 1), 2**63 - 1)
-        return list(zip(starts, [*starts[1:], end], strict=True))
-
-    def __call__(self, n: int, careful: bool) -> list[EmailRow]:
-        """The next range's rows, inside the caller's transaction; [] when nothing is left."""
-        while True:
-            if not self.ranges:
-                if self.passes and not self.claimed_in_pass:
-                    return []
-                self.passes += 1
-                self.claimed_in_pass = 0
-                self.ranges = self._cut()
-                if not self.ranges:
-                    return []
-            lo, hi = self.ranges.pop(0)
-            taken = self.conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k), set_config('lock_timeout', :t, true)"),
-                                      {"k": (NS_RANGE << 32) | (lo & 0xFFFFFFFF), "t": RANGE_LOCK_TIMEOUT}).scalar()
-            if not taken:
-                continue  # another run is on it
-            rows = self._claim(lo, hi, careful, skip_locked=self.passes > 1)
-            if rows is None:  # busy rows: claim the others
-                rows = self._claim(lo, hi, careful, skip_locked=True) or []
-            if rows:
-                self.claimed += len(rows)
-                self.claimed_in_pass += len(rows)
-                return rows
-
-    def _claim(self, lo: int, hi: int, careful: bool, *, skip_locked: bool) -> list[EmailRow] | None:
-        try:
-            with self.conn.begin_nested():
-                return _rows(self.conn.execute(sa.text(CLAIM_SQL[careful, skip_locked]),
-                                               {"lo": lo, "hi": hi, "older_than": self.older_than}))
-        except sa.exc.IntegrityError:
-            self.ranges.insert(0, (lo, hi))  # the caller rolls back and asks again, carefully
-            raise
-        except sa.exc.OperationalError as exc:
-            if skip_locked or not isinstance(exc.orig, (psycopg.errors.LockNotAvailable,
-                                                        psycopg.errors.DeadlockDetected)):
-                raise
-            log.warning("backlog_range_busy", lo=lo, hi=hi, reason=type(exc.orig).__name__)
-            return None
-
 
 def _rows(result: sa.CursorResult) -> list[EmailRow]:
     return list(map(EmailRow._make, result))
@@ -699,6 +606,7 @@ def reprocess(monitored: Engine, fleet: Engine, channel: EmailChannel | None, *,
     if dry_run:
         return _dry_run(monitored, fleet, params, older_than, stale_after, limit, task_id)
     _require_channel(channel)
+    claim_params = {"older_than": older_than.total_seconds()}
 
     def body(conn: Connection, result: RunResult) -> None:
         total = _count_backlog(conn, older_than)
@@ -707,7 +615,10 @@ def reprocess(monitored: Engine, fleet: Engine, channel: EmailChannel | None, *,
                            None if limit is not None else lambda: _count_backlog(conn, older_than))
         report(0)
         send_stale_pending(conn, channel, stale_after, result)
-        _drain(conn, channel, _RangeClaims(conn, older_than, batch_size, limit), limit, batch_size, result, report)
+        _drain(conn, channel,
+               lambda n, careful: _rows(conn.execute(sa.text(CAREFUL_CLAIM_SQL if careful else CLAIM_SQL),
+                                                     {**claim_params, "n": n})),
+               limit, batch_size, result, report)
         result.conflicts = _count_conflicts(conn, older_than)
 
     return _run(monitored, fleet, JOB_REPROCESS, params, task_id, body)
