@@ -321,6 +321,24 @@ def test_concurrent_runs_claim_each_registration_once(engine, sink):
     assert_exactly_once(engine, sink, 1500)
 
 
+def test_a_row_the_application_keeps_locked_holds_up_nothing_else(engine, sink):
+    """SKIP LOCKED: the run claims every other registration; the locked one stays in the backlog and
+    the next run takes it."""
+    add_backlog(engine, 400)
+    app = engine.connect()
+    app.execute(sa.text("SELECT id FROM registrations WHERE id = 150 FOR UPDATE"))  # an app transaction, open
+    started = time.monotonic()
+    result = reprocess(engine, engine, channel(sink), batch_size=100)
+    assert result.status == "ok" and result.claimed == 399
+    assert time.monotonic() - started < 10
+    assert one(engine, "SELECT count(*) FROM registrations WHERE confirmation_number IS NULL") == 1
+    app.rollback()
+    app.close()
+    again = reprocess(engine, engine, channel(sink), batch_size=100)
+    assert again.status == "ok" and again.claimed == 1
+    assert_exactly_once(engine, sink, 400)
+
+
 def test_backlog_status_shows_backlog_emails_and_runs(engine, sink):
     add_backlog(engine, 30)
     with engine.begin() as conn:
