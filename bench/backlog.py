@@ -261,10 +261,12 @@ class _InstantProvider:
     def __init__(self) -> None:
         self.n = 0
 
-    def _call(self, fn, batch, options=None):
-        ids = [{"id": f"stub-{self.n + i}"} for i in range(len(batch))]
-        self.n += len(batch)
-        return {"data": ids}
+    def send_batch_each(self, messages, idempotency_key):
+        from worker.channels.email import BatchItem
+
+        items = [BatchItem(f"stub-{self.n + i}", None) for i in range(len(messages))]
+        self.n += len(messages)
+        return items
 
 
 def phase_db(server: Server, base: str, size: int, batch_size: int) -> dict:

@@ -246,6 +246,19 @@ def test_batch_send_returns_ids_in_order_and_dedups(sink):
     assert all(e["from"] == "ACE Engage Alerts <alerts@example.com>" and e["batch"] for e in sink.emails)
 
 
+def test_permissive_batch_fails_a_bad_address_alone(sink):
+    """send_batch_each: Resend's permissive validation sends the good emails and names the bad one."""
+    channel = email_channel(sink)
+    batch = [{"to": [addr], "subject": "Confirmation", "text": "Your number"}
+             for addr in ("good1@example.com", "not-an-address", "good2@example.com")]
+    items = channel.send_batch_each(batch, idempotency_key="permissive-1")
+    assert [bool(i.provider_id) for i in items] == [True, False, True]
+    assert items[1].error.startswith("Invalid `to` field")
+    assert [e["to"] for e in sink.emails] == [["good1@example.com"], ["good2@example.com"]]
+    assert [e["id"] for e in sink.emails] == [items[0].provider_id, items[2].provider_id]
+    assert channel.send_batch_each([], idempotency_key="empty") == []
+
+
 def test_batch_over_100_is_refused(sink):
     one = {"from": "a@example.com", "to": ["b@example.com"], "subject": "s", "text": "t"}
     with pytest.raises(DeliveryError) as info:

@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any, NamedTuple
 
-import resend
 import sqlalchemy as sa
 from markupsafe import escape
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -239,7 +238,7 @@ def send_call(channel: EmailChannel, call: Sequence[EmailRow], *,
               sleep: Callable[[float], None] = time.sleep) -> list[Outcome]:
     """One Resend batch call (permissive validation: a bad address fails alone), retried a few times
     with the same key on transient errors. Raises ProviderUnavailable when retrying does not help."""
-    batch = [{"from": channel.sender, **render_confirmation(r)} for r in call]
+    batch = [render_confirmation(r) for r in call]
     key = idempotency_key(call)
 
     def wait(state: RetryCallState) -> float:  # the provider's Retry-After, else exponential
@@ -254,8 +253,7 @@ def send_call(channel: EmailChannel, call: Sequence[EmailRow], *,
                                                wait_s=state.upcoming_sleep, key=key),
     )
     try:
-        resp = retrying(channel._call, resend.Batch.send, batch,
-                        options={"idempotency_key": key, "batch_validation": "permissive"})
+        items = retrying(channel.send_batch_each, batch, key)
     except DeliveryError as exc:
         if exc.permanent and exc.reason == "invalid":  # the provider rejected the payload: nothing sent
             return [Outcome(r.email_id, "failed", None, f"{exc.status or ''} {exc.message}".strip()[:500])
@@ -267,18 +265,8 @@ def send_call(channel: EmailChannel, call: Sequence[EmailRow], *,
         if exc.permanent:  # auth, wrong URL: not the emails' fault
             raise ProviderUnavailable(f"Resend: {exc.reason}: {exc.message}") from exc
         raise ProviderUnavailable(f"Resend kept failing ({exc.reason}): {exc.message}") from exc
-    return _outcomes(call, resp)
-
-
-def _outcomes(call: Sequence[EmailRow], resp: Any) -> list[Outcome]:
-    data = resp.get("data") if isinstance(resp, dict) else None
-    errors = {int(e["index"]): str(e.get("message", "rejected")) for e in (resp.get("errors") or [])} \
-        if isinstance(resp, dict) else {}
-    if not isinstance(data, list) or len(data) + len(errors) != len(call):
-        raise ProviderUnavailable(f"unexpected Resend batch answer: {str(resp)[:300]}")
-    ids = iter(data)
-    return [Outcome(r.email_id, "failed", None, errors[i][:500]) if i in errors
-            else Outcome(r.email_id, "sent", str(next(ids)["id"]), None) for i, r in enumerate(call)]
+    return [Outcome(r.email_id, "sent", item.provider_id, None) if item.provider_id
+            else Outcome(r.email_id, "failed", None, (item.error or "rejected")[:500]) for r, item in zip(call, items, strict=True)]
 
 
 # -- SQL ----------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import requests
@@ -343,6 +343,32 @@ class EmailChannel(Channel):
         if not isinstance(data, list) or len(data) != len(batch):
             raise DeliveryError("server_error", f"unexpected Resend batch answer: {resp!r}", permanent=False)
         return [str(item["id"]) for item in data]
+
+    def send_batch_each(self, messages: list[dict[str, Any]], idempotency_key: str) -> list[BatchItem]:
+        """send_batch with Resend's permissive validation: an email it rejects fails alone (its error
+        by index) and the others are sent. One BatchItem per message, in order."""
+        self._check_config()
+        if len(messages) > MAX_BATCH:
+            raise DeliveryError("invalid", f"a Resend batch holds at most {MAX_BATCH} emails, got {len(messages)}",
+                                permanent=True)
+        if not messages:
+            return []
+        batch = [{"from": self.sender, **m} for m in messages]
+        resp = self._call(resend.Batch.send, batch,
+                          options={"idempotency_key": idempotency_key, "batch_validation": "permissive"})
+        data = resp.get("data") if isinstance(resp, Mapping) else None
+        errors = resp.get("errors") if isinstance(resp, Mapping) else None
+        rejected = {int(e["index"]): str(e.get("message", "rejected")) for e in errors or []}
+        if not isinstance(data, list) or len(data) + len(rejected) != len(batch):
+            raise DeliveryError("server_error", f"unexpected Resend batch answer: {str(resp)[:300]}", permanent=False)
+        ids = iter(data)
+        return [BatchItem(None, rejected[i]) if i in rejected else BatchItem(str(next(ids)["id"]), None)
+                for i in range(len(batch))]
+
+
+class BatchItem(NamedTuple):
+    provider_id: str | None  # accepted
+    error: str | None  # rejected by the provider's validation
 
 
 def _tag_value(value: str) -> str:
