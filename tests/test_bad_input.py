@@ -84,6 +84,10 @@ checks:
         (GOOD_CHECK.replace("    query: SELECT 1 AS value\n", ""), ["bad.yaml", "a sql check needs `query`"]),
         (GOOD_CHECK.replace("name: ok_check", "name: Not-Snake"), ["bad.yaml:2", "snake_case"]),
         (GOOD_CHECK.replace("summary: fine", "summary: '{{ value '"), ["bad.yaml:8", "template syntax error"]),
+        (GOOD_CHECK.replace("query: SELECT 1 AS value", "query: SELECT 1 AS value; DELETE FROM registrations"),
+         ["bad.yaml:5", "checks.0.query", "second SQL statement (line 1 of the query)"]),
+        (GOOD_CHECK.replace("query: SELECT 1 AS value", "query: SELECT count(*) AS value FROM t WHERE at > :since"),
+         ["bad.yaml:5", "checks.0.query", "unknown bind parameter :since"]),
     ],
 )
 def test_invalid_config_names_file_line_and_field(env, tmp_path, yaml_text, needles):

@@ -250,7 +250,10 @@ def test_a_query_cannot_end_the_read_only_transaction_with_more_statements(db, t
     from worker.checking import collect_sql
 
     set_gauge(db, a=50)
-    check = make_check(query=f"SELECT 1 AS value; {tail}")
+    with pytest.raises(ValueError, match="second SQL statement"):  # refused when the config loads
+        make_check(query=f"SELECT 1 AS value; {tail}")
+    # and again at run time, should a query reach the engine unvalidated
+    check = make_check().model_copy(update={"query": f"SELECT 1 AS value; {tail}"})
     with pytest.raises(CheckError, match="must be one SQL statement"):
         collect_sql(check, db, T0)
     assert rows(db, "SELECT count(*) FROM gauge")[0][0] == 1
@@ -284,5 +287,8 @@ def test_the_pooled_connection_goes_back_as_it_came(fleet_db):
 def test_a_bind_parameter_other_than_now_is_a_clear_error(db):
     from worker.checking import collect_sql
 
+    query = "SELECT count(*) AS value FROM gauge WHERE at > :since"
+    with pytest.raises(ValueError, match="unknown bind parameter :since"):  # refused when the config loads
+        make_check(query=query)
     with pytest.raises(CheckError, match=r"unknown bind parameter :since \(only :now is bound\)"):
-        collect_sql(make_check(query="SELECT count(*) AS value FROM gauge WHERE at > :since"), db, T0)
+        collect_sql(make_check().model_copy(update={"query": query}), db, T0)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import jinja2.sandbox
+import sqlalchemy as sa
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -25,6 +26,7 @@ from pydantic import (
 )
 
 from worker.errors import ConfigError
+from worker.sqltext import second_statement
 from worker.timeutil import Schedule, parse_duration
 from worker.yamlfile import YamlDoc, load_yaml
 
@@ -172,6 +174,20 @@ class Check(Strict):
         if self.timeout.total_seconds() <= 0 or self.timeout.total_seconds() > 300:
             raise ValueError("timeout must be between 1s and 5m")
         return self
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        line = second_statement(v)
+        if line is not None:
+            raise ValueError(f"the query holds a second SQL statement (line {line} of the query); a check runs "
+                             "one statement, READ ONLY")
+        unknown = sorted(set(sa.text(v).compile().params) - {"now"})
+        if unknown:
+            raise ValueError(f"unknown bind parameter :{unknown[0]} (only :now is bound; write `::` for a cast)")
+        return v
 
     @field_validator("runbook")
     @classmethod

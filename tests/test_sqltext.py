@@ -1,0 +1,40 @@
+"""worker.sqltext: where a check's query would start a second statement (config validation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.config import load_config
+from worker.sqltext import second_statement
+
+
+@pytest.mark.parametrize(
+    ("sql", "line"),
+    [
+        ("SELECT 1 AS value", None),
+        ("SELECT 1 AS value;", None),
+        ("SELECT 1 AS value;\n  -- trailing comment\n", None),
+        ("SELECT 1 AS value;;", None),
+        ("SELECT ';' AS value", None),
+        ("SELECT 'it''s; fine' AS value", None),
+        ("SELECT E'\\\\' AS value; DELETE FROM t", 1),  # E'\\' is one backslash: the ; is outside
+        ("SELECT E'\\'; still inside' AS value", None),
+        ('SELECT "odd;name" AS value FROM t', None),
+        ("SELECT $$;$$ AS value", None),
+        ("SELECT $fn$ ; $x$ ; $fn$ AS value", None),
+        ("/* ; /* nested ; */ ; */ SELECT 1 AS value", None),
+        ("SELECT 1 AS value -- ; not a statement\n", None),
+        ("SELECT 1 AS value; DELETE FROM t", 1),
+        ("SELECT 1 AS value\n;\nCOMMIT", 3),
+        ("SELECT 1 AS value; /* c */ 'x'", 1),
+    ],
+)
+def test_second_statement(sql, line):
+    assert second_statement(sql) == line
+
+
+def test_no_check_of_the_catalog_holds_two_statements():
+    cfg = load_config(Path(__file__).resolve().parent.parent / "config")
+    assert all(second_statement(c.query) is None for c in cfg.checks.values() if c.query)
