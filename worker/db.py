@@ -74,6 +74,9 @@ class ConnectionLost(Exception):
     """The pooled connection broke under a query (a restart, a terminated backend); retry on a new one."""
 
 
+_DIALECT = _psycopg_dialect()
+
+
 @lru_cache(maxsize=1024)
 def psycopg_text(query: str) -> tuple[str, tuple[str, ...]]:
     """A text() query (`:name` binds, `::` casts, literal `%`) as psycopg sends it, and its bind names.
@@ -82,9 +85,6 @@ def psycopg_text(query: str) -> tuple[str, tuple[str, ...]]:
     """
     compiled = sa.text(query).compile(dialect=_DIALECT)
     return str(compiled), tuple(compiled.params)
-
-
-_DIALECT = _psycopg_dialect()
 
 
 @contextlib.contextmanager
