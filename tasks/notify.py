@@ -27,7 +27,7 @@ def deliver(notification_id: str, channel: str | None = None) -> dict:
     result = deliver_one(notification_id, fleet=fleet_engine(), settings=settings, routing=get_config().routing,
                          now=datetime.now(UTC), monitored=monitored_engine(), redis_client=client,
                          channel_hint=channel)
-    key = f"opsfleet:followup:{result.channel}"
+    key = _followup_key(result.channel)
     chained = False
     if result.status == "throttled" or (result.status == "retrying" and result.channel and
                                         result.error and result.error.startswith("rate_limited")):
@@ -50,8 +50,12 @@ def deliver(notification_id: str, channel: str | None = None) -> dict:
                       queue="notify")
         chained = True
     if channel is not None and client is not None and not chained:
-        client.delete(f"opsfleet:followup:{channel}")  # the chain ends: the next throttled row starts one
+        client.delete(_followup_key(channel))  # the chain ends: the next throttled row starts one
     return {"status": result.status, "retry_in": result.retry_in}
+
+
+def _followup_key(channel: str | None) -> str:
+    return f"opsfleet:followup:{channel}"
 
 
 @lru_cache(maxsize=1)

@@ -114,6 +114,12 @@ def redis_client(redis_url):
     client.close()
 
 
+def clear_alert_state(conn) -> None:
+    """Forget every check run, alert, notification, silence and held-back count (tests share fleet_db)."""
+    conn.execute(sa.text("TRUNCATE fleet.check_runs, fleet.alerts, fleet.alert_events, fleet.notifications, "
+                         "fleet.silences, fleet.held_back CASCADE"))
+
+
 @pytest.fixture(scope="session")
 def fleet_db(fresh_database):
     """A database with the fleet schema migrated (shared by the session; tests clean what they write)."""

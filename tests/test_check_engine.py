@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import clear_alert_state
 from worker.checking import CheckError, run_check
 from worker.config import Check, Routing
 from worker.db import create
@@ -28,7 +29,7 @@ ROUTING = Routing.model_validate({
 def db(fleet_db):
     engine = create(fleet_db)
     with engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE fleet.check_runs, fleet.alerts, fleet.alert_events, fleet.notifications"))
+        clear_alert_state(conn)
         conn.execute(sa.text("DROP TABLE IF EXISTS gauge"))
         conn.execute(sa.text("CREATE TABLE gauge (name text, v numeric, at timestamptz)"))
     yield engine
@@ -282,13 +283,3 @@ def test_the_pooled_connection_goes_back_as_it_came(fleet_db):
                 assert conn.execute(sa.text("SELECT count(*) FROM gauge2")).scalar() == 0
     finally:
         engine.dispose()
-
-
-def test_a_bind_parameter_other_than_now_is_a_clear_error(db):
-    from worker.checking import collect_sql
-
-    query = "SELECT count(*) AS value FROM gauge WHERE at > :since"
-    with pytest.raises(ValueError, match="unknown bind parameter :since"):  # refused when the config loads
-        make_check(query=query)
-    with pytest.raises(CheckError, match=r"unknown bind parameter :since \(only :now is bound\)"):
-        collect_sql(make_check().model_copy(update={"query": query}), db, T0)

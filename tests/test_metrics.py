@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, clear_alert_state
 from worker.config import load_config
 from worker.db import create
 from worker.metrics import FleetCollector
@@ -14,7 +14,7 @@ from worker.metrics import FleetCollector
 def test_metrics_expose_zeros_for_every_channel_and_reason_and_count_what_exists(fleet_db):
     engine = create(fleet_db)
     with engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE fleet.notifications, fleet.alerts CASCADE"))
+        clear_alert_state(conn)
         conn.execute(sa.text("""INSERT INTO fleet.notifications (channel, transition, payload, dedup_key, status, last_error)
                                 VALUES ('email', 'firing', '{}', 'm1', 'dead', 'auth: invalid API key <b>x</b>')"""))
         conn.execute(sa.text("""INSERT INTO fleet.alerts (fingerprint, check_name, severity, state, since, last_eval_at)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import run_cli
+from tests.conftest import clear_alert_state, run_cli
 from worker.db import create
 from worker.sink import Reply
 
@@ -22,8 +22,7 @@ def cli_env(env, sink):
 def fleet(fleet_db):
     engine = create(fleet_db)
     with engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE fleet.notifications, fleet.silences, fleet.alert_events, fleet.alerts, "
-                             "fleet.held_back CASCADE"))
+        clear_alert_state(conn)
     yield engine
     engine.dispose()
 

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 from celery import Celery
 
+from tests.conftest import clear_alert_state
 from tests.fleet import start_worker
 from worker.db import create
 from worker.sink import ProviderSink, Reply
@@ -59,8 +60,7 @@ def setup(fleet_db, redis_url, env, tmp_path, redis_client):
     (cfg / "routing.yaml").write_text(ROUTING)
     engine = create(fleet_db)
     with engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE fleet.check_runs, fleet.alerts, fleet.alert_events, fleet.notifications, "
-                             "fleet.held_back CASCADE"))
+        clear_alert_state(conn)
         conn.execute(sa.text("DROP TABLE IF EXISTS gauge"))
         conn.execute(sa.text("CREATE TABLE gauge (v numeric)"))
         conn.execute(sa.text("INSERT INTO gauge VALUES (50)"))

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from worker.config import load_config
 from worker.sqltext import second_statement
 
 
@@ -34,7 +31,3 @@ from worker.sqltext import second_statement
 def test_second_statement(sql, line):
     assert second_statement(sql) == line
 
-
-def test_no_check_of_the_catalog_holds_two_statements():
-    cfg = load_config(Path(__file__).resolve().parent.parent / "config")
-    assert all(second_statement(c.query) is None for c in cfg.checks.values() if c.query)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import jinja2.sandbox
-import sqlalchemy as sa
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -25,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from worker.db import psycopg_text
 from worker.errors import ConfigError
 from worker.sqltext import second_statement
 from worker.timeutil import Schedule, parse_duration
@@ -184,7 +184,7 @@ class Check(Strict):
         if line is not None:
             raise ValueError(f"the query holds a second SQL statement (line {line} of the query); a check runs "
                              "one statement, READ ONLY")
-        unknown = sorted(set(sa.text(v).compile().params) - {"now"})
+        unknown = sorted(set(psycopg_text(v)[1]) - {"now"})
         if unknown:
             raise ValueError(f"unknown bind parameter :{unknown[0]} (only :now is bound; write `::` for a cast)")
         return v

@@ -328,42 +328,33 @@ class EmailChannel(Channel):
         Returns the provider ids in order. The idempotency key covers the whole batch, so a retry of
         the same batch with the same key sends nothing twice.
         """
-        self._check_config()
-        if not messages:
-            return []
-        if len(messages) > MAX_BATCH:
-            raise DeliveryError(
-                "invalid",
-                f"a Resend batch holds at most {MAX_BATCH} emails, got {len(messages)}",
-                permanent=True,
-            )
-        batch = [{"from": self.sender, **m} for m in messages]
-        resp = self._call(resend.Batch.send, batch, options={"idempotency_key": idempotency_key})
+        resp = self._batch_call(messages, {"idempotency_key": idempotency_key})
         data = resp.get("data") if isinstance(resp, Mapping) else None
-        if not isinstance(data, list) or len(data) != len(batch):
+        if not isinstance(data, list) or len(data) != len(messages):
             raise DeliveryError("server_error", f"unexpected Resend batch answer: {resp!r}", permanent=False)
         return [str(item["id"]) for item in data]
 
     def send_batch_each(self, messages: list[dict[str, Any]], idempotency_key: str) -> list[BatchItem]:
         """send_batch with Resend's permissive validation: an email it rejects fails alone (its error
         by index) and the others are sent. One BatchItem per message, in order."""
+        resp = self._batch_call(messages, {"idempotency_key": idempotency_key, "batch_validation": "permissive"})
+        data = resp.get("data") if isinstance(resp, Mapping) else None
+        errors = resp.get("errors") if isinstance(resp, Mapping) else None
+        rejected = {int(e["index"]): str(e.get("message", "rejected")) for e in errors or []}
+        if not isinstance(data, list) or len(data) + len(rejected) != len(messages):
+            raise DeliveryError("server_error", f"unexpected Resend batch answer: {str(resp)[:300]}", permanent=False)
+        ids = iter(data)
+        return [BatchItem(None, rejected[i]) if i in rejected else BatchItem(str(next(ids)["id"]), None)
+                for i in range(len(messages))]
+
+    def _batch_call(self, messages: list[dict[str, Any]], options: dict[str, Any]) -> Any:
         self._check_config()
         if len(messages) > MAX_BATCH:
             raise DeliveryError("invalid", f"a Resend batch holds at most {MAX_BATCH} emails, got {len(messages)}",
                                 permanent=True)
         if not messages:
-            return []
-        batch = [{"from": self.sender, **m} for m in messages]
-        resp = self._call(resend.Batch.send, batch,
-                          options={"idempotency_key": idempotency_key, "batch_validation": "permissive"})
-        data = resp.get("data") if isinstance(resp, Mapping) else None
-        errors = resp.get("errors") if isinstance(resp, Mapping) else None
-        rejected = {int(e["index"]): str(e.get("message", "rejected")) for e in errors or []}
-        if not isinstance(data, list) or len(data) + len(rejected) != len(batch):
-            raise DeliveryError("server_error", f"unexpected Resend batch answer: {str(resp)[:300]}", permanent=False)
-        ids = iter(data)
-        return [BatchItem(None, rejected[i]) if i in rejected else BatchItem(str(next(ids)["id"]), None)
-                for i in range(len(batch))]
+            return {"data": []}
+        return self._call(resend.Batch.send, [{"from": self.sender, **m} for m in messages], options=options)
 
 
 class BatchItem(NamedTuple):
