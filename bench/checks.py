@@ -1,7 +1,7 @@
 """Benchmark the check engine over the whole catalog: per-check time, the engine's overhead against bare
 psycopg, and the full catalog's time, at each size of the sample application.
 
-    .venv/bin/python bench/checks.py [--sizes 100000,1000000] [--database-url URL] [--repeat 3]
+    .venv/bin/python bench/checks.py [--sizes 100000,1000000] [--database-url URL] [--repeat 3] [--rounds 15]
                                      [--warmup 12] [--explain-over MS] [--keep-database]
 
 For each size it creates a fresh database on the server of DATABASE_URL (default
@@ -12,14 +12,13 @@ database in: statistics, visibility map, hint bits; it also keeps autovacuum fro
 freshly loaded tables in the middle of the timings), then times every enabled sql check of the
 catalog (config/checks/*.yaml, through worker.config.load_config) in passes over the whole catalog:
 
-  engine     worker.checking.collect_sql(check, engine, NOW): the engine's query path (pool checkout,
-             worker.db.read_only_cursor: BEGIN READ ONLY with statement_timeout, lock_timeout and
+  engine     worker.checking.collect_sql(check, engine, NOW): the engine's query path (the thread's kept
+             pool connection, worker.db.read_only_query: BEGIN READ ONLY with statement_timeout, lock_timeout and
              force_custom_plan in one message, the query with :now bound as a prepared statement,
              fetchall, ROLLBACK; rows -> labelled Samples), on engines made as the workers make theirs
-             (worker.db.create(); the monitored one without pre-ping, the fleet one with it).
-  bare       the same query with psycopg alone, on the very connections the engine's pools hand out
-             (borrowed for the pass and switched to autocommit: the same server backends, so the
-             difference is the engine's code path, not which backend served it), the same guarantees
+             (worker.db.create_for_checks(): one kept autocommit connection per thread, no pre-ping).
+  bare       the same query with psycopg alone, on the very connections the engine keeps (the same
+             server backends, so the difference is the engine's code path, not which backend served it), the same guarantees
              and server work in the fewest round trips (3): `BEGIN READ ONLY; SET LOCAL
              statement_timeout = <the check's timeout>; SET LOCAL lock_timeout = 2000; SET LOCAL
              plan_cache_mode = force_custom_plan` as one message; the query as a prepared statement,
@@ -31,13 +30,18 @@ catalog (config/checks/*.yaml, through worker.config.load_config) in passes over
   run_check  worker.checking.run_check end to end with the repo's routing: claim the check_runs slot,
              collect, the state machine's writes (alerts, alert_events, outbox rows), one commit.
 
-Every kind has its own connections (engines), so at each pass every connection has executed every
-query equally often. --warmup passes of each kind come first (default 12: psycopg prepares a
-statement on its 6th execution and the server settles its custom/generic plan choice after 5 more, the
-steady state of a long-running worker's pooled connections), then --repeat measured passes, the order
-of the kinds rotated each round so none always runs first; per-check figures are the median over the
-measured passes, the catalog figures the median (and the fastest) of the passes' wall times.
-overhead = (engine - bare) / bare. The `value` columns of engine and bare are compared for every
+engine and bare share their connections (the comparison is of client code paths on the same server
+backends); sqlalchemy and run_check have their own. --warmup passes of each kind come first (default
+12: psycopg prepares a statement on its 6th execution and the server settles its custom/generic plan
+choice after 5 more, the steady state of a long-running worker's connections). Then the catalog
+figures: --repeat whole passes per kind, kinds in rotated order, their median (and fastest) wall time.
+Then the per-check figures of engine and bare: --rounds paired rounds over the catalog, in which each
+check is run by engine and bare back to back, each first in half the rounds (on their shared backend
+a query's second run finds it warmer); per check the mean of the rounds without the fastest and
+slowest 10%. A VM's steal time comes in bursts of tens of milliseconds: pairing puts engine and bare
+under the same bursts, which whole passes run at different moments do not (their walls are shown
+too). The per-check figures of sqlalchemy and run_check come from their whole passes. overhead =
+(engine - bare) / bare. The `value` columns of engine and bare are compared for every
 check (same query, same NOW, same rows). Prints Markdown, with the load average around the timings
 (other work on the machine inflates the fixed per-check costs most); --explain-over MS adds EXPLAIN
 (ANALYZE, BUFFERS) of the checks whose engine time is at least MS ms.
@@ -65,7 +69,7 @@ from ops.sample_app.seed import seed
 from worker import migrate
 from worker.checking import CheckError, collect_sql, run_check
 from worker.config import Check, load_config
-from worker.db import create, psycopg_text
+from worker.db import _KEPT, create, create_for_checks, psycopg_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,46 +123,51 @@ def sqlalchemy_run(engine: sa.Engine, check: Check) -> list[object]:
     return rows
 
 
+def _one(kind: str, check: Check, ctx: dict) -> tuple[float, object]:
+    """Run one check one way: (seconds, its result)."""
+    engines = ctx["engines"].get(kind)
+    t0 = time.perf_counter()
+    try:
+        if kind == "engine":
+            result: object = [s.value for s in collect_sql(check, engines[check.database == "fleet"], NOW)]
+        elif kind == "bare":
+            result = bare_run(ctx["bare"][check.database == "fleet"], check, ctx["queries"][check.name])
+        elif kind == "sqlalchemy":
+            result = sqlalchemy_run(engines[check.database == "fleet"], check)
+        else:
+            ctx["slot"] += 1  # a fresh slot per run: the same slot twice would be "skipped"
+            out = run_check(check, monitored=engines[0], fleet=engines[1], fleet_queries=engines[2], now=NOW,
+                            routing=ctx["routing"], slot=NOW - timedelta(minutes=ctx["slot"]))
+            result = out.status if out.status != "error" else f"error: {out.error}"
+    except CheckError as exc:
+        result = f"error: {exc}"
+    return time.perf_counter() - t0, result
+
+
 def _pass(kind: str, checks: list[Check], ctx: dict) -> tuple[float, dict[str, float], dict[str, object]]:
     """One pass over the catalog: (wall seconds, seconds per check, result per check)."""
-    times: dict[str, float] = {}
-    results: dict[str, object] = {}
-    if kind == "bare":  # the very connections the engine's pools hand out: same server backends
-        borrowed = [e.raw_connection() for e in ctx["engines"]["engine"]]
-        bare = [b.driver_connection for b in borrowed]
-        for conn in bare:
-            conn.autocommit = True
-        ctx["backends"]["bare"].update(c.info.backend_pid for c in bare)
     started = time.perf_counter()
-    for check in checks:
-        monitored, fleet = ctx["engines"][kind] if kind in ctx["engines"] else (None, None)
-        t0 = time.perf_counter()
-        try:
-            if kind == "engine":
-                source = fleet if check.database == "fleet" else monitored
-                results[check.name] = [s.value for s in collect_sql(check, source, NOW)]
-            elif kind == "bare":
-                results[check.name] = bare_run(bare[check.database == "fleet"], check, ctx["queries"][check.name])
-            elif kind == "sqlalchemy":
-                results[check.name] = sqlalchemy_run(fleet if check.database == "fleet" else monitored, check)
-            else:
-                ctx["slot"] += 1  # a fresh slot per run: the same slot twice would be "skipped"
-                out = run_check(check, monitored=monitored, fleet=fleet, now=NOW,
-                                routing=ctx["routing"], slot=NOW - timedelta(minutes=ctx["slot"]))
-                results[check.name] = out.status if out.status != "error" else f"error: {out.error}"
-        except CheckError as exc:
-            results[check.name] = f"error: {exc}"
-        times[check.name] = time.perf_counter() - t0
-    wall = time.perf_counter() - started
-    if kind == "bare":
-        for conn, b in zip(bare, borrowed, strict=True):
-            conn.autocommit = False
-            b.close()
-    elif kind == "engine":
-        for e in ctx["engines"]["engine"]:
-            with e.connect() as c:
-                ctx["backends"]["engine"].add(c.connection.driver_connection.info.backend_pid)
-    return wall, times, results
+    ran = {check.name: _one(kind, check, ctx) for check in checks}
+    return time.perf_counter() - started, {k: v[0] for k, v in ran.items()}, {k: v[1] for k, v in ran.items()}
+
+
+def _paired(checks: list[Check], ctx: dict, r: int, times: dict) -> dict[str, dict[str, object]]:
+    """One round over the catalog, each check run by engine and bare back to back, each first in half
+    the rounds (on their shared backend a query's second run finds it warmer), so a burst of other work
+    on the machine hits both alike; appends to times[kind][check]."""
+    results: dict[str, dict[str, object]] = {"engine": {}, "bare": {}}
+    for i, check in enumerate(checks):
+        for k in ("engine", "bare") if (r + i) % 2 == 0 else ("bare", "engine"):
+            seconds, results[k][check.name] = _one(k, check, ctx)
+            times[k][check.name].append(seconds)
+    return results
+
+
+def _trimmed_mean(values: list[float], cut: float = 0.1) -> float:
+    """The mean without the highest and lowest `cut` of the values (steal-time bursts, the odd cold run)."""
+    v = sorted(values)
+    k = int(len(v) * cut)
+    return statistics.fmean(v[k:len(v) - k] if len(v) > 2 * k else v)
 
 
 # ------------------------------------------------------------------ one size, in its own database
@@ -183,7 +192,7 @@ def _prepare(url: str, size: int) -> dict[str, int]:
     return rows
 
 
-def _measure(url: str, size: int, checks: list[Check], routing, repeat: int, warmup: int,
+def _measure(url: str, size: int, checks: list[Check], routing, repeat: int, rounds: int, warmup: int,
              explain_over: float | None) -> dict:
     t0 = time.perf_counter()
     rows = _prepare(url, size)
@@ -191,30 +200,41 @@ def _measure(url: str, size: int, checks: list[Check], routing, repeat: int, war
     print(f"  {size:,}: {sum(rows.values()):,} rows seeded, migrated and vacuum-analyzed in {prepared:.0f} s",
           file=sys.stderr)
 
-    # as the workers make theirs (worker.db.monitored_engine / fleet_engine); one pair per kind
-    engines = {k: (create(url, application_name="opsfleet-checks", pre_ping=False),
-                   create(url, application_name="opsfleet"))
-               for k in ("engine", "sqlalchemy", "run_check")}
+    # as the workers make theirs (worker.db.checks_engine for the queries of both databases, fleet_engine
+    # for the state); one set per kind
+    engines = {"engine": (create_for_checks(url), create_for_checks(url)),
+               "sqlalchemy": (create(url, application_name="opsfleet-checks", pre_ping=False),
+                              create(url, application_name="opsfleet")),
+               "run_check": (create_for_checks(url), create(url, application_name="opsfleet"), create_for_checks(url))}
     queries = {c.name: psycopg_text(c.query)[0] for c in checks}  # the text SQLAlchemy would send
+    # bare runs on the very connections the engine keeps (this thread's): the same server backends
     ctx = {"engines": engines, "queries": queries, "routing": routing, "slot": 0,
-           "backends": {"engine": set(), "bare": set()}}
+           "bare": [_KEPT[e].connection(e).driver_connection for e in engines["engine"]]}
     load = [os.getloadavg()[0]]
     try:
         kinds = ["engine", "bare", "sqlalchemy", "run_check"]
-        passes: dict[str, list[tuple[float, dict[str, float]]]] = {k: [] for k in kinds}
         results: dict[str, dict[str, object]] = {}
         for _ in range(warmup):  # caches, pools, prepared statements, plans
             for k in kinds:
-                _, _, results[k] = _pass(k, checks, ctx)
+                _pass(k, checks, ctx)
+        # whole passes, kinds in rotated order: the catalog's wall time; per check for sqlalchemy, run_check
+        walls: dict[str, list[float]] = {k: [] for k in kinds}
+        times: dict[str, dict[str, list[float]]] = {k: {c.name: [] for c in checks} for k in kinds}
         for r in range(repeat):
             for k in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
-                wall, times, res = _pass(k, checks, ctx)
-                passes[k].append((wall, times))
-                if k != "run_check":
-                    results[k] = res
+                wall, took, results[k] = _pass(k, checks, ctx)
+                walls[k].append(wall)
+                if k in ("sqlalchemy", "run_check"):
+                    for name, seconds in took.items():
+                        times[k][name].append(seconds)
+        # per check for engine and bare: paired rounds
+        for r in range(rounds):
+            results.update(_paired(checks, ctx, r, times))
         load.append(os.getloadavg()[0])
+        backends = {"engine": {_KEPT[e].connection(e).driver_connection.info.backend_pid for e in engines["engine"]},
+                    "bare": {c.info.backend_pid for c in ctx["bare"]}}
         explains = {}
-        per = {k: {c.name: statistics.median(p[1][c.name] for p in passes[k]) for c in checks} for k in kinds}
+        per = {k: {c.name: _trimmed_mean(times[k][c.name]) for c in checks} for k in kinds}  # (5 passes: 0 cut)
         if explain_over is not None:
             for c in checks:
                 if per["engine"][c.name] * 1000 >= explain_over:
@@ -238,10 +258,10 @@ def _measure(url: str, size: int, checks: list[Check], routing, repeat: int, war
                 mismatches.append(c.name)
     return {
         "size": size, "rows": rows, "prepared": prepared, "per": per,
-        "wall": {k: statistics.median(p[0] for p in passes[k]) for k in kinds},
-        "fastest": {k: min(p[0] for p in passes[k]) for k in kinds},
+        "wall": {k: statistics.median(walls[k]) for k in kinds},
+        "fastest": {k: min(walls[k]) for k in kinds}, "rounds": rounds,
         "status": results["run_check"], "engine_results": results["engine"], "mismatches": mismatches,
-        "backends": ctx["backends"],
+        "backends": backends,
         "explains": explains, "load": load,
     }
 
@@ -288,7 +308,7 @@ def _report(runs: list[dict], checks: list[Check], top: int) -> None:
         print(f"\n| {len(checks)} checks | engine (collect_sql) | bare psycopg | overhead = (engine - bare) / bare "
               "| via SQLAlchemy Connection | run_check end to end |")
         print("|---|---:|---:|---:|---:|---:|")
-        for label, (e, b, m, r) in (("sum of per-check medians", (eng, bare, same, rc)),
+        for label, (e, b, m, r) in ((f"per check, sum over the catalog ({run['rounds']} paired rounds)", (eng, bare, same, rc)),
                                     ("catalog pass, wall (median)", tuple(wall[k] for k in
                                                                           ("engine", "bare", "sqlalchemy", "run_check"))),
                                     ("catalog pass, wall (fastest)", tuple(run["fastest"][k] for k in
@@ -297,8 +317,8 @@ def _report(runs: list[dict], checks: list[Check], top: int) -> None:
                   f"| {_ms(m)} ms | {_ms(r)} ms |")
         n = len(checks)
         print(f"\nPer check (catalog sums / {n}): engine {_ms(eng / n)} ms, bare {_ms(bare / n)} ms, so "
-              f"{1e6 * (eng - bare) / n:,.0f} us of engine overhead per check (pool checkout, prepared-statement "
-              f"lookup, rows -> Samples); through a SQLAlchemy Connection, as the engine ran before: "
+              f"{1e6 * (eng - bare) / n:,.0f} us of engine overhead per check (the kept connection, the cursor, "
+              f"rows -> labelled Samples); through a SQLAlchemy Connection, as the engine ran before: "
               f"{_ms(same / n)} ms ({1e6 * (same - bare) / n:,.0f} us over bare).")
         live = [name for name in run["mismatches"] if LIVE.search(next(c.query for c in checks if c.name == name))]
         other = [name for name in run["mismatches"] if name not in live]
@@ -325,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="100000,1000000", help="comma-separated registration counts")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", DEFAULT_URL))
     parser.add_argument("--config-dir", default=str(ROOT / "config"))
-    parser.add_argument("--repeat", type=int, default=3, help="measured passes per kind")
+    parser.add_argument("--repeat", type=int, default=3, help="measured catalog passes per kind (wall times)")
+    parser.add_argument("--rounds", type=int, default=15,
+                        help="paired rounds (each check run by engine and bare back to back) for the overhead")
     parser.add_argument("--warmup", type=int, default=12, help="warm-up passes per kind before measuring")
     parser.add_argument("--top", type=int, default=5, help="how many slowest checks to name")
     parser.add_argument("--explain-over", type=float, metavar="MS",
@@ -339,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     checks = [c for c in cfg.checks.values() if c.enabled and c.kind == "sql"]
     print("\n".join(_environment(url)))
     print(f"- {len(checks)} enabled sql checks of {len(cfg.checks)} in {args.config_dir}/checks; :now = "
-          f"{NOW.isoformat()} (seed's now); {args.warmup} warm-up + {args.repeat} measured passes per kind; "
+          f"{NOW.isoformat()} (seed's now); {args.warmup} warm-up + {args.repeat} measured passes per kind, "
+          f"{args.rounds} paired rounds; "
           "each size in its own fresh database, VACUUM (ANALYZE)d after seeding\n")
 
     runs = []
@@ -350,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         keep = args.keep_database and size == sizes[-1]
         try:
-            runs.append(_measure(db_url, size, checks, cfg.routing, args.repeat, args.warmup, args.explain_over))
+            runs.append(_measure(db_url, size, checks, cfg.routing, args.repeat, args.rounds, args.warmup, args.explain_over))
             r = runs[-1]
             print(f"  {size:,}: engine {_ms(r['wall']['engine'])} ms, bare {_ms(r['wall']['bare'])} ms, "
                   f"run_check {_ms(r['wall']['run_check'])} ms per catalog pass", file=sys.stderr)

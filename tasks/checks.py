@@ -9,7 +9,7 @@ import structlog
 
 from worker.app import app, task
 from worker.config import get_config
-from worker.db import fleet_engine, monitored_engine
+from worker.db import checks_engine, fleet_engine
 from worker.settings import get_settings
 
 log = structlog.get_logger(__name__)
@@ -29,7 +29,8 @@ def run(self, name: str, slot: str | None = None, at: str | None = None) -> dict
     if now.tzinfo is None:
         raise ValueError(f"checks.run: `at` must carry a timezone, e.g. 2026-11-23T10:00:00+00:00 (got {at!r})")
     outcome = run_check(
-        check, monitored=monitored_engine(), fleet=fleet_engine(), now=now, routing=cfg.routing,
+        check, monitored=checks_engine("monitored"), fleet=fleet_engine(), fleet_queries=checks_engine("fleet"),
+        now=now, routing=cfg.routing,
         slot=datetime.fromisoformat(slot) if slot else None, task_id=self.request.id,
         redis_url=get_settings().celery_broker_url,
     )

@@ -283,3 +283,71 @@ def test_the_pooled_connection_goes_back_as_it_came(fleet_db):
                 assert conn.execute(sa.text("SELECT count(*) FROM gauge2")).scalar() == 0
     finally:
         engine.dispose()
+
+
+def _backend(engine) -> int:
+    from worker.checking import collect_sql
+
+    return int(collect_sql(make_check(query="SELECT pg_backend_pid() AS value"), engine, T0)[0].value)
+
+
+def _sessions(engine, name: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :n"),
+                            {"n": name}).scalar()
+
+
+def test_a_checks_engine_keeps_one_connection_per_thread_through_errors_and_its_death(fleet_db):
+    """create_for_checks: no checkout per check; a failed check leaves the connection usable; a killed
+    one is replaced at once; dispose() closes every thread's."""
+    from worker.checking import collect_sql
+    from worker.db import create_for_checks
+
+    name = "opsfleet-checks-kept-test"
+    engine, other = create_for_checks(fleet_db, application_name=name), create(fleet_db)
+    try:
+        first = _backend(engine)
+        for query in ("SELECT 1/0 AS value", "SELECT pg_sleep(2), 1 AS value", "SELECT 'x' AS value"):
+            with pytest.raises(CheckError):
+                collect_sql(make_check(query=query, timeout="1s"), engine, T0)
+            assert _backend(engine) == first
+        assert collect_sql(make_check(query="SELECT current_setting('transaction_read_only') = 'on' AS value"),
+                           engine, T0)[0].value == 1
+        seen = []
+        worker = threading.Thread(target=lambda: seen.append(_backend(engine)))
+        worker.start()
+        worker.join()
+        assert seen and seen[0] != first  # each thread its own
+        with other.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": first}).scalar()
+        replaced = _backend(engine)
+        assert replaced not in (first, seen[0])
+        assert _backend(engine) == replaced
+        assert _sessions(other, name) == 2  # this thread's new one and the other thread's
+        engine.dispose()
+        assert _sessions(other, name) == 0
+        assert _backend(engine) not in (first, replaced)  # and it works on after a dispose
+    finally:
+        engine.dispose()
+        other.dispose()
+
+
+def test_a_forked_child_never_touches_the_connection_its_parent_keeps(fleet_db):
+    """Celery's prefork pool forks the worker: the child opens its own connection."""
+    import multiprocessing
+
+    from worker.db import create_for_checks
+
+    engine = create_for_checks(fleet_db)
+    try:
+        parent = _backend(engine)
+        ctx = multiprocessing.get_context("fork")
+        out = ctx.Queue()
+        child = ctx.Process(target=lambda: out.put(_backend(engine)))
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0
+        assert out.get(timeout=5) != parent
+        assert _backend(engine) == parent  # the parent's connection is intact
+    finally:
+        engine.dispose()

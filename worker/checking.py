@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from worker.config import Check, Routing, render
-from worker.db import ConnectionLost, psycopg_text, read_only_cursor
+from worker.db import ConnectionLost, psycopg_text, read_only_query
 from worker.delivery import count_held_back
 from worker.logs import get_logger
 
@@ -83,17 +83,11 @@ def _query(check: Check, engine: Engine, now: datetime) -> tuple[list[str], list
     query, _ = psycopg_text(check.query)  # config validation allows :now as the only bind parameter
     timeout_ms = int(check.timeout.total_seconds() * 1000)
 
-    def run() -> tuple[list[str], list[tuple]]:
-        with read_only_cursor(engine, statement_timeout_ms=timeout_ms) as cur:
-            cur.execute(query, {"now": now}, prepare=True)
-            if cur.description is None:
-                return [], []
-            return [c.name for c in cur.description], cur.fetchall()
-
+    params = {"now": now}
     try:
-        return run()
+        return read_only_query(engine, query, params, statement_timeout_ms=timeout_ms)
     except ConnectionLost:  # the pooled connection went away (a restart): once more, on a new one
-        return run()
+        return read_only_query(engine, query, params, statement_timeout_ms=timeout_ms)
 
 
 def collect_sql(check: Check, engine: Engine, now: datetime) -> list[Sample]:
@@ -299,9 +293,14 @@ def _ended_silence(conn: Connection, check: Check, channel: str, fp: str, labels
 
 
 def run_check(check: Check, *, monitored: Engine, fleet: Engine, now: datetime, routing: Routing | None,
-              slot: datetime | None = None, task_id: str | None = None, redis_url: str | None = None) -> Outcome:
+              slot: datetime | None = None, task_id: str | None = None, redis_url: str | None = None,
+              fleet_queries: Engine | None = None) -> Outcome:
     """Exactly one evaluation per (check, slot): the check_runs row is claimed in the same
-    transaction that records the outcome, so a doubled beat or a redelivered task does nothing."""
+    transaction that records the outcome, so a doubled beat or a redelivered task does nothing.
+
+    `monitored` runs the queries of monitored-database checks, `fleet_queries` (default: `fleet`)
+    those of fleet-database checks; `fleet` holds the state. The workers pass
+    worker.db.checks_engine() for both query engines."""
     slot = slot or check.schedule.slot(now)
     started = time.monotonic()
     with fleet.connect() as conn, conn.begin():
@@ -314,7 +313,7 @@ def run_check(check: Check, *, monitored: Engine, fleet: Engine, now: datetime, 
             return Outcome(check.name, slot, "skipped")
         outcome = Outcome(check.name, slot, "ok")
         try:
-            source = fleet if check.database == "fleet" else monitored
+            source = (fleet_queries or fleet) if check.database == "fleet" else monitored
             outcome.samples = collect(check, source, now, redis_url=redis_url)
         except CheckError as exc:
             outcome.status, outcome.error = "error", str(exc)

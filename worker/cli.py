@@ -173,7 +173,7 @@ def checks_run(name: str, dry_run: Annotated[bool, typer.Option("--dry-run", hel
 
     from worker.checking import CheckError, _active, collect, fingerprint, next_state, run_check
     from worker.config import get_config
-    from worker.db import fleet_engine, monitored_engine
+    from worker.db import checks_engine, fleet_engine
 
     settings = _settings()
     cfg = get_config()
@@ -181,7 +181,7 @@ def checks_run(name: str, dry_run: Annotated[bool, typer.Option("--dry-run", hel
     if check is None:
         raise OpsfleetError(f"unknown check {name!r}: `opsfleet checks list` shows the names")
     now = datetime.now(UTC)
-    source = fleet_engine() if check.database == "fleet" else monitored_engine()
+    source = checks_engine(check.database)
     try:
         samples = collect(check, source, now, redis_url=settings.celery_broker_url)
     except CheckError as exc:
@@ -203,8 +203,8 @@ def checks_run(name: str, dry_run: Annotated[bool, typer.Option("--dry-run", hel
         console.print(f"no rows (no_data: {check.no_data})")
     if dry_run:
         return
-    out = run_check(check, monitored=monitored_engine(), fleet=fleet_engine(), now=now, routing=cfg.routing, slot=now,
-                    redis_url=settings.celery_broker_url)
+    out = run_check(check, monitored=checks_engine("monitored"), fleet=fleet_engine(), fleet_queries=checks_engine("fleet"),
+                    now=now, routing=cfg.routing, slot=now, redis_url=settings.celery_broker_url)
     console.print(f"recorded: {out.status}, {len(out.transitions)} transition(s), "
                   f"{len(out.notification_ids)} notification(s) queued")
     if out.notification_ids:
@@ -226,7 +226,7 @@ def checks_backtest(
 
     from worker.backtest import backtest
     from worker.config import get_config
-    from worker.db import fleet_engine, monitored_engine
+    from worker.db import checks_engine
     from worker.timeutil import format_duration, parse_duration
 
     _settings()
@@ -241,7 +241,7 @@ def checks_backtest(
     except ValueError as exc:
         raise OpsfleetError(f"--since/--step: {exc}") from None
     end = datetime.now(UTC).replace(microsecond=0)
-    engine = fleet_engine() if check.database == "fleet" else monitored_engine()
+    engine = checks_engine(check.database)
     with Progress(console=err, transient=True) as progress:
         bar = progress.add_task(f"replaying {name}", total=int(since_td / step_td) + 1)
         result = backtest(check, engine, cfg.routing, start=end - since_td, end=end, step=step_td,
