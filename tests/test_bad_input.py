@@ -114,8 +114,8 @@ def test_route_naming_unknown_channel(env, tmp_path):
     _one_line_error(proc, "routing.yaml", "pager")
 
 
-def test_repo_config_is_valid(env):
-    proc = run_cli(["config", "validate", str(REPO / "config")], env)
+def test_repo_config_is_valid(env, app_db_url):
+    proc = run_cli(["config", "validate", str(REPO / "config")], {**env, "DATABASE_URL": app_db_url})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ok:")
 
@@ -136,4 +136,40 @@ def test_worker_refuses_to_start_with_bad_config(env, tmp_path):
                           timeout=60)
     assert proc.returncode == 2
     assert "bad.yaml:4" in proc.stderr and "checks.0.schedule" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+MISSING_TABLE_JOB = """\
+jobs:
+  - name: archive_old_logs
+    kind: archive
+    schedule: "0 3 * * *"
+    table: webhook_logz
+    archive_table: webhook_logs_archive
+    older_than: 90d
+"""
+
+
+def test_config_validate_checks_the_jobs_against_the_database(env, tmp_path, app_db_url):
+    (tmp_path / "maintenance.yaml").write_text(MISSING_TABLE_JOB)
+    e = {**env, "OPSFLEET_CONFIG_DIR": str(tmp_path), "DATABASE_URL": app_db_url}
+    proc = run_cli(["config", "validate"], e)
+    assert proc.returncode == 2
+    _one_line_error(proc, "maintenance.yaml:5: jobs.0.table", "table 'webhook_logz' does not exist in the monitored database")
+    offline = run_cli(["config", "validate", "--offline"], e)
+    assert offline.returncode == 0 and "not checked against a database" in offline.stdout, offline.stderr
+    good = run_cli(["config", "validate", str(REPO / "config")], e)
+    assert good.returncode == 0 and "maintenance jobs checked against" in good.stdout, good.stderr
+
+
+def test_a_maintenance_worker_refuses_to_start_when_a_job_names_a_missing_table(env, tmp_path, app_db_url):
+    import subprocess
+    import sys
+
+    (tmp_path / "maintenance.yaml").write_text(MISSING_TABLE_JOB)
+    proc = subprocess.run([sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "maintenance,backlog", "-c", "1"],  # noqa: S603
+                          env={**env, "OPSFLEET_CONFIG_DIR": str(tmp_path), "DATABASE_URL": app_db_url}, cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "maintenance.yaml:5: jobs.0.table" in proc.stderr and "webhook_logz" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -40,8 +40,8 @@ def test_task_decorator_rejects_a_typo_in_options():
         task("checks.run", ignore_results=True)
 
 
-def test_running_worker_answers_inspect_ping(env, tmp_path):
-    worker = start_worker(env, tmp_path)
+def test_running_worker_answers_inspect_ping(env, tmp_path, app_db_url):
+    worker = start_worker({**env, "DATABASE_URL": app_db_url}, tmp_path)  # the application's tables: jobs check out
     try:
         proc = subprocess.run([*CELERY, "inspect", "ping", "--timeout", "5", "--json"], env=env, cwd=REPO,  # noqa: S603
                               capture_output=True, text=True, timeout=60)

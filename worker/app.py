@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -102,19 +103,41 @@ def _setup_logging(**_: Any) -> None:
 
 
 @signals.celeryd_init.connect
-def _validate_config_at_start(**_: Any) -> None:
-    """A worker with an invalid config/ refuses to start, with one line naming file:line and field."""
+def _validate_config_at_start(options: dict[str, Any] | None = None, **_: Any) -> None:
+    """A worker with an invalid config/ refuses to start, with one line naming file:line and field. A
+    worker that runs maintenance jobs also checks the tables, columns and functions they name against
+    the monitored database (when it cannot be reached, it says so and each run checks again)."""
+    from celery.utils.text import str_to_list
+
     from worker.config import get_config
-    from worker.errors import ConfigError
+    from worker.errors import OpsfleetError, ServiceUnavailable
+    from worker.maintenance import check_config_catalog
+
+    def refuse(*lines: str) -> None:
+        for line in lines:
+            sys.stderr.write(f"opsfleet worker: {line}\n")
+        sys.stderr.flush()
+        os._exit(2)  # SystemExit is swallowed by the worker's bootstrap; leave at once
 
     try:
-        get_config()
-    except ConfigError as exc:
-        sys.stderr.write(f"opsfleet worker: {exc}\n")
-        sys.stderr.flush()
-        import os
-
-        os._exit(2)  # SystemExit is swallowed by the worker's bootstrap; leave at once
+        cfg = get_config()
+        settings = get_settings()
+    except OpsfleetError as exc:
+        refuse(str(exc))
+        return
+    include = str_to_list((options or {}).get("queues") or [])
+    exclude = str_to_list((options or {}).get("exclude_queues") or [])
+    if "maintenance" in exclude or (include and "maintenance" not in include) or not settings.database_url:
+        return
+    try:
+        errors = check_config_catalog(cfg, settings.database_url)
+    except ServiceUnavailable as exc:
+        sys.stderr.write(f"opsfleet worker: maintenance jobs not checked against the database at start: {exc}; "
+                         "each run checks its job again\n")
+        return
+    if errors:
+        refuse(*errors, "fix config/maintenance.yaml (or disable the job: enabled: false), or point DATABASE_URL "
+               "at the application's database")
 
 
 @signals.task_prerun.connect

@@ -74,16 +74,33 @@ def db_current() -> None:
 
 # -- config ------------------------------------------------------------------------------------------
 @config_app.command("validate")
-def config_validate(path: Annotated[Path | None, typer.Argument(help="config folder")] = None) -> None:
-    """Validate every file under config/ (exit 2 with file:line and field on the first error)."""
+def config_validate(
+    path: Annotated[Path | None, typer.Argument(help="config folder")] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="the files only: do not check the maintenance jobs' "
+                                                            "tables, columns and functions against DATABASE_URL")] = False,
+) -> None:
+    """Validate every file under config/ (exit 2 with file:line and field on the first error), then the
+    tables, columns and functions the maintenance jobs name against DATABASE_URL when it is set."""
     from worker.beat import build_schedule
     from worker.config import load_config
+    from worker.db import safe_url
+    from worker.maintenance import check_config_catalog
 
-    cfg = load_config(path or _settings().opsfleet_config_dir)
+    settings = _settings()
+    cfg = load_config(path or settings.opsfleet_config_dir)
     sched = build_schedule(cfg)
+    if offline or not settings.database_url:
+        against = "not checked against a database" + ("" if offline else " (DATABASE_URL is not set)")
+    else:
+        errors = check_config_catalog(cfg, settings.database_url)
+        if errors:
+            for e in errors:
+                err.print(f"opsfleet: error: {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        against = f"maintenance jobs checked against {safe_url(settings.database_url)}"
     console.print(f"ok: {len(cfg.checks)} checks, {len(cfg.maintenance)} maintenance jobs, "
                   f"{len(cfg.backlogs)} backlogs, {len(cfg.routing.routes) if cfg.routing else 0} routes, "
-                  f"{len(sched)} beat entries ({cfg.root})")
+                  f"{len(sched)} beat entries ({cfg.root}); {against}", soft_wrap=True)
 
 
 @config_app.command("env")

@@ -320,7 +320,16 @@ class FleetConfig:
     check_files: dict[str, str] = field(default_factory=dict)  # check name -> file:line
     routing: Routing | None = None
     maintenance: dict[str, MaintenanceJob] = field(default_factory=dict)
+    maintenance_doc: YamlDoc | None = None  # maintenance.yaml, to point at a job's field
     backlogs: dict[str, Backlog] = field(default_factory=dict)
+
+    def job_field(self, job: str, field_name: str) -> str:
+        """`file:line: jobs.N.field` of a maintenance job's field (the job's first line if the field is unset)."""
+        names = list(self.maintenance)
+        if self.maintenance_doc is None or job not in names:
+            return f"maintenance job {job}"
+        i = names.index(job)
+        return f"{self.maintenance_doc.where(('jobs', i, field_name))}: jobs.{i}.{field_name}"
 
 
 def _parse(doc: YamlDoc, model: type[BaseModel], *, required: bool = True) -> Any:
@@ -367,6 +376,7 @@ def load_config(root: Path | str | None = None) -> FleetConfig:
             if job.name in cfg.maintenance:
                 raise doc.error(("jobs", i, "name"), f"{job.name!r} is defined twice")
             cfg.maintenance[job.name] = job
+        cfg.maintenance_doc = doc
 
     backlog_path = root / "backlogs.yaml"
     if backlog_path.exists():

@@ -16,7 +16,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from worker.config import MaintenanceJob
+from worker.config import FleetConfig, MaintenanceJob
 from worker.errors import ConfigError
 from worker.logs import get_logger
 
@@ -49,6 +49,14 @@ def lock_key(job: str) -> int:
     return int.from_bytes(hashlib.sha256(f"opsfleet:job:{job}".encode()).digest()[:8], "big", signed=True)
 
 
+class CatalogError(ConfigError):
+    """A job names a table, column or function the monitored database does not have."""
+
+    def __init__(self, job: MaintenanceJob, field_name: str, message: str) -> None:
+        super().__init__(f"maintenance job {job.name}: {message}")
+        self.job, self.field = job.name, field_name
+
+
 def validate_against_catalog(job: MaintenanceJob, conn: Connection) -> None:
     """The tables and columns a job names must exist: a config error, not a runtime surprise."""
     def has_table(name: str) -> bool:
@@ -59,17 +67,17 @@ def validate_against_catalog(job: MaintenanceJob, conn: Connection) -> None:
                                            AND attname = :c AND NOT attisdropped"""),
                                  {"t": quote(table), "c": column}).first())
 
-    tables = [t for t in (job.table, job.archive_table) if t] + list(job.tables)
-    for t in tables:
-        if not has_table(t):
-            raise ConfigError(f"maintenance job {job.name}: table {t!r} does not exist in the monitored database")
+    tables = [("table", job.table), ("archive_table", job.archive_table)] + [("tables", t) for t in job.tables]
+    for field_name, t in tables:
+        if t and not has_table(t):
+            raise CatalogError(job, field_name, f"table {t!r} does not exist in the monitored database")
     if job.kind in ("archive", "purge"):
-        for col in (job.age_column, job.key_column):
+        for field_name, col in (("age_column", job.age_column), ("key_column", job.key_column)):
             if not has_column(job.table, col):
-                raise ConfigError(f"maintenance job {job.name}: column {job.table}.{col} does not exist")
+                raise CatalogError(job, field_name, f"column {job.table}.{col} does not exist")
     if job.kind == "sql":
         if not conn.execute(sa.text("SELECT 1 FROM pg_proc WHERE proname = :f"), {"f": job.function.split(".")[-1]}).first():
-            raise ConfigError(f"maintenance job {job.name}: function {job.function!r} does not exist")
+            raise CatalogError(job, "function", f"function {job.function!r} does not exist")
 
 
 def _returns_a_value(conn: Connection, function: str) -> bool:
@@ -79,9 +87,11 @@ def _returns_a_value(conn: Connection, function: str) -> bool:
     return rettype not in (None, "void")
 
 
-def check_catalog(jobs: Iterable[MaintenanceJob], monitored: Engine) -> list[str]:
-    """Every configured job against the monitored database's catalog, at start: one message per bad job
-    (empty when all is well). The fleet's own retention job names no application table."""
+def check_catalog(jobs: Iterable[MaintenanceJob], monitored: Engine,
+                  where: Callable[[str, str], str] | None = None) -> list[str]:
+    """Every job against the monitored database's catalog: one message per bad job (empty when all is
+    well), prefixed with where(job, field) (FleetConfig.job_field: file:line and field) when given.
+    The fleet's own retention job names no application table."""
     errors = []
     with monitored.connect() as conn:
         for job in jobs:
@@ -89,9 +99,27 @@ def check_catalog(jobs: Iterable[MaintenanceJob], monitored: Engine) -> list[str
                 continue
             try:
                 validate_against_catalog(job, conn)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except CatalogError as exc:
+                errors.append(f"{where(exc.job, exc.field)}: {exc}" if where else str(exc))
     return errors
+
+
+def check_config_catalog(cfg: FleetConfig, database_url: str) -> list[str]:
+    """check_catalog for the enabled jobs of `cfg`, each error with its file:line and field, at a worker's
+    start: on a connection of its own, closed again (the prefork pool forks after this). Raises
+    ServiceUnavailable when the database cannot be reached."""
+    from worker.db import normalize_url, ping
+
+    jobs = [j for j in cfg.maintenance.values() if j.enabled]
+    if not jobs:
+        return []
+    engine = sa.create_engine(normalize_url(database_url), poolclass=sa.pool.NullPool,
+                              connect_args={"application_name": "opsfleet", "connect_timeout": 5})
+    try:
+        ping(engine, "the monitored database")
+        return check_catalog(jobs, engine, where=cfg.job_field)
+    finally:
+        engine.dispose()
 
 
 def _batches(job: MaintenanceJob, engine: Engine, now: datetime, stmt: str,
