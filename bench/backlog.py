@@ -6,7 +6,8 @@
 For each size it builds one database with that many pending registrations (paid, no confirmation
 number: seed 000's backlog) on the server of --database-url (default
 postgresql+psycopg://postgres@127.0.0.1:5432/postgres; the user must be allowed to CREATE DATABASE),
-then measures each design on its own copy of it (CREATE DATABASE ... TEMPLATE), in the same run:
+then measures each design on its own copy of it (CREATE DATABASE ... TEMPLATE, then a CHECKPOINT so
+every phase starts from the same state), in the same run:
 
   floor      one set-based UPDATE assigning every confirmation number (the database's own limit);
              for context also the same writes as the real job, set-based (numbers, email rows,
@@ -174,6 +175,12 @@ class Server:
         self.created.append(name)
         return name
 
+    def checkpoint(self) -> None:
+        """Before each timed phase: flush what copying the template dirtied, so every phase starts from
+        the same state (its first change to each page after a checkpoint writes the full page to WAL)."""
+        with self.admin.connect() as conn:
+            conn.execute(sa.text("CHECKPOINT"))
+
     def drop_all(self) -> None:
         with self.admin.connect() as conn:
             for name in self.created:
@@ -232,6 +239,7 @@ def phase_floor(server: Server, base: str) -> dict:
     name = server.create(template=base)
     engine = sa.create_engine(server.db_url(name), poolclass=sa.pool.NullPool)
     out = {}
+    server.checkpoint()
     t = time.perf_counter()
     with engine.begin() as conn:  # timed with its commit, as every claim is
         conn.execute(sa.text(f"""UPDATE registrations SET confirmation_generated_at = now(),
@@ -275,6 +283,7 @@ def phase_db(server: Server, base: str, size: int, batch_size: int) -> dict:
     name = server.create(template=base)
     url = server.db_url(name)
     engine = sa.create_engine(url, pool_size=2)
+    server.checkpoint()
     t = time.perf_counter()
     r = reprocess(engine, engine, _InstantProvider(), batch_size=batch_size)
     wall = time.perf_counter() - t
@@ -357,6 +366,7 @@ def phase_e2e(server: Server, base: str, size: int, workers: int, batch_size: in
 
     name = server.create(template=base)
     url = server.db_url(name)
+    server.checkpoint()
     sink = Sink()
     env = {**os.environ, "DATABASE_URL": url, "CELERY_BROKER_URL": redis_url, "RESEND_API_KEY": API_KEY,
            "RESEND_API_URL": sink.url, "FROM_EMAIL": "confirm@example.com", "FROM_NAME": "Events",
@@ -390,6 +400,7 @@ def phase_naive(server: Server, base: str, sample: int, workers: int, redis_url:
 
     name = server.create(template=base)
     url = server.db_url(name)
+    server.checkpoint()
     sink = Sink()
     env = {**os.environ, "DATABASE_URL": url, "CELERY_BROKER_URL": redis_url, "RESEND_API_URL": sink.url,
            "OPSFLEET_BENCH_NAIVE_WORKER": "1", "PYTHONPATH": f"{REPO / 'bench'}:{REPO}"}
