@@ -45,8 +45,8 @@ def create(url: str, *, application_name: str = "opsfleet", pool_size: int = 5, 
 
 @lru_cache(maxsize=1)
 def monitored_engine() -> Engine:
-    # no pre-ping round trip per check: collect_sql retries once on a connection that went away
-    return create(get_settings().require_database_url(), application_name="opsfleet-checks", pre_ping=False)
+    """The monitored database for maintenance jobs, the backlog and the CLI (checks: checks_engine)."""
+    return create(get_settings().require_database_url(), application_name="opsfleet")
 
 
 @lru_cache(maxsize=1)
