@@ -1,7 +1,7 @@
 """Benchmark backlog reprocessing: registrations/s end to end, against the database floor and the naive design.
 
     .venv/bin/python bench/backlog.py [--sizes 100000,1000000] [--workers 2] [--batch-size 1000]
-                                      [--naive-sample 2000] [--database-url URL]
+                                      [--repeat 3] [--naive-sample 2000] [--database-url URL]
 
 For each size it builds one database with that many pending registrations (paid, no confirmation
 number: seed 000's backlog) on the server of --database-url (default
@@ -14,6 +14,9 @@ every phase starts from the same state), in the same run:
              email status), i.e. what batching cannot beat.
   db part    worker.backlog.reprocess() in this process with a provider stub that answers at once:
              the batched SQL alone (claim with SKIP LOCKED, number + email row, record), one process.
+             Floor and db part run --repeat times in pairs, each first in every other pair (a VM's
+             disk and CPU vary by 30% and more from one minute to the next: the ratio is taken within
+             each pair, and the median of the pairs reported with the lowest and highest).
   end to end --workers real Celery workers (`celery -A worker`, prefork, one process each) run
              backlog.reprocess_confirmations at once on one backlog; the Resend fake
              (worker.sink.ProviderSink, in its own process) answers at once through the real SDK.
@@ -39,6 +42,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from statistics import median
 
 import sqlalchemy as sa
 
@@ -181,11 +185,13 @@ class Server:
         with self.admin.connect() as conn:
             conn.execute(sa.text("CHECKPOINT"))
 
-    def drop_all(self) -> None:
+    def drop_all(self, keep: list[str] | None = None) -> None:
+        kept = [n for n in self.created if n in (keep or [])]
         with self.admin.connect() as conn:
             for name in self.created:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        self.created.clear()
+                if name not in kept:
+                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self.created = kept
 
     def version(self) -> str:
         with self.admin.connect() as conn:
@@ -235,7 +241,7 @@ def check_exactly_once(url: str, size: int) -> dict:
 
 # -------------------------------------------------------------------- phases
 
-def phase_floor(server: Server, base: str) -> dict:
+def phase_floor(server: Server, base: str, all_writes: bool = True) -> dict:
     name = server.create(template=base)
     engine = sa.create_engine(server.db_url(name), poolclass=sa.pool.NullPool)
     out = {}
@@ -245,6 +251,9 @@ def phase_floor(server: Server, base: str) -> dict:
         conn.execute(sa.text(f"""UPDATE registrations SET confirmation_generated_at = now(),
                                  confirmation_number = 'CNF-' || lpad(id::text, 10, '0') WHERE {BACKLOG}"""))  # noqa: S608
     out["update_s"] = time.perf_counter() - t
+    if not all_writes:
+        engine.dispose()
+        return out
     steps = [
         """INSERT INTO confirmation_emails (registration_id, recipient, subject, status)
            SELECT id, email, 'Your registration is confirmed (' || confirmation_number || ')', 'pending'
@@ -437,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="100000")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="pairs of (floor, database part) per size; the ratios are per pair, their median reported")
     parser.add_argument("--naive-sample", type=int, default=2000)
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL))
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON too")
@@ -460,10 +471,15 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.perf_counter()
                 base = build_backlog(server, size)
                 f["build_s"] = time.perf_counter() - t
-                f["floor"] = phase_floor(server, base)
-                print(f"[{size}] floor {f['floor']}", file=sys.stderr, flush=True)
-                f["db"] = phase_db(server, base, size, args.batch_size)
-                print(f"[{size}] db part {f['db']}", file=sys.stderr, flush=True)
+                f["floors"], f["dbs"] = [], []
+                for rep in range(args.repeat):  # floor and db part in pairs, each first in every other pair
+                    for phase in ("floor", "db") if rep % 2 == 0 else ("db", "floor"):
+                        if phase == "floor":
+                            f["floors"].append(phase_floor(server, base, all_writes=rep == 0))
+                        else:
+                            f["dbs"].append(phase_db(server, base, size, args.batch_size))
+                        print(f"[{size}] {phase} {f[phase + 's'][-1]}", file=sys.stderr, flush=True)
+                    server.drop_all(keep=[base])
                 f["e2e"] = phase_e2e(server, base, size, args.workers, args.batch_size, redis.url, tmp)
                 print(f"[{size}] end to end {f['e2e']}", file=sys.stderr, flush=True)
                 if i == 0 and args.naive_sample:
@@ -491,17 +507,25 @@ def report(fig: dict) -> str:
              "|---:|---:|---:|---:|:---:|"]
     for size, f in fig["sizes"].items():
         e = f["e2e"]
+        once = e["exactly_once"] and all(d["exactly_once"] for d in f["dbs"])
         lines.append(f"| {size:,} | {e['wall_s']:.1f} s | {size / e['wall_s']:,.0f} | {e['peak_rss_mib']:.1f} MiB "
-                     f"({e['idle_rss_mib']:.1f}) | {'yes' if e['exactly_once'] and f['db']['exactly_once'] else 'NO'} |")
-    lines += ["", "Database part (one process, provider answering in no time):", "",
-              "| registrations | floor: one UPDATE | claims: numbers + email rows | claims / floor | "
+                     f"({e['idle_rss_mib']:.1f}) | {'yes' if once else 'NO'} |")
+    lines += ["", "Database part (one process, provider answering in no time), in pairs with the floor (each "
+                  "first in every other pair); times are medians, ratios the median of the pairs' ratios "
+                  "[lowest - highest]:", "",
+              "| registrations | pairs | floor: one UPDATE | claims: numbers + email rows | claims / floor | "
               "all DB work (claims + recording) | all / floor | the same writes, set-based | all / set-based |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for size, f in fig["sizes"].items():
-        d, fl = f["db"], f["floor"]
-        lines.append(f"| {size:,} | {fl['update_s']:.2f} s | {d['claim_s']:.2f} s | {d['claim_s'] / fl['update_s']:.1f}x | "
-                     f"{d['db_s']:.2f} s | {d['db_s'] / fl['update_s']:.1f}x | {fl['all_writes_s']:.2f} s | "
-                     f"{d['db_s'] / fl['all_writes_s']:.1f}x |")
+        floors = [fl["update_s"] for fl in f["floors"]]
+        claims, alls = [d["claim_s"] for d in f["dbs"]], [d["db_s"] for d in f["dbs"]]
+        ratio = [c / fl for c, fl in zip(claims, floors, strict=True)]
+        ratio_all = [a / fl for a, fl in zip(alls, floors, strict=True)]
+        set_based = f["floors"][0]["all_writes_s"]
+        lines.append(f"| {size:,} | {len(floors)} | {median(floors):.2f} s | {median(claims):.2f} s | "
+                     f"**{median(ratio):.1f}x** [{min(ratio):.1f} - {max(ratio):.1f}] | {median(alls):.2f} s | "
+                     f"{median(ratio_all):.1f}x [{min(ratio_all):.1f} - {max(ratio_all):.1f}] | {set_based:.2f} s | "
+                     f"{alls[0] / set_based:.1f}x |")
     first = next(iter(fig["sizes"]))
     n = fig["sizes"][first].get("naive")
     if n:
