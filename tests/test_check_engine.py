@@ -261,7 +261,8 @@ def test_a_query_cannot_end_the_read_only_transaction_with_more_statements(db, t
 
 
 def test_the_pooled_connection_goes_back_as_it_came(fleet_db):
-    """Checks share the monitored engine with maintenance and backlog work, which write."""
+    """On an engine that writers share (any engine but create_for_checks'), a check leaves the
+    connection as it found it: not autocommit, not read only, no timeout."""
     from worker.checking import collect_sql
 
     engine = create(fleet_db, pre_ping=False, pool_size=1)
