@@ -82,20 +82,12 @@ _checks_engines: dict[str, Engine] = {}
 
 def checks_engine(database: str = "monitored") -> Engine:
     """Where the sql checks of `database` (a check's `database:` field: monitored | fleet) run."""
-    if database not in _checks_engines:
+    engine = _checks_engines.get(database)
+    if engine is None:  # (two threads racing here both get the engine that setdefault kept)
         settings = get_settings()
         url = settings.require_fleet_database_url() if database == "fleet" else settings.require_database_url()
-        _checks_engines[database] = create_for_checks(url)
-    return _checks_engines[database]
-
-
-def reset_engines() -> None:
-    for fn in (monitored_engine, fleet_engine):
-        if fn.cache_info().currsize:
-            fn().dispose()
-        fn.cache_clear()
-    while _checks_engines:
-        _checks_engines.popitem()[1].dispose()
+        engine = _checks_engines.setdefault(database, create_for_checks(url))
+    return engine
 
 
 def ping(engine: Engine, what: str) -> None:
