@@ -334,21 +334,29 @@ def test_a_checks_engine_keeps_one_connection_per_thread_through_errors_and_its_
 
 
 def test_a_forked_child_never_touches_the_connection_its_parent_keeps(fleet_db):
-    """Celery's prefork pool forks the worker: the child opens its own connection."""
+    """Celery's prefork pool forks the worker: the child opens its own connections, of a kept checks
+    engine and of an ordinary pool alike."""
     import multiprocessing
 
     from worker.db import create_for_checks
 
-    engine = create_for_checks(fleet_db)
+    engine, pooled = create_for_checks(fleet_db), create(fleet_db)
+
+    def pid_of_pooled() -> int:
+        with pooled.connect() as conn:
+            return conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+
     try:
-        parent = _backend(engine)
+        parent, parent_pooled = _backend(engine), pid_of_pooled()  # one kept, one idle in its pool
         ctx = multiprocessing.get_context("fork")
         out = ctx.Queue()
-        child = ctx.Process(target=lambda: out.put(_backend(engine)))
+        child = ctx.Process(target=lambda: out.put((_backend(engine), pid_of_pooled())))
         child.start()
         child.join(30)
         assert child.exitcode == 0
-        assert out.get(timeout=5) != parent
-        assert _backend(engine) == parent  # the parent's connection is intact
+        kept_in_child, pooled_in_child = out.get(timeout=5)
+        assert kept_in_child not in (parent, parent_pooled) and pooled_in_child not in (parent, parent_pooled)
+        assert (_backend(engine), pid_of_pooled()) == (parent, parent_pooled)  # the parent's are intact
     finally:
         engine.dispose()
+        pooled.dispose()

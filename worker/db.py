@@ -33,7 +33,7 @@ def safe_url(url: str) -> str:
 
 
 def create(url: str, *, application_name: str = "opsfleet", pool_size: int = 5, pre_ping: bool = True) -> Engine:
-    return sa.create_engine(
+    engine = sa.create_engine(
         normalize_url(url),
         pool_pre_ping=pre_ping,
         pool_size=pool_size,
@@ -41,6 +41,8 @@ def create(url: str, *, application_name: str = "opsfleet", pool_size: int = 5, 
         pool_recycle=1800,
         connect_args={"application_name": application_name, "connect_timeout": 5},
     )
+    _ENGINES.add(engine)
+    return engine
 
 
 @lru_cache(maxsize=1)
@@ -71,6 +73,7 @@ def create_for_checks(url: str, *, application_name: str = "opsfleet-checks", po
         pool_recycle=1800,
         connect_args={"application_name": application_name, "connect_timeout": 5},
     )
+    _ENGINES.add(engine)
     kept = _KEPT[engine] = _Kept(recycle=1800)
     sa.event.listen(engine, "engine_disposed", lambda _engine: kept.close())
     weakref.finalize(engine, kept.close)
@@ -206,15 +209,18 @@ _KEPT: weakref.WeakKeyDictionary[Engine, _Kept] = weakref.WeakKeyDictionary()
 
 
 _INHERITED: list[Any] = []  # a forked child's copies of its parent's kept connections: never used, never closed
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()  # every engine made here, for the fork hook
 
 
 def _forget_in_child() -> None:
     """After a fork (Celery's prefork pool): the parent's connections are the parent's. Dropping the
-    copies would check them in, and the child's next checkout would share the parent's socket; closing
-    them would end the parent's sessions. So they are kept aside untouched, and the pool is replaced."""
-    for engine, kept in list(_KEPT.items()):
+    kept copies would check them in, and the child's next checkout would share the parent's socket;
+    closing them would end the parent's sessions. So they are kept aside untouched, and every engine
+    gets a new, empty pool (SQLAlchemy's recipe: dispose(close=False) in the child)."""
+    for kept in list(_KEPT.values()):
         _INHERITED.extend(fairy for fairy, _ in kept.by_thread.values())
         kept.by_thread.clear()
+    for engine in list(_ENGINES):
         engine.dispose(close=False)
 
 
