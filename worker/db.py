@@ -18,6 +18,8 @@ from sqlalchemy.engine import Engine, make_url
 from worker.errors import ServiceUnavailable
 from worker.settings import get_settings
 
+POOL_RECYCLE_S = 1800  # a pooled (or kept) connection older than this is closed and replaced
+
 
 def normalize_url(url: str) -> str:
     """postgresql:// or postgres:// -> postgresql+psycopg:// (psycopg 3)."""
@@ -32,14 +34,17 @@ def safe_url(url: str) -> str:
     return make_url(normalize_url(url)).render_as_string(hide_password=True)
 
 
-def create(url: str, *, application_name: str = "opsfleet", pool_size: int = 5, pre_ping: bool = True) -> Engine:
+def create(url: str, *, application_name: str = "opsfleet", pool_size: int = 5, pre_ping: bool = True,
+           **options: Any) -> Engine:
+    """An engine with the fleet's pool settings (`options`: more sqlalchemy.create_engine arguments)."""
     engine = sa.create_engine(
         normalize_url(url),
         pool_pre_ping=pre_ping,
         pool_size=pool_size,
         max_overflow=5,
-        pool_recycle=1800,
+        pool_recycle=POOL_RECYCLE_S,
         connect_args={"application_name": application_name, "connect_timeout": 5},
+        **options,
     )
     _ENGINES.add(engine)
     return engine
@@ -63,18 +68,9 @@ def create_for_checks(url: str, *, application_name: str = "opsfleet-checks", po
     no pre-ping (collect_sql retries once on a connection that went away); no reset on return
     (read_only_query ends every use with ROLLBACK, or invalidates a broken connection). Not for
     Connection.begin(): every statement would commit on its own."""
-    engine = sa.create_engine(
-        normalize_url(url),
-        isolation_level="AUTOCOMMIT",
-        pool_pre_ping=False,
-        pool_reset_on_return=None,
-        pool_size=pool_size,
-        max_overflow=5,
-        pool_recycle=1800,
-        connect_args={"application_name": application_name, "connect_timeout": 5},
-    )
-    _ENGINES.add(engine)
-    kept = _KEPT[engine] = _Kept(recycle=1800)
+    engine = create(url, application_name=application_name, pool_size=pool_size, pre_ping=False,
+                    isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
+    kept = _KEPT[engine] = _Kept(recycle=POOL_RECYCLE_S)
     sa.event.listen(engine, "engine_disposed", lambda _engine: kept.close())
     weakref.finalize(engine, kept.close)
     return engine
