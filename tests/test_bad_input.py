@@ -160,6 +160,10 @@ def test_config_validate_checks_the_jobs_against_the_database(env, tmp_path, app
     assert offline.returncode == 0 and "not checked against a database" in offline.stdout, offline.stderr
     good = run_cli(["config", "validate", str(REPO / "config")], e)
     assert good.returncode == 0 and "maintenance jobs checked against" in good.stdout, good.stderr
+    port = free_port()
+    down = run_cli(["config", "validate"], {**e, "DATABASE_URL": f"postgresql://u:hunter2secret@127.0.0.1:{port}/x"})
+    text = _one_line_error(down, "cannot reach", f"127.0.0.1:{port}", "--offline")
+    assert "hunter2secret" not in text
 
 
 def test_a_maintenance_worker_refuses_to_start_when_a_job_names_a_missing_table(env, tmp_path, app_db_url):

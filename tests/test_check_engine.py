@@ -292,10 +292,19 @@ def _backend(engine) -> int:
     return int(collect_sql(make_check(query="SELECT pg_backend_pid() AS value"), engine, T0)[0].value)
 
 
-def _sessions(engine, name: str) -> int:
-    with engine.connect() as conn:
-        return conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :n"),
-                            {"n": name}).scalar()
+def _sessions(engine, name: str, expect: int) -> int:
+    """The server's count of sessions named `name`, once it is `expect` (a backend ends a moment after
+    its socket closes) or 10 s have passed."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while True:
+        with engine.connect() as conn:
+            n = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :n"),
+                             {"n": name}).scalar()
+        if n == expect or time.monotonic() > deadline:
+            return n
+        time.sleep(0.05)
 
 
 def test_a_checks_engine_keeps_one_connection_per_thread_through_errors_and_its_death(fleet_db):
@@ -324,9 +333,9 @@ def test_a_checks_engine_keeps_one_connection_per_thread_through_errors_and_its_
         replaced = _backend(engine)
         assert replaced not in (first, seen[0])
         assert _backend(engine) == replaced
-        assert _sessions(other, name) == 2  # this thread's new one and the other thread's
+        assert _sessions(other, name, 2) == 2  # this thread's new one and the other thread's
         engine.dispose()
-        assert _sessions(other, name) == 0
+        assert _sessions(other, name, 0) == 0
         assert _backend(engine) not in (first, replaced)  # and it works on after a dispose
     finally:
         engine.dispose()

@@ -107,6 +107,7 @@ def _validate_config_at_start(options: dict[str, Any] | None = None, **_: Any) -
     """A worker with an invalid config/ refuses to start, with one line naming file:line and field. A
     worker that runs maintenance jobs also checks the tables, columns and functions they name against
     the monitored database (when it cannot be reached, it says so and each run checks again)."""
+    import sqlalchemy as sa
     from celery.utils.text import str_to_list
 
     from worker.config import get_config
@@ -131,8 +132,9 @@ def _validate_config_at_start(options: dict[str, Any] | None = None, **_: Any) -
         return
     try:
         errors = check_config_catalog(cfg, settings.database_url)
-    except ServiceUnavailable as exc:
-        sys.stderr.write(f"opsfleet worker: maintenance jobs not checked against the database at start: {exc}; "
+    except (ServiceUnavailable, sa.exc.DBAPIError) as exc:  # (e.g. the database went away mid-check)
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        sys.stderr.write(f"opsfleet worker: maintenance jobs not checked against the database at start: {reason}; "
                          "each run checks its job again\n")
         return
     if errors:

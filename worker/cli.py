@@ -92,7 +92,10 @@ def config_validate(
     if offline or not settings.database_url:
         against = "not checked against a database" + ("" if offline else " (DATABASE_URL is not set)")
     else:
-        errors = check_config_catalog(cfg, settings.database_url)
+        try:
+            errors = check_config_catalog(cfg, settings.database_url)
+        except ServiceUnavailable as exc:
+            raise ServiceUnavailable(f"{exc}; `opsfleet config validate --offline` checks the files only") from None
         if errors:
             for e in errors:
                 err.print(f"opsfleet: error: {e}", highlight=False, soft_wrap=True)

@@ -329,7 +329,8 @@ class FleetConfig:
         if self.maintenance_doc is None or job not in names:
             return f"maintenance job {job}"
         i = names.index(job)
-        return f"{self.maintenance_doc.where(('jobs', i, field_name))}: jobs.{i}.{field_name}"
+        loc = ("jobs", i, *(int(p) if p.isdigit() else p for p in field_name.split(".")))
+        return f"{self.maintenance_doc.where(loc)}: jobs.{i}.{field_name}"
 
 
 def _parse(doc: YamlDoc, model: type[BaseModel], *, required: bool = True) -> Any:

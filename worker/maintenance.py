@@ -67,7 +67,7 @@ def validate_against_catalog(job: MaintenanceJob, conn: Connection) -> None:
                                            AND attname = :c AND NOT attisdropped"""),
                                  {"t": quote(table), "c": column}).first())
 
-    tables = [("table", job.table), ("archive_table", job.archive_table)] + [("tables", t) for t in job.tables]
+    tables = [("table", job.table), ("archive_table", job.archive_table)] + [(f"tables.{i}", t) for i, t in enumerate(job.tables)]
     for field_name, t in tables:
         if t and not has_table(t):
             raise CatalogError(job, field_name, f"table {t!r} does not exist in the monitored database")
