@@ -70,7 +70,7 @@ def _naive_app():
         email, record the result."""
         import resend
 
-        from worker.backlog import confirmation_number
+        from worker.backlog.confirmations import confirmation_number
         from worker.channels.email import EmailChannel
 
         engine = _naive_engine()
@@ -108,7 +108,7 @@ _ENGINE = None
 def _naive_engine():
     global _ENGINE
     if _ENGINE is None:
-        from worker.db import create
+        from worker.fleet.db import create
 
         _ENGINE = create(os.environ["DATABASE_URL"], pool_size=1)
     return _ENGINE
@@ -122,7 +122,7 @@ if os.environ.get("OPSFLEET_BENCH_NAIVE_WORKER"):
 
 def _sink_child() -> None:
     """Serve the Resend fake; answer `stats` on stdin with one JSON line; exit on EOF."""
-    from worker.sink import ProviderSink
+    from ops.devkit.sink import ProviderSink
 
     sink = ProviderSink(resend_api_keys=[API_KEY]).start()
     print(sink.resend_api_url, flush=True)
@@ -163,7 +163,7 @@ class Sink:
 
 class Server:
     def __init__(self, url: str) -> None:
-        from worker.db import normalize_url
+        from worker.fleet.db import normalize_url
 
         self.url = sa.make_url(normalize_url(url))
         self.admin = sa.create_engine(self.url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
@@ -201,7 +201,7 @@ class Server:
 def build_backlog(server: Server, size: int) -> str:
     """A database with the fleet and sample-app schemas and `size` pending registrations."""
     from ops.sample_app import init
-    from worker.migrate import upgrade
+    from worker.fleet.migrate import upgrade
 
     name = server.create()
     url = server.db_url(name)
@@ -287,7 +287,7 @@ class _InstantProvider:
 
 
 def phase_db(server: Server, base: str, size: int, batch_size: int) -> dict:
-    from worker.backlog import reprocess
+    from worker.backlog.runs import reprocess
 
     name = server.create(template=base)
     url = server.db_url(name)
@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         _sink_child()
         return 0
 
-    from worker.servers import RedisServer
+    from ops.devkit.servers import RedisServer
 
     sizes = [int(s) for s in args.sizes.split(",")]
     server = Server(args.database_url)

@@ -6,17 +6,17 @@ psycopg, and the full catalog's time, at each size of the sample application.
 
 For each size it creates a fresh database on the server of DATABASE_URL (default
 postgresql+psycopg://postgres@127.0.0.1:5432/postgres; the user must be allowed to CREATE DATABASE),
-migrates the fleet schema (worker.migrate.upgrade), runs the sample app's `init` + `seed(scale=size,
+migrates the fleet schema (worker.fleet.migrate.upgrade), runs the sample app's `init` + `seed(scale=size,
 now=NOW)` with NOW a fixed instant, VACUUM ANALYZEs it (the steady state that autovacuum keeps a live
 database in: statistics, visibility map, hint bits; it also keeps autovacuum from starting on the
 freshly loaded tables in the middle of the timings), then times every enabled sql check of the
 catalog (config/checks/*.yaml, through worker.config.load_config) in passes over the whole catalog:
 
   engine     worker.checking.collect_sql(check, engine, NOW): the engine's query path (the thread's kept
-             pool connection, worker.db.read_only_query: BEGIN READ ONLY with statement_timeout, lock_timeout and
+             pool connection, worker.fleet.db.read_only_query: BEGIN READ ONLY with statement_timeout, lock_timeout and
              force_custom_plan in one message, the query with :now bound as a prepared statement,
              fetchall, ROLLBACK; rows -> labelled Samples), on engines made as the workers make theirs
-             (worker.db.create_for_checks(): one kept autocommit connection per thread, no pre-ping).
+             (worker.fleet.db.create_for_checks(): one kept autocommit connection per thread, no pre-ping).
   bare       the same query with psycopg alone, on the very connections the engine keeps (the same
              server backends, so the difference is the engine's code path, not which backend served it), the same guarantees
              and server work in the fewest round trips (3): `BEGIN READ ONLY; SET LOCAL
@@ -66,16 +66,18 @@ from psycopg import sql
 
 from ops.sample_app import init
 from ops.sample_app.seed import seed
-from worker import migrate
-from worker.checking import CheckError, collect_sql, run_check
-from worker.config import Check, load_config
-from worker.db import _KEPT, create, create_for_checks, psycopg_text
+from worker.checks.collect import CheckError, collect_sql
+from worker.checks.engine import run_check
+from worker.checks.spec import Check
+from worker.config import load_config
+from worker.fleet import migrate
+from worker.fleet.db import _KEPT, create, create_for_checks, psycopg_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # the fixed instant: seed() anchors its problems here
-LOCK_TIMEOUT_MS = 2000  # worker.db.read_only's default, which collect_sql uses
+LOCK_TIMEOUT_MS = 2000  # worker.fleet.db.read_only's default, which collect_sql uses
 def _libpq(url: str) -> str:
     return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
@@ -200,7 +202,7 @@ def _measure(url: str, size: int, checks: list[Check], routing, repeat: int, rou
     print(f"  {size:,}: {sum(rows.values()):,} rows seeded, migrated and vacuum-analyzed in {prepared:.0f} s",
           file=sys.stderr)
 
-    # as the workers make theirs (worker.db.checks_engine for the queries of both databases, fleet_engine
+    # as the workers make theirs (worker.fleet.db.checks_engine for the queries of both databases, fleet_engine
     # for the state); one set per kind
     engines = {"engine": (create_for_checks(url), create_for_checks(url)),
                "sqlalchemy": (create(url, application_name="opsfleet-checks", pre_ping=False),

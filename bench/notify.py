@@ -52,11 +52,12 @@ import sqlalchemy as sa
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from worker.db import create, normalize_url  # noqa: E402
-from worker.delivery import FOLD_LIMIT  # noqa: E402
 from worker.ratelimit import DEFAULTS as FLEET_BUCKETS  # noqa: E402
-from worker.servers import RedisServer  # noqa: E402
-from worker.sink import ProviderSink  # noqa: E402
+
+from ops.devkit.servers import RedisServer  # noqa: E402
+from ops.devkit.sink import ProviderSink  # noqa: E402
+from worker.fleet.db import create, normalize_url  # noqa: E402
+from worker.notify.outbox import FOLD_LIMIT  # noqa: E402
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 API_KEY = "re_bench_key_0123456789"
@@ -325,10 +326,10 @@ def throughput(args, engine, db_url: str, redis_url: str, tmp: Path) -> dict:
 
     from worker.channels.base import Message
     from worker.channels.email import EmailChannel
-    from worker.checking import run_check
+    from worker.checks.engine import run_check
     from worker.config import load_config
-    from worker.delivery import deliver
-    from worker.settings import Settings
+    from worker.fleet.settings import Settings
+    from worker.notify.delivery import deliver
 
     n = args.throughput_n
     with engine.begin() as conn:
@@ -536,7 +537,7 @@ def main() -> int:
     if args.instances % args.checks or args.instances // args.checks > 99 or args.checks > 1000:
         ap.error("--instances must be a multiple of --checks, with at most 99 per check and 1000 checks")
 
-    from worker.logs import configure_logging
+    from worker.fleet.logs import configure_logging
 
     configure_logging("console", "WARNING", force=True)  # this process's own deliver() loop: quiet
     started = time.perf_counter()
@@ -552,7 +553,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="opsfleet-bench-notify-") as d:
             tmp = Path(d)
             redis_server = RedisServer(tmp / "redis").start()
-            from worker.migrate import upgrade
+            from worker.fleet.migrate import upgrade
 
             upgrade(db_url)
             engine = create(db_url, application_name="bench-notify", pool_size=4)

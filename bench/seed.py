@@ -33,7 +33,8 @@ DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 def _child(mode: str, size: int, url: str, batch_size: int) -> dict:
     from ops.sample_app import init, seed
-    from ops.sample_app.seed import REGISTRATION_COLUMNS, copy_rows, iter_registration_rows
+    from ops.sample_app.seed.confirmations import REGISTRATION_COLUMNS, iter_registration_rows
+    from ops.sample_app.seed.copy import copy_rows
 
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     if mode == "imports":  # the interpreter + libraries alone: the floor under every peak

@@ -1,4 +1,4 @@
-"""backlog.reprocess_confirmations and backlog.resend_failed_emails (worker/backlog.py does the work).
+"""backlog.reprocess_confirmations and backlog.resend_failed_emails (worker/backlog/ does the work).
 
 Operators call them by hand (`celery -A worker call backlog.reprocess_confirmations --kwargs
 '{"limit": 1000, "dry_run": true}'`), which sends kwargs unchecked: every kwarg is validated here,
@@ -13,20 +13,13 @@ from typing import Any
 import structlog
 
 from worker.app import task
-from worker.backlog import (
-    Progress,
-    ReprocessArgs,
-    ResendArgs,
-    RunResult,
-    confirmation_channel,
-    parse_args,
-    reprocess,
-    resend_failed,
-)
-from worker.db import fleet_engine, monitored_engine
-from worker.logs import get_logger
-from worker.settings import get_settings
-from worker.timeutil import parse_duration
+from worker.backlog.arguments import ReprocessArgs, ResendArgs, parse_args
+from worker.backlog.confirmations import confirmation_channel
+from worker.backlog.runs import Progress, RunResult, reprocess, resend_failed
+from worker.fleet.db import fleet_engine, monitored_engine
+from worker.fleet.logs import get_logger
+from worker.fleet.settings import get_settings
+from worker.fleet.timeutil import parse_duration
 
 log = get_logger(__name__)
 

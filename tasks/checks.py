@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import sqlalchemy as sa
 import structlog
 
 from worker.app import app, task
+from worker.checks.engine import run_check
 from worker.config import get_config
-from worker.db import checks_engine, fleet_engine
-from worker.settings import get_settings
+from worker.fleet.db import checks_engine, fleet_engine
+from worker.fleet.settings import get_settings
+from worker.notify import outbox
 
 log = structlog.get_logger(__name__)
 
@@ -23,8 +24,6 @@ def run(self, name: str, slot: str | None = None, at: str | None = None) -> dict
     if check is None:
         raise ValueError(f"checks.run: unknown check {name!r}; `opsfleet checks list` shows the names")
     structlog.contextvars.bind_contextvars(check=name)
-    from worker.checking import run_check
-
     now = datetime.fromisoformat(at) if at else datetime.now(UTC)
     if now.tzinfo is None:
         raise ValueError(f"checks.run: `at` must carry a timezone, e.g. 2026-11-23T10:00:00+00:00 (got {at!r})")
@@ -41,16 +40,9 @@ def run(self, name: str, slot: str | None = None, at: str | None = None) -> dict
              transitions=len(outcome.transitions), error=outcome.error)
     # enqueue after commit: the outbox rows exist before any worker looks for them
     if outcome.notification_ids:
-        with fleet_engine().connect() as conn:
-            rows = conn.execute(sa.text("SELECT CAST(id AS text) AS id, channel, next_attempt_at FROM fleet.notifications "
-                                        "WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY created_at"),
-                                {"ids": outcome.notification_ids}).all()
         # One delivery per channel: it folds the run's other rows for that channel into one message
         # (and asks for a follow-up if more wait); notify.sweep catches anything left behind.
-        first: dict[str, tuple[str, datetime]] = {}
-        for r in rows:
-            first.setdefault(r.channel, (r.id, r.next_attempt_at))
-        for channel, (nid, due) in first.items():
+        for channel, (nid, due) in outbox.first_of_each_channel(fleet_engine(), outcome.notification_ids).items():
             wait = max(0.0, (due - datetime.now(UTC)).total_seconds())  # the route's group_wait
             app.send_task("notify.deliver", kwargs={"notification_id": nid, "channel": channel}, queue="notify",
                           countdown=wait)

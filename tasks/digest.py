@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from worker.app import app, task
 from worker.config import get_config
-from worker.db import fleet_engine, monitored_engine
-from worker.digest import enqueue
+from worker.fleet.db import fleet_engine, monitored_engine
+from worker.notify.digest import enqueue
 
 
 @task("digest.daily_summary", ignore_result=True)

@@ -8,7 +8,8 @@ import structlog
 
 from worker.app import task
 from worker.config import get_config
-from worker.db import fleet_engine, monitored_engine
+from worker.fleet.db import fleet_engine, monitored_engine
+from worker.maintenance.jobs import run_job
 
 
 @task("maintenance.run", bind=True, ignore_result=False)
@@ -18,7 +19,6 @@ def run(self, job: str) -> dict:
     if spec is None:
         raise ValueError(f"maintenance.run: unknown job {job!r}; known: {', '.join(sorted(cfg.maintenance)) or 'none'}")
     structlog.contextvars.bind_contextvars(job=job)
-    from worker.maintenance import run_job
 
     def progress(rows: int, batches: int) -> None:
         self.update_state(state="PROGRESS", meta={"job": job, "rows": rows, "batches": batches})

@@ -10,10 +10,12 @@ import structlog
 
 from worker.app import app, task
 from worker.config import get_config
-from worker.db import fleet_engine, monitored_engine
-from worker.delivery import BROKER_RETRY_LIMIT, due
-from worker.delivery import deliver as deliver_one
-from worker.settings import get_settings
+from worker.fleet.db import fleet_engine, monitored_engine
+from worker.fleet.redisconn import is_redis_url
+from worker.fleet.settings import get_settings
+from worker.notify.delivery import BROKER_RETRY_LIMIT
+from worker.notify.delivery import deliver as deliver_one
+from worker.notify.outbox import due
 
 log = structlog.get_logger(__name__)
 
@@ -62,7 +64,7 @@ def _followup_key(channel: str | None) -> str:
 def _redis():
     """The rate-limit buckets live in Redis: the broker's when it is Redis (none with another broker)."""
     url = get_settings().celery_broker_url
-    return redis.Redis.from_url(url) if url.startswith(("redis", "rediss")) else None
+    return redis.Redis.from_url(url) if is_redis_url(url) else None
 
 
 @task("notify.sweep", ignore_result=True)

@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from worker.db import normalize_url
-from worker.errors import ServiceUnavailable
-from worker.servers import PostgresServer, RedisServer, postgres_answers, redis_answers
+from ops.devkit.servers import PostgresServer, RedisServer, postgres_answers
+from worker.fleet.db import normalize_url
+from worker.fleet.errors import ServiceUnavailable
+from worker.fleet.redisconn import answers as redis_answers
 
 REPO = Path(__file__).resolve().parent.parent
 _RUN = uuid.uuid4().hex[:8]
@@ -123,7 +124,7 @@ def clear_alert_state(conn) -> None:
 @pytest.fixture(scope="session")
 def fleet_db(fresh_database):
     """A database with the fleet schema migrated (shared by the session; tests clean what they write)."""
-    from worker.migrate import upgrade
+    from worker.fleet.migrate import upgrade
 
     url = fresh_database()
     upgrade(url)
@@ -133,7 +134,7 @@ def fleet_db(fresh_database):
 @pytest.fixture
 def sink():
     """The Resend and Slack fake (worker/sink.py), on a free loopback port."""
-    from worker.sink import ProviderSink
+    from ops.devkit.sink import ProviderSink
 
     with ProviderSink() as s:
         yield s
@@ -143,8 +144,8 @@ def sink():
 def app_db_url(fresh_database):
     """A database of this test module's own: the fleet schema and the sample app's (empty) tables."""
     from ops import sample_app
-    from worker.db import create
-    from worker.migrate import upgrade
+    from worker.fleet.db import create
+    from worker.fleet.migrate import upgrade
 
     url = fresh_database()
     upgrade(url)

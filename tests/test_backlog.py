@@ -1,7 +1,7 @@
 """Backlog reprocessing: one confirmation number and one email per registration, whatever happens.
 
 Real Postgres (the sample app's schema plus the fleet schema, in one database of this module), the
-Resend fake (worker.sink.ProviderSink) driven through the real SDK, and real Celery workers where
+Resend fake (ops.devkit.sink.ProviderSink) driven through the real SDK, and real Celery workers where
 Celery's behaviour is the point (bad `celery call` arguments, three workers, kill -9).
 """
 
@@ -17,21 +17,17 @@ import pytest
 import sqlalchemy as sa
 from celery import Celery
 
-from tests.fleet import CELERY, Proc
-from worker import backlog
-from worker.backlog import (
-    ReprocessArgs,
-    ResendArgs,
-    backlog_status,
-    confirmation_number,
-    parse_args,
-    reprocess,
-    resend_failed,
-)
+from ops.devkit.process import CELERY, Proc
+from ops.devkit.sink import ProviderSink, Reply
+from worker.backlog import claims, confirmations
+from worker.backlog.arguments import ReprocessArgs, ResendArgs, parse_args
+from worker.backlog.confirmations import EmailRow, confirmation_number, send_call
+from worker.backlog.runs import reprocess, resend_failed
+from worker.backlog.status import backlog_status
 from worker.channels.email import EmailChannel
-from worker.db import create
-from worker.migrate import upgrade
-from worker.sink import ProviderSink, Reply
+from worker.fleet.db import create
+from worker.fleet.migrate import upgrade
+from worker.fleet.timeutil import parse_duration
 
 KEY = "re_test_key_0123456789"
 
@@ -161,10 +157,10 @@ def test_dry_run_counts_and_samples_and_writes_nothing(engine, sink):
 def test_older_than_and_limit_bound_what_a_run_takes(engine, sink):
     add_backlog(engine, 100, age="1 hour")
     add_backlog(engine, 50, start=1001, age="0 seconds")  # just paid: the app may still be confirming them
-    first = reprocess(engine, engine, channel(sink), older_than=backlog.parse_duration("30m"), limit=60,
+    first = reprocess(engine, engine, channel(sink), older_than=parse_duration("30m"), limit=60,
                       batch_size=25)
     assert (first.claimed, first.batches) == (60, 3)
-    second = reprocess(engine, engine, channel(sink), older_than=backlog.parse_duration("30m"))
+    second = reprocess(engine, engine, channel(sink), older_than=parse_duration("30m"))
     assert second.claimed == 40
     assert one(engine, "SELECT count(*) FROM registrations WHERE id > 1000 AND confirmation_number IS NULL") == 50
     assert len(sink.emails) == 100
@@ -184,7 +180,7 @@ def test_run_that_dies_after_the_provider_accepted_is_resent_with_the_same_keys(
     """A worker gone between the provider's answer and the record: the next run rebuilds the same
     provider calls (same keys, same bodies); Resend answers them from its idempotency store."""
     add_backlog(engine, 450)
-    real_record = backlog._record
+    real_record = claims.record_outcomes
     calls = {"n": 0}
 
     def dies_on_second_batch(conn, outcomes, rows):
@@ -194,17 +190,17 @@ def test_run_that_dies_after_the_provider_accepted_is_resent_with_the_same_keys(
             raise SystemExit("killed")
         return real_record(conn, outcomes, rows)
 
-    monkeypatch.setattr(backlog, "_record", dies_on_second_batch)
+    monkeypatch.setattr(claims, "record_outcomes", dies_on_second_batch)
     with pytest.raises(SystemExit):
         reprocess(engine, engine, channel(sink), batch_size=200)
-    monkeypatch.setattr(backlog, "_record", real_record)
+    monkeypatch.setattr(claims, "record_outcomes", real_record)
     assert len(sink.emails) == 400  # batch 2 (200 emails, 2 calls) reached the provider, unrecorded
     assert one(engine, "SELECT count(*) FROM confirmation_emails WHERE status = 'pending'") == 200
 
     # a fresh run waits for stale_after before touching pending emails (they might be in flight)
     early = reprocess(engine, engine, channel(sink), batch_size=200)
     assert early.recovered == 0 and early.claimed == 50
-    result = reprocess(engine, engine, channel(sink), stale_after=backlog.parse_duration("0s"))
+    result = reprocess(engine, engine, channel(sink), stale_after=parse_duration("0s"))
     assert (result.recovered, result.claimed) == (200, 0)
     replayed = [r for r in sink.requests_for("resend.emails.batch") if r.replayed]
     assert len(replayed) == 2
@@ -215,7 +211,7 @@ def test_run_that_dies_after_the_provider_accepted_is_resent_with_the_same_keys(
 
 
 def test_provider_down_stops_the_run_and_the_next_run_sends_each_email_once(engine, sink, monkeypatch):
-    monkeypatch.setattr(backlog, "RETRY_BASE", 0.01)
+    monkeypatch.setattr(confirmations, "RETRY_BASE", 0.01)
     add_backlog(engine, 150)
     sink.script("resend.emails.batch", [Reply(), Reply(503), Reply(503), Reply(503), Reply(503)])
     result = reprocess(engine, engine, channel(sink), batch_size=100)
@@ -226,13 +222,13 @@ def test_provider_down_stops_the_run_and_the_next_run_sends_each_email_once(engi
     # the rows stay numbered and pending, never failed; the next run resends them
     pending = one(engine, "SELECT count(*) FROM confirmation_emails WHERE status = 'pending'")
     assert pending == result.deferred > 0
-    again = reprocess(engine, engine, channel(sink), stale_after=backlog.parse_duration("0s"))
+    again = reprocess(engine, engine, channel(sink), stale_after=parse_duration("0s"))
     assert again.status == "ok" and again.recovered == pending
     assert_exactly_once(engine, sink, 150)
 
 
 def test_transient_error_is_retried_in_the_call_with_the_same_key(engine, sink, monkeypatch):
-    monkeypatch.setattr(backlog, "RETRY_BASE", 0.01)
+    monkeypatch.setattr(confirmations, "RETRY_BASE", 0.01)
     add_backlog(engine, 80)
     sink.script("resend.emails.batch", [Reply(hang=2.0), Reply(500)])  # accepted but no answer; then a 500
     result = reprocess(engine, engine, channel(sink, timeout=0.5))
@@ -512,9 +508,9 @@ def test_backlog_cli_status_and_reprocess(env, fresh_database):
     """`opsfleet backlog reprocess --dry-run` counts and writes nothing; then it clears the backlog with a
     progress bar, and `opsfleet backlog status` shows it empty."""
     from ops import sample_app
+    from ops.devkit.sink import ProviderSink
     from tests.conftest import run_cli
-    from worker.db import create
-    from worker.sink import ProviderSink
+    from worker.fleet.db import create
 
     url = fresh_database()
     upgrade(url)
@@ -548,12 +544,12 @@ def test_backlog_cli_status_and_reprocess(env, fresh_database):
 
 def test_a_call_waits_out_the_providers_retry_after_then_backs_off_exponentially(sink, monkeypatch):
     """send_call alone: 429 with Retry-After, then two 503s, then success, all with the same key."""
-    monkeypatch.setattr(backlog, "RETRY_BASE", 0.25)
-    rows = [backlog.EmailRow(i, i, f"guest{i}@example.com", "Your confirmation", 0, "1", f"Guest {i}",
+    monkeypatch.setattr(confirmations, "RETRY_BASE", 0.25)
+    rows = [EmailRow(i, i, f"guest{i}@example.com", "Your confirmation", 0, "1", f"Guest {i}",
                              confirmation_number(i), 7, 12_500) for i in (1, 2)]
     sink.script("resend.emails.batch", [Reply(429, headers={"Retry-After": "3"}), Reply(503), Reply(503), Reply()])
     waits: list[float] = []
-    outcomes = backlog.send_call(channel(sink), rows, sleep=waits.append)
+    outcomes = send_call(channel(sink), rows, sleep=waits.append)
     assert [o.status for o in outcomes] == ["sent", "sent"]
     assert waits == [3.0, 0.5, 1.0]  # Retry-After as given; then RETRY_BASE * 2 ** (attempt - 1)
     reqs = sink.requests_for("resend.emails.batch")[-4:]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 
 import pytest
 
+from ops.devkit.servers import free_port
 from tests.conftest import REPO, run_cli
-from worker.servers import free_port
 
 
 def _one_line_error(proc, *needles: str) -> str:
@@ -25,13 +27,37 @@ def _one_line_error(proc, *needles: str) -> str:
         ("LOG_LEVEL", "LOUD", "LOG_LEVEL"),
         ("LOG_FORMAT", "xml", "LOG_FORMAT"),
         ("DATABASE_URL", "mysql://u@h/db", "DATABASE_URL must be a postgresql:// URL"),
-        ("CELERY_BROKER_URL", "http://nope", "CELERY_BROKER_URL"),
         ("FLOWER_BASIC_AUTH", "justauser", "FLOWER_BASIC_AUTH must be user:password"),
     ],
 )
 def test_malformed_setting_names_the_variable(env, var, value, needle):
     proc = run_cli(["db", "upgrade"], {**env, var: value})
     _one_line_error(proc, needle)
+
+
+def test_a_malformed_broker_url_is_named_where_a_broker_is_used(env):
+    """`opsfleet ping` and `celery -A worker` need the broker: one line naming CELERY_BROKER_URL."""
+    _one_line_error(run_cli(["ping"], {**env, "CELERY_BROKER_URL": "http://nope"}), "CELERY_BROKER_URL", "'http'")
+    proc = subprocess.run([sys.executable, "-m", "celery", "-A", "worker", "inspect", "ping"],  # noqa: S603
+                          env={**env, "CELERY_BROKER_URL": "http://nope"}, capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "CELERY_BROKER_URL must be redis://... or amqp://..." in proc.stderr
+
+
+@pytest.mark.parametrize("broker", [None, "http://nope", "bogus"])
+def test_config_loads_and_validates_offline_whatever_the_broker_url(env, broker):
+    """Reading YAML needs no broker settings: load_config() in a fresh process, and `opsfleet config
+    validate --offline`, with CELERY_BROKER_URL unset or bogus."""
+    e = {k: v for k, v in env.items() if k != "CELERY_BROKER_URL"}
+    if broker is not None:
+        e["CELERY_BROKER_URL"] = broker
+    loaded = subprocess.run([sys.executable, "-c", "from worker.config import load_config; "
+                             "print(len(load_config().checks))"], env=e, capture_output=True, text=True,
+                            timeout=60, cwd=REPO)  # noqa: S603
+    assert loaded.returncode == 0 and int(loaded.stdout) > 20, loaded.stderr
+    proc = run_cli(["config", "validate", "--offline"], e)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok: "), proc.stderr
 
 
 def test_missing_database_url_says_what_to_set(env):

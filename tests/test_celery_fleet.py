@@ -9,15 +9,16 @@ import time
 import pytest
 import redis
 
+from ops.devkit.process import CELERY, start_beat, start_worker
 from tests.conftest import REPO
-from tests.fleet import CELERY, start_beat, start_worker
-from worker.app import QUEUES, VISIBILITY_TIMEOUT, app
+from worker.app import app
+from worker.fleet.names import QUEUES, VISIBILITY_TIMEOUT
 
 
 def test_every_task_is_routed_to_its_family_queue():
     import importlib
 
-    from worker.app import KNOWN_TASKS, TASK_MODULES
+    from worker.fleet.names import KNOWN_TASKS, TASK_MODULES
 
     for module in TASK_MODULES:
         importlib.import_module(module)

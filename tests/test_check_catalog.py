@@ -19,11 +19,14 @@ import pytest
 import sqlalchemy as sa
 
 from ops.sample_app import init
-from ops.sample_app.seed import FAILING_WEBHOOK, STALE_WHATSAPP_SESSION, seed
-from worker.checking import collect_sql, run_check
-from worker.config import load_config, render
-from worker.db import create
-from worker.migrate import upgrade
+from ops.sample_app.seed import seed
+from ops.sample_app.seed.common import FAILING_WEBHOOK, STALE_WHATSAPP_SESSION
+from worker.checks.collect import collect_sql
+from worker.checks.engine import run_check
+from worker.checks.templates import render
+from worker.config import load_config
+from worker.fleet.db import create
+from worker.fleet.migrate import upgrade
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

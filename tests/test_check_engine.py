@@ -9,9 +9,11 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import clear_alert_state
-from worker.checking import CheckError, run_check
-from worker.config import Check, Routing
-from worker.db import create
+from worker.checks.collect import CheckError
+from worker.checks.engine import run_check
+from worker.checks.spec import Check
+from worker.fleet.db import create
+from worker.notify.routing import Routing
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
@@ -190,7 +192,7 @@ def test_info_alerts_go_to_the_digest_not_the_outbox(db):
 
 
 def test_backtest_replays_a_rule_and_counts_the_notifications_it_would_send(db):
-    from worker.backtest import backtest
+    from worker.checks.backtest import backtest
 
     with db.begin() as conn:
         # a metric that is high from 10:20 to 11:40 on an otherwise quiet day
@@ -230,7 +232,7 @@ def test_flapping_condition_without_for_notifies_each_episode_once(db):
 
 def test_a_check_survives_its_pooled_connection_being_killed(fleet_db):
     """No pre-ping round trip per check: a connection that went away (a restart) is retried once."""
-    from worker.checking import collect_sql
+    from worker.checks.collect import collect_sql
 
     engine = create(fleet_db, pre_ping=False, pool_size=1)
     check = make_check(query="SELECT 1 AS value")
@@ -248,7 +250,7 @@ def test_a_check_survives_its_pooled_connection_being_killed(fleet_db):
 @pytest.mark.parametrize("tail", ["COMMIT; DELETE FROM gauge", "ROLLBACK; DELETE FROM gauge", "DELETE FROM gauge"])
 def test_a_query_cannot_end_the_read_only_transaction_with_more_statements(db, tail):
     """The extended protocol takes one statement: `...; COMMIT; DELETE` is an error and deletes nothing."""
-    from worker.checking import collect_sql
+    from worker.checks.collect import collect_sql
 
     set_gauge(db, a=50)
     with pytest.raises(ValueError, match="second SQL statement"):  # refused when the config loads
@@ -263,7 +265,7 @@ def test_a_query_cannot_end_the_read_only_transaction_with_more_statements(db, t
 def test_the_pooled_connection_goes_back_as_it_came(fleet_db):
     """On an engine that writers share (any engine but create_for_checks'), a check leaves the
     connection as it found it: not autocommit, not read only, no timeout."""
-    from worker.checking import collect_sql
+    from worker.checks.collect import collect_sql
 
     engine = create(fleet_db, pre_ping=False, pool_size=1)
     try:
@@ -287,7 +289,7 @@ def test_the_pooled_connection_goes_back_as_it_came(fleet_db):
 
 
 def _backend(engine) -> int:
-    from worker.checking import collect_sql
+    from worker.checks.collect import collect_sql
 
     return int(collect_sql(make_check(query="SELECT pg_backend_pid() AS value"), engine, T0)[0].value)
 
@@ -310,8 +312,8 @@ def _sessions(engine, name: str, expect: int) -> int:
 def test_a_checks_engine_keeps_one_connection_per_thread_through_errors_and_its_death(fleet_db):
     """create_for_checks: no checkout per check; a failed check leaves the connection usable; a killed
     one is replaced at once; dispose() closes every thread's."""
-    from worker.checking import collect_sql
-    from worker.db import create_for_checks
+    from worker.checks.collect import collect_sql
+    from worker.fleet.db import create_for_checks
 
     name = "opsfleet-checks-kept-test"
     engine, other = create_for_checks(fleet_db, application_name=name), create(fleet_db)
@@ -347,7 +349,7 @@ def test_a_forked_child_never_touches_the_connection_its_parent_keeps(fleet_db):
     engine and of an ordinary pool alike."""
     import multiprocessing
 
-    from worker.db import create_for_checks
+    from worker.fleet.db import create_for_checks
 
     engine, pooled = create_for_checks(fleet_db), create(fleet_db)
 

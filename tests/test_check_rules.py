@@ -3,7 +3,7 @@ that must not, edges included: exactly at the threshold, no data, the minimum-sa
 
 tests/test_check_catalog.py runs the catalog over the seeded sample application; this module instead
 writes a handful of rows per case into empty tables and evaluates one check at a fixed NOW with
-worker.checking.collect_sql, the verdict coming from the check's own condition. Per check there is
+worker.checks.collect.collect_sql, the verdict coming from the check's own condition. Per check there is
 at least one FIRE case and one case that must not fire (QUIET: evaluated, condition false; NO DATA: no
 row or a NULL value, which the engine treats by the check's no_data policy), plus the edges its rule
 has: a count exactly at the threshold, a row exactly at the window's edge (NOW - window, and one
@@ -36,9 +36,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from worker.checking import _active, collect_sql
+from worker.checks.collect import collect_sql
+from worker.checks.state import is_active
 from worker.config import load_config
-from worker.db import create
+from worker.fleet.db import create
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = load_config(REPO / "config")
@@ -1072,11 +1073,11 @@ def verify(name: str, samples: list, expect: Fire | Quiet | NoData) -> None:
     firing = [s for s in samples if s.value is not None and check.condition.holds(s.value)]
     for s in samples:  # the engine's own verdict agrees
         if s.value is not None:
-            assert _active(check, s.value) is check.condition.holds(s.value)
+            assert is_active(check, s.value) is check.condition.holds(s.value)
     if isinstance(expect, NoData):
         assert all(s.value is None for s in samples), f"{name}: expected no data, got {shown}"
         assert check.no_data == expect.policy, f"{name}: no_data policy is {check.no_data!r}"
-        assert _active(check, None) is {"ok": False, "alerting": True, "keep": None}[expect.policy]
+        assert is_active(check, None) is {"ok": False, "alerting": True, "keep": None}[expect.policy]
         return
     assert any(s.value is not None for s in samples), f"{name}: expected a value, got {shown}"
     if expect.instances is not None:

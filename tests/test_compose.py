@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from worker.app import QUEUES
+from worker.fleet.names import QUEUES
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ops.devkit.servers import port_open
 from tests.conftest import REPO
-from worker.servers import port_open
 
 
 def _processes_mentioning(text: str) -> list[str]:

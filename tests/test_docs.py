@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.conftest import REPO
-from worker.settings import DOCS
+from worker.fleet.settings import DOCS
 
 
 def test_readme_documents_every_environment_variable():
@@ -20,7 +20,8 @@ def test_readme_first_screen_has_the_two_commands_and_ci_runs_the_test_one():
 
 
 def test_config_readme_documents_every_check_and_job_field():
-    from worker.config import Check, MaintenanceJob
+    from worker.checks.spec import Check
+    from worker.maintenance.spec import MaintenanceJob
 
     text = (REPO / "config" / "README.md").read_text()
     for model in (Check, MaintenanceJob):

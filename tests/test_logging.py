@@ -16,7 +16,7 @@ DSN = f"postgresql://fleet:{DSN_PASSWORD}@db.internal:5432/app"
 
 SCRIPT = f"""
 import logging
-from worker.logs import configure_logging, get_logger
+from worker.fleet.logs import configure_logging, get_logger
 configure_logging()
 log = get_logger("test")
 log.info("provider_configured", key={RESEND_KEY!r}, webhook={WEBHOOK!r}, dsn={DSN!r})
@@ -54,7 +54,7 @@ def test_secrets_from_settings_are_masked_even_without_a_pattern():
     odd_key, odd_hook = "plainsecretvalue42", "https://chat.internal/hook/abcdefsecret"
     script_env = {"RESEND_API_KEY": odd_key, "ALERT_SLACK_WEBHOOK_URL": odd_hook}
     env = {"PATH": "/usr/bin:/bin", "LOG_FORMAT": "console", **script_env}
-    code = ("from worker.logs import configure_logging, get_logger; configure_logging(); "
+    code = ("from worker.fleet.logs import configure_logging, get_logger; configure_logging(); "
             f"get_logger('t').info('x', k={odd_key!r}, h={odd_hook!r})")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO,  # noqa: S603
                           timeout=60)

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from worker.config import MaintenanceFile, MaintenanceJob, load_config
-from worker.db import create
-from worker.errors import ConfigError
-from worker.maintenance import check_catalog, run_job
-from worker.yamlfile import load_yaml
+from worker.config import load_config
+from worker.fleet.db import create
+from worker.fleet.errors import ConfigError
+from worker.fleet.yamlfile import load_yaml
+from worker.maintenance.catalog import check_catalog
+from worker.maintenance.jobs import run_job
+from worker.maintenance.spec import MaintenanceFile, MaintenanceJob
 
 REPO_JOBS = {j.name: j for j in MaintenanceFile.model_validate(
     load_yaml(Path(__file__).resolve().parent.parent / "config" / "maintenance.yaml").data).jobs}

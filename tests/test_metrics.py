@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.conftest import REPO, clear_alert_state
 from worker.config import load_config
-from worker.db import create
+from worker.fleet.db import create
 from worker.metrics import FleetCollector
 
 

@@ -8,7 +8,7 @@ import sys
 import sqlalchemy as sa
 
 from tests.conftest import REPO, run_cli
-from worker.db import normalize_url
+from worker.fleet.db import normalize_url
 
 TABLES = {"check_runs", "alerts", "alert_events", "notifications", "silences", "job_runs", "held_back",
           "alembic_version"}

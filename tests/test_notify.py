@@ -10,13 +10,15 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from ops.devkit.sink import Reply
 from tests.conftest import clear_alert_state
-from worker.checking import run_check
-from worker.config import Check, Routing
-from worker.db import create
-from worker.delivery import deliver, due
-from worker.settings import Settings
-from worker.sink import Reply
+from worker.checks.engine import run_check
+from worker.checks.spec import Check
+from worker.fleet.db import create
+from worker.fleet.settings import Settings
+from worker.notify.delivery import deliver
+from worker.notify.outbox import due
+from worker.notify.routing import Routing
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
@@ -147,7 +149,7 @@ def test_hanging_request_is_cut_by_the_timeout_and_the_retry_sends_one_email(db,
 
 
 def test_silenced_notification_is_recorded_as_suppressed(db, sink):
-    from worker import silences
+    from worker.notify import silences
 
     silences.add(db, check="gauge_high", labels={"item": "a"}, duration=timedelta(hours=2), comment="deploy",
                  author="test", now=T0 - timedelta(minutes=1))
@@ -254,7 +256,7 @@ def test_table_channel_writes_and_resolves_system_alerts(db, sink):
 
 
 def test_sweep_finds_rows_whose_lease_expired(db, sink):
-    from worker.delivery import LEASE, lease
+    from worker.notify.outbox import LEASE, lease
 
     nid = email_id(db, fire(db))
     assert lease(db, nid, T0) is not None  # a worker took it and died
@@ -274,7 +276,7 @@ def redis_client(redis_url):
 
 
 def test_silenced_alert_is_sent_once_when_the_silence_ends_then_follows_repeat_rules(db, sink):
-    from worker import silences
+    from worker.notify import silences
 
     s, r = settings_for(sink), routing()
     silences.add(db, check="gauge_high", labels={}, duration=timedelta(minutes=30), comment="maintenance",
@@ -339,8 +341,7 @@ def test_follow_up_at_the_next_token_delivers_what_waits_even_if_its_own_row_wen
 
 
 def test_provider_429_empties_the_shared_bucket_for_its_retry_after(db, sink, redis_client):
-    from worker import ratelimit
-    from worker.delivery import _bucket_target
+    from worker.notify.delivery import bucket_for
 
     r = routing(rate_limit=5, burst=5)
     s = settings_for(sink)
@@ -349,7 +350,7 @@ def test_provider_429_empties_the_shared_bucket_for_its_retry_after(db, sink, re
     out = deliver(ids[0], fleet=db, settings=s, routing=r, now=T0, redis_client=redis_client)
     assert out.status == "retrying" and out.retry_in >= 3
     assert note(db, ids[0]).throttled  # still foldable into the next send
-    bucket = ratelimit.TokenBucket(redis_client, _bucket_target("slack", "slack", s), 5, 5)
+    bucket = bucket_for("slack", "slack", s, r, redis_client)
     assert bucket.take() >= 2.5  # no worker sends to this webhook before Retry-After has passed
     assert bucket.wait_turn(max_wait=0.5, sleep=lambda s: None) > 0
     # the wire bucket is emptied too: no request leaves before Retry-After, whatever the admission said
@@ -360,7 +361,7 @@ def test_requests_leave_spaced_at_the_rate_whatever_happened_between_admission_a
     wait_turn(): the wire bucket (burst 1) lets one request leave per 1/rate, so the last cannot leave
     before (6 - 1) / rate after the first started; without it all six are out within the 0.3 s of
     preparation. Scheduling delays only make the span longer."""
-    from worker import ratelimit
+    from worker.notify import ratelimit
 
     target = f"spacing-{time.time_ns()}"
     rate = 5.0

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from ops.devkit.sink import Reply
 from tests.conftest import clear_alert_state, run_cli
-from worker.db import create
-from worker.sink import Reply
+from worker.fleet.db import create
 
 
 @pytest.fixture
@@ -69,10 +69,11 @@ def test_notify_test_reports_a_refusal(cli_env, sink, fleet):
 
 
 def test_digest_reports_history_info_alerts_and_what_was_held_back(fleet, sink):
-    from worker import digest
-    from worker.config import Routing
-    from worker.delivery import count_held_back, deliver
-    from worker.settings import Settings
+    from worker.fleet.settings import Settings
+    from worker.notify import digest
+    from worker.notify.delivery import deliver
+    from worker.notify.outbox import count_held_back
+    from worker.notify.routing import Routing
 
     now = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
     with fleet.begin() as conn:

@@ -10,10 +10,10 @@ import pytest
 import sqlalchemy as sa
 from celery import Celery
 
+from ops.devkit.process import start_worker
+from ops.devkit.sink import ProviderSink, Reply
 from tests.conftest import clear_alert_state
-from tests.fleet import start_worker
-from worker.db import create
-from worker.sink import ProviderSink, Reply
+from worker.fleet.db import create
 
 CHECK = """\
 checks:
@@ -111,8 +111,9 @@ def test_same_alert_evaluated_1000_times_by_4_workers_sends_one_message_per_chan
 
 def test_worker_killed_mid_send_still_delivers_and_the_email_is_recorded_once(setup, tmp_path):
     from worker.config import load_config
-    from worker.delivery import LEASE, deliver, due
-    from worker.settings import Settings
+    from worker.fleet.settings import Settings
+    from worker.notify.delivery import deliver
+    from worker.notify.outbox import LEASE, due
 
     engine, sink, env, client = setup
     sink.script("resend.emails", [Reply(hang=30.0)])  # accepted, then the connection hangs
@@ -156,7 +157,7 @@ def test_failing_checks_are_errors_and_the_others_still_run_in_the_same_worker(s
 
 
 def test_same_slot_from_beat_and_by_hand_concurrently_is_one_evaluation(setup, tmp_path):
-    from tests.fleet import start_beat
+    from ops.devkit.process import start_beat
 
     engine, sink, env, client = setup
     worker = start_worker(env, tmp_path, queues="checks,notify", concurrency=4)
@@ -190,7 +191,7 @@ def test_redis_flushed_while_notifications_pending_the_sweeper_delivers_them_all
         with engine.begin() as conn:
             conn.execute(sa.text("INSERT INTO gauge VALUES (:v)"), {"v": 50 + i})
     # evaluate with no worker consuming notify: the deliver messages sit in Redis, then Redis loses them
-    from worker.checking import run_check
+    from worker.checks.engine import run_check
     from worker.config import load_config
 
     cfg = load_config(env["OPSFLEET_CONFIG_DIR"])

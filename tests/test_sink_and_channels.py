@@ -17,9 +17,11 @@ import pytest
 import requests
 from slack_sdk.webhook import WebhookClient
 
-from worker.channels import CHANNELS, DeliveryError, EmailChannel, Message, SlackChannel, get_channel
-from worker.channels.base import REASONS, classify_status, parse_retry_after
-from worker.sink import ProviderSink, Reply
+from ops.devkit.sink import ProviderSink, Reply
+from worker.channels.base import REASONS, DeliveryError, Message, classify_status, parse_retry_after
+from worker.channels.email import EmailChannel
+from worker.channels.registry import CHANNELS, get_channel
+from worker.channels.slack import SlackChannel
 
 API_KEY = "re_test_key"
 BOT_TOKEN = "xoxb-test-token"
@@ -542,7 +544,7 @@ def test_delivery_error_reasons_are_bounded():
 
 
 def test_registry_builds_channels_by_kind(sink):
-    assert set(CHANNELS) == {"email", "slack"}
+    assert set(CHANNELS) == {"email", "slack", "table"}
     assert isinstance(get_channel("slack", webhook_url=sink.slack_webhook_url), SlackChannel)
     assert isinstance(
         get_channel(
@@ -585,7 +587,7 @@ def test_capture_file_gets_one_line_per_accepted_message(sink):
 def test_sink_runs_standalone(tmp_path):
     capture = tmp_path / "standalone.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.sink", "--port", "0", "--capture", str(capture)],
+        [sys.executable, "-m", "ops.devkit.sink", "--port", "0", "--capture", str(capture)],
         stdout=subprocess.PIPE,
         text=True,
     )

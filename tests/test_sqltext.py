@@ -1,10 +1,10 @@
-"""worker.sqltext: where a check's query would start a second statement (config validation)."""
+"""worker.fleet.sqltext: where a check's query would start a second statement (config validation)."""
 
 from __future__ import annotations
 
 import pytest
 
-from worker.sqltext import second_statement
+from worker.fleet.sqltext import second_statement
 
 
 @pytest.mark.parametrize(

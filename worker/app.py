@@ -6,47 +6,29 @@ import os
 import sys
 from typing import Any
 
+import sqlalchemy as sa
 import structlog
 from celery import Celery, signals
+from celery.utils.text import str_to_list
 from kombu import Queue
 
-from worker.errors import SettingsError
-from worker.logs import configure_logging
-from worker.settings import get_settings
-
-# Queue per job family, with its time limits (seconds). Redis' visibility_timeout must exceed the
-# longest hard limit, or a long task is redelivered while it still runs.
-QUEUES: dict[str, dict[str, int]] = {
-    "checks": {"soft_time_limit": 150, "time_limit": 180},
-    "notify": {"soft_time_limit": 60, "time_limit": 90},
-    "maintenance": {"soft_time_limit": 3600, "time_limit": 3900},
-    "backlog": {"soft_time_limit": 3600, "time_limit": 3900},
-    "digest": {"soft_time_limit": 300, "time_limit": 360},
-}
-VISIBILITY_TIMEOUT = 7200
-assert VISIBILITY_TIMEOUT > max(q["time_limit"] for q in QUEUES.values())
-
-# Every task the fleet has, by its dotted name (family.verb). Config may only name these.
-KNOWN_TASKS = frozenset({
-    "checks.run",
-    "notify.deliver",
-    "notify.sweep",
-    "maintenance.run",
-    "digest.daily_summary",
-    "backlog.reprocess_confirmations",
-    "backlog.resend_failed_emails",
-})
-TASK_MODULES = ["tasks.checks", "tasks.notify", "tasks.maintenance", "tasks.digest", "tasks.backlog"]
+from worker.config import get_config
+from worker.fleet.errors import OpsfleetError, ServiceUnavailable, SettingsError
+from worker.fleet.logs import configure_logging
+from worker.fleet.names import KNOWN_TASKS, QUEUES, TASK_MODULES, VISIBILITY_TIMEOUT, queue_of
+from worker.fleet.settings import get_settings
+from worker.maintenance.catalog import check_catalog_at
 
 try:
     _settings = get_settings()
+    _broker = _settings.broker_url()
 except SettingsError as _exc:  # `celery -A worker ...` with a bad environment: one line, no traceback
     sys.stderr.write(f"opsfleet: {_exc}\n")
     raise SystemExit(2) from None
 
 app = Celery("opsfleet", include=TASK_MODULES)
 app.conf.update(
-    broker_url=_settings.celery_broker_url,
+    broker_url=_broker,
     result_backend=_settings.result_backend,
     broker_connection_retry_on_startup=True,
     broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
@@ -72,7 +54,7 @@ app.conf.update(
     task_routes={f"{family}.*": {"queue": family} for family in QUEUES},
     beat_scheduler="worker.beat:Scheduler",
     beat_max_loop_interval=5,
-    redbeat_redis_url=_settings.celery_broker_url,
+    redbeat_redis_url=_broker,
     redbeat_key_prefix="opsfleet:redbeat:",
     redbeat_lock_timeout=30,
 )
@@ -86,9 +68,9 @@ def task(name: str, **options: Any):
 
     Options are checked here so a typo (`ignore_results=`) fails at import, not silently.
     """
-    family = name.split(".", 1)[0]
+    family = queue_of(name)
     if name not in KNOWN_TASKS:
-        raise ValueError(f"task {name!r} is not in worker.app.KNOWN_TASKS")
+        raise ValueError(f"task {name!r} is not in worker.fleet.names.KNOWN_TASKS")
     unknown = set(options) - _ALLOWED_OPTIONS
     if unknown:
         raise TypeError(f"unknown task option(s) for {name}: {', '.join(sorted(unknown))}")
@@ -107,13 +89,6 @@ def _validate_config_at_start(options: dict[str, Any] | None = None, **_: Any) -
     """A worker with an invalid config/ refuses to start, with one line naming file:line and field. A
     worker that runs maintenance jobs also checks the tables, columns and functions they name against
     the monitored database (when it cannot be reached, it says so and each run checks again)."""
-    import sqlalchemy as sa
-    from celery.utils.text import str_to_list
-
-    from worker.config import get_config
-    from worker.errors import OpsfleetError, ServiceUnavailable
-    from worker.maintenance import check_config_catalog
-
     def refuse(*lines: str) -> None:
         for line in lines:
             sys.stderr.write(f"opsfleet worker: {line}\n")
@@ -131,7 +106,7 @@ def _validate_config_at_start(options: dict[str, Any] | None = None, **_: Any) -
     if "maintenance" in exclude or (include and "maintenance" not in include) or not settings.database_url:
         return
     try:
-        errors = check_config_catalog(cfg, settings.database_url)
+        errors = check_catalog_at(settings.database_url, cfg.maintenance.values(), where=cfg.job_field)
     except (ServiceUnavailable, sa.exc.DBAPIError) as exc:  # (e.g. the database went away mid-check)
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         sys.stderr.write(f"opsfleet worker: maintenance jobs not checked against the database at start: {reason}; "

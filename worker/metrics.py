@@ -16,7 +16,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
 from worker.channels.base import REASONS
-from worker.config import SEVERITIES, FleetConfig
+from worker.config import FleetConfig
+from worker.fleet.fields import SEVERITIES
 
 ALERT_STATES = ("pending", "firing")
 NOTIFY_STATUSES = ("pending", "sending", "retrying", "sent", "dead", "suppressed")

@@ -3,20 +3,26 @@ generator of realistic data with planted problems (for the demo, the tests and t
 
 from __future__ import annotations
 
+from datetime import datetime
 from importlib import resources
 
+from rich.console import Console
 from sqlalchemy.engine import Engine
 
 from ops.sample_app.seed import planted_problems, seed
+from worker.fleet.runs import Space, lock_key
 
-__all__ = ["init", "planted_problems", "schema_sql", "seed"]
+__all__ = ["init", "planted_problems", "schema_sql", "seed", "seed_with_progress"]
 
 # Serialises concurrent init() calls: CREATE ... IF NOT EXISTS alone can race on the catalogs.
-_INIT_LOCK_KEY = 0x0A5A_11D0
+_INIT_LOCK_KEY = lock_key(Space.SAMPLE_APP, 1)
 
 
 def schema_sql() -> str:
-    return resources.files(__package__).joinpath("schema.sql").read_text(encoding="utf-8")
+    """The schema, one file per seed system (schema/000_*.sql .. 004_*.sql), in order."""
+    folder = resources.files(__package__).joinpath("schema")
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
+    return "\n".join(f.read_text(encoding="utf-8") for f in files)
 
 
 def init(engine: Engine) -> None:
@@ -29,3 +35,20 @@ def init(engine: Engine) -> None:
             conn.execute(schema_sql())
     finally:
         raw.close()
+
+
+def seed_with_progress(engine: Engine, scale: int, rng_seed: int = 42, now: datetime | None = None,
+                       console: Console | None = None) -> dict[str, int]:
+    """seed() with a progress bar per table (on stderr unless `console` says otherwise)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console or Console(stderr=True), transient=False) as progress:
+        bars: dict[str, int] = {}
+
+        def report(table: str, done: int, total: int) -> None:
+            if table not in bars:
+                bars[table] = progress.add_task(table, total=total)
+            progress.update(bars[table], completed=done, total=total)
+
+        return seed(engine, scale, now=now, progress=report, rng_seed=rng_seed)

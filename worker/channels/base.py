@@ -29,7 +29,6 @@ REASONS: tuple[str, ...] = (
 TRANSIENT_REASONS = frozenset({"timeout", "connection", "server_error", "rate_limited"})
 
 Status = Literal["firing", "resolved", "test"]
-SEVERITIES: tuple[str, ...] = ("critical", "high", "warning", "medium", "info")
 
 
 @dataclass

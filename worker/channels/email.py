@@ -49,7 +49,7 @@ from worker.channels.base import (
 )
 
 DEFAULT_API_URL = "https://api.resend.com"
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 MAX_BATCH = 100
 MAX_SUBJECT = 250
 

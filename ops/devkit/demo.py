@@ -1,0 +1,207 @@
+"""`opsfleet demo`: the whole fleet on one machine, with sample data and captured notifications.
+
+Starts (or reuses) Postgres and Redis, migrates, seeds the sample app with planted problems, runs a
+worker and beat, and captures every email and Slack message in a loopback sink that speaks the
+Resend and Slack APIs. Ctrl-C or --duration stops every process it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from ops import sample_app
+from ops.devkit.process import Proc
+from ops.devkit.servers import PostgresServer, RedisServer, postgres_answers
+from ops.devkit.sink import ProviderSink
+from worker.checks.engine import run_check
+from worker.config import load_config
+from worker.fleet import migrate
+from worker.fleet.db import create, normalize_url
+from worker.fleet.errors import ServiceUnavailable
+from worker.fleet.fields import severity_rank
+from worker.fleet.redisconn import answers as redis_answers
+
+console = Console(stderr=False)
+REPO = Path(__file__).resolve().parents[2]
+DEMO_DB = "opsfleet_demo"
+
+
+class _Stop(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise _Stop()
+
+
+def _database(stack: contextlib.ExitStack, run_dir: Path) -> str:
+    given = os.environ.get("DATABASE_URL")
+    if given and postgres_answers(given):
+        admin = given
+        console.print(f"[dim]postgres:[/] using the server of DATABASE_URL, database {DEMO_DB}")
+    else:
+        if given:
+            console.print("[yellow]DATABASE_URL does not answer; starting an embedded Postgres[/]")
+        server = PostgresServer(run_dir / "postgres").start()
+        stack.callback(server.stop)
+        admin = server.url
+        console.print(f"[dim]postgres:[/] embedded on 127.0.0.1:{server.port} (demo only, not for production)")
+    engine = sa.create_engine(normalize_url(admin), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{DEMO_DB}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{DEMO_DB}"'))
+    engine.dispose()
+    return sa.make_url(normalize_url(admin)).set(database=DEMO_DB).render_as_string(hide_password=False)
+
+
+def _broker(stack: contextlib.ExitStack, run_dir: Path) -> str:
+    given = os.environ.get("CELERY_BROKER_URL")
+    if given and redis_answers(given):
+        console.print("[dim]redis:[/] using CELERY_BROKER_URL")
+        return given
+    server = RedisServer(run_dir / "redis").start()
+    stack.callback(server.stop)
+    console.print(f"[dim]redis:[/] embedded at {server.url} (demo only, not for production)")
+    return server.url
+
+
+def _spawn(stack: contextlib.ExitStack, args: list[str], env: dict[str, str], log: Path) -> Proc:
+    proc = Proc(args, env, log)
+    stack.callback(proc.stop)
+    return proc
+
+
+def run_demo(*, duration: float | None, scale: int, run_dir: Path | None) -> None:
+    run_dir = (run_dir or Path.cwd() / ".opsfleet-demo").resolve()
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        stack.callback(signal.signal, signal.SIGTERM, previous)
+        try:
+            db_url = _database(stack, run_dir)
+            broker = _broker(stack, run_dir)
+            migrate.upgrade(db_url)
+            engine = create(db_url)
+            stack.callback(engine.dispose)
+            sample_app.init(engine)
+            now = datetime.now(UTC)
+            sample_app.seed_with_progress(engine, scale, now=now)
+            sink = ProviderSink(capture_path=run_dir / "captured.jsonl").start()
+            stack.callback(sink.stop)
+            cfg_dir = Path(os.environ.get("OPSFLEET_CONFIG_DIR") or REPO / "config")
+            cfg = load_config(cfg_dir)
+            env = {
+                **os.environ,
+                "DATABASE_URL": db_url, "FLEET_DATABASE_URL": db_url, "CELERY_BROKER_URL": broker,
+                "CELERY_RESULT_BACKEND": broker, "OPSFLEET_CONFIG_DIR": str(cfg_dir),
+                "RESEND_API_KEY": "re_demo_local_sink_key", "RESEND_API_URL": sink.resend_api_url,
+                "ALERT_SLACK_WEBHOOK_URL": sink.slack_webhook_url,
+                "ALERT_EMAIL_RECIPIENTS": "ops@example.com,oncall@example.com",
+                "FROM_EMAIL": "alerts@opsfleet.example", "FROM_NAME": "opsfleet demo",
+                "LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1",
+            }
+            env.pop("SLACK_BOT_TOKEN", None)
+            # Replay each check's `for` window in-process, so rules with `for: 15m` can fire within a minute.
+            for check in cfg.checks.values():
+                if check.enabled and check.for_.total_seconds() > 0 and check.kind == "sql":
+                    past = now - check.for_
+                    with contextlib.suppress(Exception):
+                        run_check(check, monitored=engine, fleet=engine, now=past, routing=cfg.routing, slot=past)
+            celery = [sys.executable, "-m", "celery", "-A", "worker"]
+            _spawn(stack, [*celery, "worker", "-Q", "checks,notify,maintenance,backlog,digest", "-c", "2",
+                           "-n", "demo@%h", "--without-mingle", "--without-gossip", "-l", "INFO"],
+                   env, run_dir / "worker.log")
+            _spawn(stack, [*celery, "beat", "-l", "INFO", "-s", str(run_dir / "beat-schedule")], env,
+                   run_dir / "beat.log")
+            _kick(env, cfg)
+            _watch(engine, sink, duration, started)
+        except (KeyboardInterrupt, _Stop):
+            console.print("\n[yellow]stopping...[/]")
+        except ServiceUnavailable:
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                _summary(engine, sink, run_dir)  # type: ignore[possibly-undefined]
+    console.print(f"stopped every process the demo started; logs and captures in {run_dir}")
+
+
+def _kick(env: dict[str, str], cfg) -> None:
+    """Run every check once right away, the way an operator would with `celery call`."""
+    from celery import Celery
+
+    client = Celery(broker=env["CELERY_BROKER_URL"])
+    client.conf.broker_transport_options = {"visibility_timeout": 7200}
+    for name, check in cfg.checks.items():
+        if check.enabled:
+            client.send_task("checks.run", kwargs={"name": name, "slot": datetime.now(UTC).isoformat()}, queue="checks")
+    client.send_task("notify.sweep", queue="notify")
+    client.close()
+
+
+def _tables(engine, sink) -> Group:
+    with engine.connect() as conn:
+        runs = conn.execute(sa.text("SELECT status, count(*) FROM fleet.check_runs GROUP BY status ORDER BY 1")).all()
+        alerts = conn.execute(sa.text(
+            "SELECT check_name, severity, state, summary FROM fleet.alerts WHERE state IN ('firing', 'pending') "
+            "ORDER BY state, severity, check_name")).all()
+        notes = conn.execute(sa.text("SELECT status, count(*) FROM fleet.notifications GROUP BY status ORDER BY 1")).all()
+    t_runs = Table("status", "check runs", title="checks", expand=False)
+    for status, n in runs:
+        t_runs.add_row(status, str(n))
+    t_alerts = Table("check", "severity", "state", "summary", title="alerts", expand=True)
+    for r in alerts[:20]:
+        t_alerts.add_row(r.check_name, r.severity, r.state, (r.summary or "")[:70])
+    t_msgs = Table("channel", "message", title=f"captured: {len(sink.emails)} emails, {len(sink.slack_messages)} Slack",
+                   expand=True)
+    for e in sink.emails[-6:]:
+        t_msgs.add_row("email", e.get("subject", "") if isinstance(e, dict) else str(e))
+    for m in sink.slack_messages[-6:]:
+        t_msgs.add_row("slack", (m.get("text", "") if isinstance(m, dict) else str(m))[:90])
+    outbox = ", ".join(f"{s} {n}" for s, n in notes) or "empty"
+    return Group(t_runs, t_alerts, t_msgs, Panel(f"outbox: {outbox}", expand=False))
+
+
+def _watch(engine, sink, duration: float | None, started: float) -> None:
+    with Live(_tables(engine, sink), console=console, refresh_per_second=1) as live:
+        while duration is None or time.monotonic() - started < duration:
+            time.sleep(1)
+            live.update(_tables(engine, sink))
+
+
+def _summary(engine, sink, run_dir: Path) -> None:
+    with engine.connect() as conn:
+        fired = conn.execute(sa.text(
+            """SELECT a.check_name, a.severity, count(DISTINCT a.fingerprint) AS instances, min(a.summary) AS summary
+               FROM fleet.alerts a WHERE EXISTS (SELECT 1 FROM fleet.alert_events e
+                                                 WHERE e.fingerprint = a.fingerprint AND e.to_state = 'firing')
+               GROUP BY a.check_name, a.severity""")).all()
+    t = Table("check", "severity", "instances", "summary", title=f"alerts that fired: {sum(r.instances for r in fired)}")
+    for r in sorted(fired, key=lambda r: (severity_rank(r.severity), r.check_name)):
+        t.add_row(r.check_name, r.severity, str(r.instances), (r.summary or "")[:80])
+    console.print(t)
+    m = Table("channel", "to", "subject / text", title=f"messages captured: {len(sink.emails)} emails, "
+                                                       f"{len(sink.slack_messages)} Slack")
+    for e in sink.emails:
+        m.add_row("email", ", ".join(e.get("to", [])) if isinstance(e.get("to"), list) else str(e.get("to")),
+                  e.get("subject", ""))
+    for s in sink.slack_messages:
+        m.add_row("slack", "webhook", (s.get("text") or "")[:100])
+    console.print(m)
+    console.print("info alerts go to the daily digest (`opsfleet digest send --preview`); "
+                  f"captured messages are in {run_dir / 'captured.jsonl'}")

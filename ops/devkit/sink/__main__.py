@@ -1,0 +1,3 @@
+from ops.devkit.sink.server import main
+
+raise SystemExit(main())

@@ -1,0 +1,30 @@
+"""config/backlogs.yaml: the scheduled backlog runs (a task and its arguments)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import Field
+
+from worker.fleet.fields import Name, ScheduleField, Strict
+
+
+class Backlog(Strict):
+    name: Name
+    description: str = ""
+    task: str
+    schedule: ScheduleField
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = True
+
+
+class BacklogsFile(Strict):
+    backlogs: list[Backlog] = Field(default_factory=list)
+
+
+def beat_entries(backlogs: Iterable[Backlog]) -> dict[str, dict[str, Any]]:
+    """Each enabled backlog's task with its arguments, on its schedule."""
+    return {f"backlog:{b.name}": {"task": b.task, "schedule": b.schedule.celery_schedule(),
+                                  "kwargs": dict(b.kwargs), "options": {"queue": "backlog"}}
+            for b in backlogs if b.enabled}

@@ -1,0 +1,146 @@
+"""The YAML model of a check (config/checks/*.yaml): what it runs, its condition, its notices."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, PlainSerializer, field_validator, model_validator
+
+from worker.checks.templates import Template
+from worker.fleet.db import psycopg_text
+from worker.fleet.fields import IDENT_RE, SEVERITIES, Duration, Name, ScheduleField, Strict
+from worker.fleet.sqltext import second_statement
+
+# -- conditions ------------------------------------------------------------------------------------
+_COND = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(-?\d+(?:\.\d+)?)\s*$")
+_OPS = {
+    ">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
+}
+
+
+@dataclass(frozen=True)
+class Condition:
+    op: str
+    threshold: float
+
+    @classmethod
+    def parse(cls, v: Any) -> Condition:
+        if isinstance(v, Condition):
+            return v
+        m = _COND.match(str(v))
+        if not m:
+            raise ValueError(f"{v!r} is not a condition: use an operator and a number, e.g. '> 20' or '< 95.5'")
+        return cls(m.group(1), float(m.group(2)))
+
+    def holds(self, value: float) -> bool:
+        return _OPS[self.op](value, self.threshold)
+
+    def __str__(self) -> str:
+        t = int(self.threshold) if self.threshold.is_integer() else self.threshold
+        return f"{self.op} {t}"
+
+
+ConditionField = Annotated[Condition, BeforeValidator(Condition.parse), PlainSerializer(str)]
+
+
+# -- checks ----------------------------------------------------------------------------------------
+class HttpProbe(Strict):
+    url: str
+    expect_status: int = 200
+    json_field: str | None = None  # dotted path, e.g. services.whatsapp.status
+    expect: str | int | float | bool | None = None
+    method: Literal["GET", "HEAD"] = "GET"
+
+
+class RedisProbe(Strict):
+    url: str | None = None  # default: the broker
+    metric: Literal["keyspace_hit_ratio", "used_memory_ratio", "connected_clients", "rejected_connections",
+                    "evicted_keys"] = "keyspace_hit_ratio"
+
+
+class Remediate(Strict):
+    task: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class Check(Strict):
+    name: Name
+    description: str
+    schedule: ScheduleField
+    kind: Literal["sql", "http", "redis"] = "sql"
+    database: Literal["monitored", "fleet"] = "monitored"  # fleet: the fleet's own state (fleet.yaml)
+    query: str | None = None
+    probe: HttpProbe | RedisProbe | None = None
+    condition: ConditionField
+    for_: Duration = Field(default=timedelta(0), alias="for")
+    severity: Literal[SEVERITIES]
+    labels: dict[str, str] = Field(default_factory=dict)
+    summary: Template
+    details: Template | None = None
+    runbook: str | None = None
+    no_data: Literal["ok", "alerting", "keep"] = "ok"
+    remediate: Remediate | None = None
+    timeout: Duration = timedelta(seconds=10)
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> Check:
+        if self.kind == "sql":
+            if not self.query:
+                raise ValueError("a sql check needs `query` (returning a numeric `value` column)")
+            if self.probe is not None:
+                raise ValueError("`probe` is for http and redis checks; a sql check uses `query`")
+        elif self.kind == "http":
+            if not isinstance(self.probe, HttpProbe):
+                raise ValueError("an http check needs `probe: {url: ...}`")
+        elif self.kind == "redis":
+            if not isinstance(self.probe, RedisProbe):
+                raise ValueError("a redis check needs `probe: {metric: keyspace_hit_ratio}`")
+        if self.timeout.total_seconds() <= 0 or self.timeout.total_seconds() > 300:
+            raise ValueError("timeout must be between 1s and 5m")
+        return self
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        line = second_statement(v)
+        if line is not None:
+            raise ValueError(f"the query holds a second SQL statement (line {line} of the query); a check runs "
+                             "one statement, READ ONLY")
+        unknown = sorted(set(psycopg_text(v)[1]) - {"now"})
+        if unknown:
+            raise ValueError(f"unknown bind parameter :{unknown[0]} (only :now is bound; write `::` for a cast)")
+        return v
+
+    @field_validator("runbook")
+    @classmethod
+    def _runbook(cls, v: str | None) -> str | None:
+        if v is not None and (not v.startswith("ops/runbooks/") or ".." in v):
+            raise ValueError("runbook must be a path under ops/runbooks/")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if not IDENT_RE.match(k):
+                raise ValueError(f"label name {k!r} must be an identifier")
+        return v
+
+
+class ChecksFile(Strict):
+    checks: list[Check] = Field(default_factory=list)
+
+
+def beat_entries(checks: Iterable[Check]) -> dict[str, dict[str, Any]]:
+    """One checks.run per enabled check, on its schedule (stale runs expire instead of piling up)."""
+    return {f"check:{c.name}": {"task": "checks.run", "schedule": c.schedule.celery_schedule(),
+                                "kwargs": {"name": c.name}, "options": {"queue": "checks", "expires": 300}}
+            for c in checks if c.enabled}

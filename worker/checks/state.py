@@ -1,0 +1,110 @@
+"""The per-instance state machine, pure: no database, no clock of its own.
+
+    inactive -> pending (condition true, `for` not elapsed) -> firing -> resolved (-> pending ...)
+
+`advance()` is the one place that turns a check's samples into steps: which instances it sees (an
+instance still pending or firing that is missing from the rows is "no data" for this run), what
+each becomes, and the timestamps kept with it. The engine stores its steps in fleet.alerts; the
+backtest keeps them in memory; `opsfleet checks run --dry-run` prints them. None of them re-derives
+the rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from worker.checks.collect import Sample
+from worker.checks.spec import Check
+
+ALERTING = ("pending", "firing")
+
+
+def fingerprint(check_name: str, labels: dict[str, str]) -> str:
+    raw = json.dumps([check_name, sorted(labels.items())], separators=(",", ":"))
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One alert instance as the machine needs it (and as fleet.alerts stores it)."""
+
+    state: str = "inactive"
+    labels: dict[str, str] = field(default_factory=dict)
+    active_at: datetime | None = None  # when the condition became true (pending or firing)
+    fired_at: datetime | None = None  # when this episode fired (kept while firing and once resolved)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one evaluation did to one instance."""
+
+    fingerprint: str
+    labels: dict[str, str]
+    value: float | None
+    before: Instance
+    after: Instance
+
+    @property
+    def changed(self) -> bool:
+        return self.before.state != self.after.state
+
+
+def is_active(check: Check, value: float | None) -> bool | None:
+    """Whether the condition holds; for no data, what `no_data` says (None: keep the state)."""
+    if value is None:
+        return {"ok": False, "alerting": True, "keep": None}[check.no_data]
+    return check.condition.holds(value)
+
+
+def next_state(state: str, active: bool | None, active_at: datetime | None, now: datetime,
+               for_: timedelta) -> str:
+    """active None means 'keep' (no data with no_data=keep)."""
+    if active is None:
+        return state
+    if active:
+        if state in ("inactive", "resolved"):
+            return "firing" if for_ <= timedelta(0) else "pending"
+        if state == "pending":
+            return "firing" if active_at is not None and now - active_at >= for_ else "pending"
+        return "firing"
+    if state == "firing":
+        return "resolved"
+    if state == "pending":
+        return "inactive"
+    return state
+
+
+def advance(check: Check, instances: Mapping[str, Instance], samples: Iterable[Sample],
+            now: datetime) -> Iterator[Step]:
+    """One evaluation at `now`: a step per instance seen in `samples`, then per known instance that is
+    pending or firing and missing from them (no data). A new instance that stays inactive with no
+    value leaves no trace."""
+    seen: dict[str, Sample] = {fingerprint(check.name, s.labels): s for s in samples}
+    for fp, inst in instances.items():
+        if fp not in seen and inst.state in ALERTING:
+            seen[fp] = Sample(labels=dict(inst.labels), value=None)
+    for fp, sample in seen.items():
+        before = instances.get(fp)
+        if before is None:
+            before = Instance(labels=sample.labels)
+            known = False
+        else:
+            known = True
+        new = next_state(before.state, is_active(check, sample.value), before.active_at, now, check.for_)
+        active_at, fired_at = before.active_at, before.fired_at
+        if new == "pending" and before.state != "pending":
+            active_at = now
+        if new == "firing" and before.state != "firing":
+            fired_at = now
+            if before.state in ("inactive", "resolved"):
+                active_at = now
+        if not known and new == "inactive" and sample.value is None:
+            continue
+        after = Instance(state=new, labels=sample.labels,
+                         active_at=active_at if new in ALERTING else None,
+                         fired_at=fired_at if new in ("firing", "resolved") else None)
+        yield Step(fp, sample.labels, sample.value, before, after)

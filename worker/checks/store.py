@@ -1,0 +1,96 @@
+"""The checks' tables, and their one writer: fleet.check_runs (one row per check and slot),
+fleet.alerts (each instance's state) and fleet.alert_events (every transition). Also the reads the
+CLI, the metrics and the demo show."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from worker.checks.state import Instance, Step
+
+
+# -- check_runs --------------------------------------------------------------------------------------
+def claim_slot(conn: Connection, check: str, slot: datetime, now: datetime, task_id: str | None) -> int | None:
+    """The run's row for (check, slot), or None when another run has it: a concurrent duplicate blocks
+    on the unique key until the first commits, then gets nothing."""
+    row = conn.execute(
+        sa.text("""INSERT INTO fleet.check_runs (check_name, slot, started_at, task_id)
+                   VALUES (:c, :slot, :now, :tid) ON CONFLICT (check_name, slot) DO NOTHING RETURNING id"""),
+        {"c": check, "slot": slot, "now": now, "tid": task_id},
+    ).first()
+    return None if row is None else row.id
+
+
+def finish_run(conn: Connection, run_id: int, *, finished_at: datetime, duration_ms: int, rows: int, status: str,
+               error: str | None) -> None:
+    conn.execute(
+        sa.text("""UPDATE fleet.check_runs SET finished_at = :fin, duration_ms = :d, rows = :rows,
+                   status = :s, error = :e WHERE id = :id"""),
+        {"fin": finished_at, "d": duration_ms, "rows": rows, "s": status, "e": error, "id": run_id},
+    )
+
+
+# -- alerts and alert_events -------------------------------------------------------------------------
+def load_instances(conn: Connection, check: str, *, lock: bool = True) -> dict[str, Instance]:
+    """The stored instances of a check, by fingerprint (locked for the evaluation's transaction)."""
+    q = "SELECT fingerprint, state, labels, active_at, fired_at FROM fleet.alerts WHERE check_name = :c"
+    rows = conn.execute(sa.text(q + (" FOR UPDATE" if lock else "")), {"c": check})
+    return {r.fingerprint: Instance(state=r.state, labels=dict(r.labels), active_at=r.active_at, fired_at=r.fired_at)
+            for r in rows}
+
+
+def save_step(conn: Connection, check: str, severity: str, step: Step, now: datetime, summary: str) -> None:
+    """Store where an instance is after an evaluation, and its transition if it made one."""
+    after = step.after
+    conn.execute(
+        sa.text("""
+            INSERT INTO fleet.alerts (fingerprint, check_name, labels, severity, state, since, active_at,
+                                      fired_at, resolved_at, last_value, last_eval_at, summary)
+            VALUES (:fp, :c, CAST(:labels AS jsonb), :sev, :state, :now, :active_at, :fired_at,
+                    :resolved_at, :value, :now, :summary)
+            ON CONFLICT (fingerprint) DO UPDATE SET
+                state = EXCLUDED.state,
+                since = CASE WHEN fleet.alerts.state = EXCLUDED.state THEN fleet.alerts.since ELSE EXCLUDED.since END,
+                active_at = EXCLUDED.active_at, fired_at = EXCLUDED.fired_at,
+                resolved_at = COALESCE(EXCLUDED.resolved_at, fleet.alerts.resolved_at),
+                last_value = COALESCE(EXCLUDED.last_value, fleet.alerts.last_value),
+                last_eval_at = EXCLUDED.last_eval_at, severity = EXCLUDED.severity,
+                summary = EXCLUDED.summary
+        """),
+        {"fp": step.fingerprint, "c": check, "labels": json.dumps(step.labels), "sev": severity, "state": after.state,
+         "now": now, "active_at": after.active_at, "fired_at": after.fired_at,
+         "resolved_at": now if after.state == "resolved" else None, "value": step.value, "summary": summary},
+    )
+    if step.changed:
+        conn.execute(
+            sa.text("""INSERT INTO fleet.alert_events (fingerprint, check_name, labels, severity, from_state,
+                       to_state, value, at) VALUES (:fp, :c, CAST(:labels AS jsonb), :sev, :f, :t, :v, :now)"""),
+            {"fp": step.fingerprint, "c": check, "labels": json.dumps(step.labels), "sev": severity,
+             "f": step.before.state, "t": after.state, "v": step.value, "now": now},
+        )
+
+
+# -- reads -------------------------------------------------------------------------------------------
+def last_runs(conn: Connection) -> dict[str, Any]:
+    """Each check's latest run: started_at, status, error."""
+    return {r.check_name: r for r in conn.execute(sa.text(
+        "SELECT DISTINCT ON (check_name) check_name, started_at, status, error FROM fleet.check_runs "
+        "ORDER BY check_name, started_at DESC"))}
+
+
+def states_by_check(conn: Connection) -> dict[str, str]:
+    """The states each check's instances are in, comma-separated."""
+    return {r.check_name: r.states for r in conn.execute(sa.text(
+        "SELECT check_name, string_agg(DISTINCT state, ',') AS states FROM fleet.alerts GROUP BY check_name"))}
+
+
+def alerts(conn: Connection, state: str | None = None) -> list[Any]:
+    """Alert instances, optionally in one state."""
+    return conn.execute(sa.text(
+        "SELECT * FROM fleet.alerts WHERE (CAST(:s AS text) IS NULL OR state = :s) ORDER BY state, check_name"),
+        {"s": state}).all()

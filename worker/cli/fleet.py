@@ -1,0 +1,122 @@
+"""The fleet itself: `opsfleet db`, `opsfleet config`, `opsfleet ping`, `opsfleet metrics`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from worker.cli.common import console, err, settings
+from worker.fleet.errors import ServiceUnavailable
+
+db_app = typer.Typer(no_args_is_help=True, help="The fleet's own state (schema fleet).")
+config_app = typer.Typer(no_args_is_help=True, help="config/: checks, routing, maintenance, backlogs.")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate schema `fleet` (idempotent; safe from several containers at once)."""
+    from worker.fleet import migrate
+    from worker.fleet.db import create, ping
+
+    url = settings().require_fleet_database_url()
+    engine = create(url)
+    ping(engine, "the fleet database (FLEET_DATABASE_URL or DATABASE_URL)")
+    engine.dispose()
+    migrate.upgrade(url)
+    console.print(f"fleet schema at revision {migrate.current(url)}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the fleet schema's migration revision."""
+    from worker.fleet import migrate
+
+    console.print(migrate.current(settings().require_fleet_database_url()) or "not migrated")
+
+
+@config_app.command("validate")
+def config_validate(
+    path: Annotated[Path | None, typer.Argument(help="config folder")] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="the files only: do not check the maintenance jobs' "
+                                                            "tables, columns and functions against DATABASE_URL")] = False,
+) -> None:
+    """Validate every file under config/ (exit 2 with file:line and field on the first error), then the
+    tables, columns and functions the maintenance jobs name against DATABASE_URL when it is set."""
+    from worker.beat import build_schedule
+    from worker.config import load_config
+    from worker.fleet.db import safe_url
+    from worker.maintenance.catalog import check_catalog_at
+
+    s = settings()
+    cfg = load_config(path or s.opsfleet_config_dir)
+    sched = build_schedule(cfg)
+    if offline or not s.database_url:
+        against = "not checked against a database" + ("" if offline else " (DATABASE_URL is not set)")
+    else:
+        try:
+            errors = check_catalog_at(s.database_url, cfg.maintenance.values(), where=cfg.job_field)
+        except ServiceUnavailable as exc:
+            raise ServiceUnavailable(f"{exc}; `opsfleet config validate --offline` checks the files only") from None
+        if errors:
+            for e in errors:
+                err.print(f"opsfleet: error: {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        against = f"maintenance jobs checked against {safe_url(s.database_url)}"
+    console.print(f"ok: {len(cfg.checks)} checks, {len(cfg.maintenance)} maintenance jobs, "
+                  f"{len(cfg.backlogs)} backlogs, {len(cfg.routing.routes) if cfg.routing else 0} routes, "
+                  f"{len(sched)} beat entries ({cfg.root}); {against}", soft_wrap=True)
+
+
+@config_app.command("env")
+def config_env() -> None:
+    """List the environment variables opsfleet reads and whether each is set (never the values)."""
+    from worker.fleet.settings import DOCS, environ_summary
+
+    t = Table("variable", "set", "meaning")
+    for name, is_set in environ_summary().items():
+        t.add_row(name, "yes" if is_set else "-", DOCS[name])
+    console.print(t)
+
+
+def ping() -> None:
+    """Check that the databases and the broker answer (one line each)."""
+    from worker.fleet.db import create, safe_url
+    from worker.fleet.db import ping as db_ping
+    from worker.fleet.logs import mask_text
+    from worker.fleet.redisconn import answers, is_redis_url
+
+    s = settings()
+    for what, url in (("DATABASE_URL", s.require_database_url()),
+                      ("fleet database", s.require_fleet_database_url())):
+        engine = create(url)
+        try:
+            db_ping(engine, what)
+        finally:
+            engine.dispose()
+        console.print(f"ok: {what} {safe_url(url)}")
+    broker = s.broker_url()
+    if is_redis_url(broker) and not answers(broker):
+        raise ServiceUnavailable(f"cannot reach the broker at {mask_text(broker)} (is Redis running? CELERY_BROKER_URL)")
+    console.print("ok: broker")
+
+
+def metrics(port: Annotated[int, typer.Option(help="port to serve /metrics on")] = 9808,
+            host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1") -> None:
+    """Serve Prometheus metrics of the fleet (read from its state on each scrape)."""
+    from prometheus_client import REGISTRY, start_http_server
+
+    from worker.config import get_config
+    from worker.fleet.db import fleet_engine, ping
+    from worker.metrics import FleetCollector
+
+    settings()
+    ping(fleet_engine(), "the fleet database")
+    REGISTRY.register(FleetCollector(fleet_engine(), get_config()))
+    start_http_server(port, addr=host)
+    console.print(f"serving metrics on http://{host}:{port}/metrics")
+    while True:
+        time.sleep(3600)

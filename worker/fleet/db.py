@@ -1,0 +1,223 @@
+"""SQLAlchemy engines for the monitored database and the fleet's state database."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import weakref
+from functools import lru_cache
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql.psycopg import dialect as _psycopg_dialect
+from sqlalchemy.engine import Engine, make_url
+
+from worker.fleet.errors import ServiceUnavailable
+from worker.fleet.settings import get_settings
+
+POOL_RECYCLE_S = 1800  # a pooled (or kept) connection older than this is closed and replaced
+
+
+def normalize_url(url: str) -> str:
+    """postgresql:// or postgres:// -> postgresql+psycopg:// (psycopg 3)."""
+    u = make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")
+    return u.render_as_string(hide_password=False)
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password hidden, for messages."""
+    return make_url(normalize_url(url)).render_as_string(hide_password=True)
+
+
+def create(url: str, *, application_name: str = "opsfleet", pool_size: int = 5, pre_ping: bool = True,
+           **options: Any) -> Engine:
+    """An engine with the fleet's pool settings (`options`: more sqlalchemy.create_engine arguments)."""
+    engine = sa.create_engine(
+        normalize_url(url),
+        pool_pre_ping=pre_ping,
+        pool_size=pool_size,
+        max_overflow=5,
+        pool_recycle=POOL_RECYCLE_S,
+        connect_args={"application_name": application_name, "connect_timeout": 5},
+        **options,
+    )
+    _ENGINES.add(engine)
+    return engine
+
+
+@lru_cache(maxsize=1)
+def monitored_engine() -> Engine:
+    """The monitored database for maintenance jobs, the backlog and the CLI (checks: checks_engine)."""
+    return create(get_settings().require_database_url(), application_name="opsfleet")
+
+
+@lru_cache(maxsize=1)
+def fleet_engine() -> Engine:
+    return create(get_settings().require_fleet_database_url(), application_name="opsfleet")
+
+
+def create_for_checks(url: str, *, application_name: str = "opsfleet-checks", pool_size: int = 5) -> Engine:
+    """An engine only for read_only_query (the sql checks), whose per-check cost is all fixed overhead:
+    each thread keeps one pool connection from check to check; autocommit connections (read_only_query
+    sends its own BEGIN READ ONLY with the timeouts, so the connection is never switched back and forth);
+    no pre-ping (collect_sql retries once on a connection that went away); no reset on return
+    (read_only_query ends every use with ROLLBACK, or invalidates a broken connection). Not for
+    Connection.begin(): every statement would commit on its own."""
+    engine = create(url, application_name=application_name, pool_size=pool_size, pre_ping=False,
+                    isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
+    kept = _KEPT[engine] = _Kept(recycle=POOL_RECYCLE_S)
+    sa.event.listen(engine, "engine_disposed", lambda _engine: kept.close())
+    weakref.finalize(engine, kept.close)
+    return engine
+
+
+_checks_engines: dict[str, Engine] = {}
+
+
+def checks_engine(database: str = "monitored") -> Engine:
+    """Where the sql checks of `database` (a check's `database:` field: monitored | fleet) run."""
+    engine = _checks_engines.get(database)
+    if engine is None:  # (two threads racing here both get the engine that setdefault kept)
+        settings = get_settings()
+        url = settings.require_fleet_database_url() if database == "fleet" else settings.require_database_url()
+        engine = _checks_engines.setdefault(database, create_for_checks(url))
+    return engine
+
+
+def ping(engine: Engine, what: str) -> None:
+    """Raise ServiceUnavailable with one clear line when the database cannot be reached."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise ServiceUnavailable(
+            f"cannot reach {what} at {engine.url.render_as_string(hide_password=True)}: {reason} "
+            "(is Postgres running, and is the URL right?)"
+        ) from None
+
+
+class ConnectionLost(Exception):
+    """The pooled connection broke under a query (a restart, a terminated backend); retry on a new one."""
+
+
+_DIALECT = _psycopg_dialect()
+
+
+@lru_cache(maxsize=1024)
+def psycopg_text(query: str) -> tuple[str, tuple[str, ...]]:
+    """A text() query (`:name` binds, `::` casts, literal `%`) as psycopg sends it, and its bind names.
+
+    SQLAlchemy's own compilation, so the query means what it means through text(); cached per text.
+    """
+    compiled = sa.text(query).compile(dialect=_DIALECT)
+    return str(compiled), tuple(compiled.params)
+
+
+def read_only_query(engine: Engine, query: str, params: dict[str, Any], *, statement_timeout_ms: int,
+                    lock_timeout_ms: int = 2000) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The checks' query path: `query` (psycopg's %(name)s placeholders, see psycopg_text) in a READ ONLY
+    transaction with statement and lock timeouts, always rolled back; (column names, rows).
+
+    Three round trips: BEGIN READ ONLY with the timeouts in one message, the query, ROLLBACK. The query
+    goes as a prepared statement: the extended protocol takes exactly one statement, so a query cannot
+    end the read-only transaction (`...; COMMIT; DELETE ...`), and the server keeps it parsed for the
+    next run (planned afresh each time: force_custom_plan, as an unprepared query is). ROLLBACK goes
+    through libpq, since psycopg forgets every prepared statement on a ROLLBACK it sees (a guard for DDL,
+    which a READ ONLY transaction cannot run). On a create_for_checks() engine each thread keeps its
+    pool connection from one check to the next (no checkout per check); on any other engine it is
+    checked out and back. A connection that broke is invalidated and ConnectionLost raised; any other
+    error propagates as psycopg's.
+    """
+    kept = _KEPT.get(engine)
+    fairy = kept.connection(engine) if kept is not None else engine.raw_connection()
+    conn: psycopg.Connection = fairy.driver_connection
+    switch = not conn.autocommit  # a create_for_checks() engine's connections already are
+    try:
+        if switch:
+            conn.autocommit = True  # we send BEGIN ourselves, together with the settings
+        try:
+            cur = conn.cursor()
+            cur.execute(f"BEGIN READ ONLY; SET LOCAL statement_timeout = {int(statement_timeout_ms)}; "
+                        f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}; "
+                        "SET LOCAL plan_cache_mode = force_custom_plan")
+            cur.execute(query, params, prepare=True)
+            description = cur.description
+            if description is None:
+                return [], []
+            return [c.name for c in description], cur.fetchall()
+        finally:
+            if not conn.broken:
+                conn.pgconn.exec_(b"ROLLBACK")
+                if switch:
+                    conn.autocommit = False
+    except psycopg.OperationalError as exc:
+        if conn.broken:
+            if kept is not None:
+                kept.forget()
+            fairy.invalidate(exc)
+            raise ConnectionLost(str(exc).strip().splitlines()[0] if str(exc).strip() else "connection lost") from exc
+        raise
+    finally:
+        if kept is None:
+            fairy.close()
+
+
+class _Kept:
+    """The pool connection each thread keeps for its checks, on one create_for_checks() engine.
+
+    Handed back to the pool (which closes it) once older than the pool's recycle time, invalidated when
+    it breaks or the engine is disposed, forgotten (not touched: the parent owns it) in a forked child.
+    """
+
+    def __init__(self, recycle: float) -> None:
+        self.recycle = recycle
+        self.by_thread: dict[int, tuple[Any, float]] = {}  # thread id -> (pooled connection, since)
+
+    def connection(self, engine: Engine) -> Any:
+        key = threading.get_ident()
+        held = self.by_thread.get(key)
+        if held is not None:
+            if time.monotonic() - held[1] < self.recycle:
+                return held[0]
+            self.forget()
+            held[0].close()
+        fairy = engine.raw_connection()
+        self.by_thread[key] = (fairy, time.monotonic())
+        return fairy
+
+    def forget(self) -> None:
+        self.by_thread.pop(threading.get_ident(), None)
+
+    def close(self) -> None:
+        while self.by_thread:
+            _, (fairy, _) = self.by_thread.popitem()
+            with contextlib.suppress(Exception):
+                fairy.invalidate()  # (another thread may be using it: it gets ConnectionLost and retries)
+
+
+_KEPT: weakref.WeakKeyDictionary[Engine, _Kept] = weakref.WeakKeyDictionary()
+
+
+_INHERITED: list[Any] = []  # a forked child's copies of its parent's kept connections: never used, never closed
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()  # every engine made here, for the fork hook
+
+
+def _forget_in_child() -> None:
+    """After a fork (Celery's prefork pool): the parent's connections are the parent's. Dropping the
+    kept copies would check them in, and the child's next checkout would share the parent's socket;
+    closing them would end the parent's sessions. So they are kept aside untouched, and every engine
+    gets a new, empty pool (SQLAlchemy's recipe: dispose(close=False) in the child)."""
+    for kept in list(_KEPT.values()):
+        _INHERITED.extend(fairy for fairy, _ in kept.by_thread.values())
+        kept.by_thread.clear()
+    for engine in list(_ENGINES):
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_in_child)

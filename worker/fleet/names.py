@@ -1,0 +1,33 @@
+"""The fleet's task and queue names: the catalogue config may name, apart from the Celery app that
+registers them (so loading YAML never needs broker settings)."""
+
+from __future__ import annotations
+
+# Queue per job family, with its time limits (seconds). Redis' visibility_timeout must exceed the
+# longest hard limit, or a long task is redelivered while it still runs.
+QUEUES: dict[str, dict[str, int]] = {
+    "checks": {"soft_time_limit": 150, "time_limit": 180},
+    "notify": {"soft_time_limit": 60, "time_limit": 90},
+    "maintenance": {"soft_time_limit": 3600, "time_limit": 3900},
+    "backlog": {"soft_time_limit": 3600, "time_limit": 3900},
+    "digest": {"soft_time_limit": 300, "time_limit": 360},
+}
+VISIBILITY_TIMEOUT = 7200
+assert VISIBILITY_TIMEOUT > max(q["time_limit"] for q in QUEUES.values())
+
+# Every task the fleet has, by its dotted name (family.verb). Config may only name these.
+KNOWN_TASKS = frozenset({
+    "checks.run",
+    "notify.deliver",
+    "notify.sweep",
+    "maintenance.run",
+    "digest.daily_summary",
+    "backlog.reprocess_confirmations",
+    "backlog.resend_failed_emails",
+})
+TASK_MODULES = ["tasks.checks", "tasks.notify", "tasks.maintenance", "tasks.digest", "tasks.backlog"]
+
+
+def queue_of(task_name: str) -> str:
+    """A task's queue is its family: `notify.deliver` -> notify."""
+    return task_name.split(".", 1)[0]

@@ -1,0 +1,170 @@
+"""Settings from the environment (pydantic-settings). The variable names are the contract."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.fleet.errors import SettingsError
+
+REPO_CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+
+# One line per variable for the README table and `opsfleet config env`.
+DOCS: dict[str, str] = {
+    "DATABASE_URL": "the monitored application's Postgres (postgresql://user:pass@host:5432/db)",
+    "FLEET_DATABASE_URL": "where the fleet keeps its state (schema fleet); default DATABASE_URL",
+    "CELERY_BROKER_URL": "the broker; default redis://127.0.0.1:6379/0",
+    "CELERY_RESULT_BACKEND": "results of progress-reporting tasks; default CELERY_BROKER_URL",
+    "RESEND_API_KEY": "Resend API key (re_...) for email alerts",
+    "RESEND_API_URL": "Resend base URL; default https://api.resend.com (a fake's address in tests)",
+    "FROM_EMAIL": "sender address of alert emails",
+    "FROM_NAME": "sender name of alert emails; default opsfleet",
+    "ALERT_EMAIL_RECIPIENTS": "comma-separated recipients of alert emails",
+    "ALERT_SLACK_WEBHOOK_URL": "Slack incoming webhook URL",
+    "SLACK_BOT_TOKEN": "Slack bot token (xoxb-...); with SLACK_CHANNEL, the Web API instead of a webhook",
+    "SLACK_CHANNEL": "Slack channel for the Web API (#alerts or an id)",
+    "SLACK_API_URL": "Slack Web API base URL override (a fake's address in tests)",
+    "OPSFLEET_CONFIG_DIR": "folder with checks/, routing.yaml, maintenance.yaml, backlogs.yaml; default ./config",
+    "FLOWER_BASIC_AUTH": "user:password for Flower (required by the compose file)",
+    "LOG_FORMAT": "json or console; default json when stderr is not a terminal",
+    "LOG_LEVEL": "DEBUG, INFO, WARNING, ERROR; default INFO",
+}
+
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "redis+socket", "memory")
+SECRET_FIELDS = ("resend_api_key", "alert_slack_webhook_url", "slack_bot_token", "flower_basic_auth")
+
+
+def _check_db_url(name: str, value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    parts = urlsplit(value)
+    if parts.scheme.split("+")[0] not in ("postgresql", "postgres"):
+        raise ValueError(f"{name} must be a postgresql:// URL, got scheme {parts.scheme!r}")
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    database_url: str | None = None
+    fleet_database_url: str | None = None
+    celery_broker_url: str = "redis://127.0.0.1:6379/0"
+    celery_result_backend: str | None = None
+    resend_api_key: str | None = None
+    resend_api_url: str = "https://api.resend.com"
+    from_email: str = "alerts@example.com"
+    from_name: str = "opsfleet"
+    alert_email_recipients: str = ""
+    alert_slack_webhook_url: str | None = None
+    slack_bot_token: str | None = None
+    slack_channel: str | None = None
+    slack_api_url: str | None = None
+    opsfleet_config_dir: Path = Field(default=REPO_CONFIG_DIR)
+    flower_basic_auth: str | None = None
+    log_format: str | None = None
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        return _check_db_url("DATABASE_URL", v)
+
+    @field_validator("fleet_database_url")
+    @classmethod
+    def _fleet_database_url(cls, v: str | None) -> str | None:
+        return _check_db_url("FLEET_DATABASE_URL", v)
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if v not in ("json", "console"):
+            raise ValueError(f"LOG_FORMAT must be json or console, got {v!r}")
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, v: str) -> str:
+        v = v.upper()
+        if v not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {v!r}")
+        return v
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _flower(cls, v: str | None) -> str | None:
+        if v and ":" not in v:
+            raise ValueError("FLOWER_BASIC_AUTH must be user:password")
+        return v or None
+
+    # -- derived ---------------------------------------------------------------------------------
+    @property
+    def recipients(self) -> list[str]:
+        return [r.strip() for r in self.alert_email_recipients.split(",") if r.strip()]
+
+    @property
+    def result_backend(self) -> str:
+        return self.celery_result_backend or self.celery_broker_url
+
+    def broker_url(self) -> str:
+        """CELERY_BROKER_URL, checked where a broker is used (the Celery app, ping), not on every
+        settings load: reading config files needs no broker."""
+        scheme = urlsplit(self.celery_broker_url).scheme
+        if scheme not in BROKER_SCHEMES:
+            raise SettingsError(f"invalid environment: CELERY_BROKER_URL must be redis://... or amqp://..., "
+                                f"got scheme {scheme!r}")
+        return self.celery_broker_url
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise SettingsError(
+                "DATABASE_URL is not set: export DATABASE_URL=postgresql://user:password@host:5432/dbname "
+                "(or run `opsfleet demo`, which starts its own)"
+            )
+        return self.database_url
+
+    def require_fleet_database_url(self) -> str:
+        return self.fleet_database_url or self.require_database_url()
+
+    def secret_values(self) -> list[str]:
+        """Exact secret strings to mask in logs, besides the patterns logging knows."""
+        values = [getattr(self, f) for f in SECRET_FIELDS]
+        for url in (self.database_url, self.fleet_database_url, self.celery_broker_url, self.celery_result_backend):
+            if url:
+                pw = urlsplit(url).password
+                if pw:
+                    values.append(pw)
+        return [v for v in values if v and len(v) >= 4]
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = str(err["loc"][0]).upper() if err["loc"] else "settings"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{field}: {msg}")
+    return "; ".join(lines)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(f"invalid environment: {_format_validation_error(exc)}") from None
+
+
+def reload_settings() -> Settings:
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def environ_summary() -> dict[str, bool]:
+    """Which documented variables are set (never their values)."""
+    return {name: bool(os.environ.get(name)) for name in DOCS}

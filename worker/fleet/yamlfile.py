@@ -1,0 +1,103 @@
+"""YAML loading that remembers where every value came from, so errors can say file:line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from worker.fleet.errors import ConfigError
+
+Loc = tuple[str | int, ...]
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _reject_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen[key].start_mark.line + 1})", key_node.start_mark
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _reject_duplicates)
+
+
+def _lines(node: yaml.Node, loc: Loc, out: dict[Loc, int]) -> None:
+    out[loc] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = k.value
+            out[(*loc, key)] = k.start_mark.line + 1
+            _lines(v, (*loc, key), out)
+            out[(*loc, key)] = k.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _lines(item, (*loc, i), out)
+
+
+class YamlDoc:
+    def __init__(self, path: Path, data: Any, lines: dict[Loc, int]) -> None:
+        self.path = path
+        self.data = data
+        self.lines = lines
+
+    def line_of(self, loc: Loc) -> int:
+        loc = tuple(loc)
+        while loc and loc not in self.lines:
+            loc = loc[:-1]
+        return self.lines.get(loc, 1)
+
+    def where(self, loc: Loc) -> str:
+        return f"{self.path}:{self.line_of(loc)}"
+
+    def error(self, loc: Loc, message: str) -> ConfigError:
+        field = ".".join(str(p) for p in loc) if loc else "(top level)"
+        return ConfigError(f"{self.where(loc)}: {field}: {message}")
+
+    def validation_error(self, exc: ValidationError, base: Loc = ()) -> ConfigError:
+        msgs = []
+        for err in exc.errors()[:5]:
+            loc = (*base, *[p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check its spelling against config/README.md)"
+            elif err["type"] == "missing":
+                msg = "required field is missing"
+            msgs.append(f"{self.where(loc)}: {'.'.join(str(p) for p in loc)}: {msg}")
+        more = len(exc.errors()) - 5
+        if more > 0:
+            msgs.append(f"... and {more} more")
+        return ConfigError("; ".join(msgs))
+
+
+def load_yaml(path: Path) -> YamlDoc:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        context = ""
+        if exc.context and exc.context_mark and exc.problem_mark and exc.context_mark.line != exc.problem_mark.line:
+            context = f" ({exc.context} started at line {exc.context_mark.line + 1})"
+        raise ConfigError(f"{path}:{line}: malformed YAML: {exc.problem or exc.context}{context}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+    lines: dict[Loc, int] = {}
+    if node is not None:
+        _lines(node, (), lines)
+    return YamlDoc(path, data, lines)

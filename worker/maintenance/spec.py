@@ -1,0 +1,57 @@
+"""config/maintenance.yaml: archive, purge, vacuum, sql and fleet_retention jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from worker.fleet.fields import Duration, Identifier, Name, ScheduleField, Strict
+
+
+class MaintenanceJob(Strict):
+    name: Name
+    description: str = ""
+    kind: Literal["archive", "purge", "vacuum", "sql", "fleet_retention"]
+    schedule: ScheduleField
+    table: Identifier | None = None
+    archive_table: Identifier | None = None
+    age_column: Identifier = "created_at"
+    key_column: Identifier = "id"
+    older_than: Duration | None = None
+    where: str | None = None  # extra SQL predicate, e.g. "status = 'sent'"
+    tables: list[Identifier] = Field(default_factory=list)
+    function: Identifier | None = None
+    batch_size: int = Field(default=5000, ge=1, le=1_000_000)
+    pause: Duration = timedelta(milliseconds=50)
+    max_rows: int | None = Field(default=None, ge=1)
+    maintenance_log: bool = False
+    timeout: Duration = timedelta(minutes=30)
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> MaintenanceJob:
+        need: dict[str, tuple[str, ...]] = {
+            "archive": ("table", "archive_table", "older_than"),
+            "purge": ("table", "older_than"),
+            "vacuum": ("tables",),
+            "sql": ("function",),
+            "fleet_retention": ("older_than",),
+        }
+        missing = [f for f in need[self.kind] if not getattr(self, f)]
+        if missing:
+            raise ValueError(f"a {self.kind} job needs {', '.join(missing)}")
+        return self
+
+
+class MaintenanceFile(Strict):
+    jobs: list[MaintenanceJob] = Field(default_factory=list)
+
+
+def beat_entries(jobs: Iterable[MaintenanceJob]) -> dict[str, dict[str, Any]]:
+    """One maintenance.run per enabled job, on its schedule."""
+    return {f"maintenance:{j.name}": {"task": "maintenance.run", "schedule": j.schedule.celery_schedule(),
+                                      "kwargs": {"job": j.name}, "options": {"queue": "maintenance"}}
+            for j in jobs if j.enabled}

@@ -1,0 +1,195 @@
+"""notify.deliver's plain function: one outbox row through its channel, as a pipeline of small stages
+(Alertmanager's shape): lease -> silenced? -> rate-limit token -> fold what waits for the channel ->
+send -> record (sent | retrying with backoff | dead). Knows nothing of Celery; the SQL is the
+outbox's (worker/notify/outbox.py).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from worker.channels.base import DeliveryError, DeliveryResult, Message
+from worker.channels.registry import from_settings
+from worker.fleet.fields import severity_rank
+from worker.fleet.logs import get_logger
+from worker.fleet.settings import Settings
+from worker.notify import outbox, ratelimit
+from worker.notify.routing import Routing
+
+log = get_logger(__name__)
+
+MAX_ATTEMPTS = 8
+BROKER_RETRY_LIMIT = 60.0  # longer waits stay in the outbox for notify.sweep, never in the broker
+FOLDABLE_TRANSITIONS = ("firing", "repeat", "resolved", "unsilenced")
+
+
+@dataclass
+class Delivery:
+    notification_id: str
+    status: str  # sent | retrying | throttled | dead | suppressed | skipped
+    retry_in: float | None = None
+    error: str | None = None
+    provider_id: str | None = None
+    channel: str | None = None
+    more_waiting: bool = False  # rows still wait behind this channel's bucket (a full fold, or throttled since)
+
+
+def backoff(attempts: int, retry_after: float | None) -> float:
+    """Exponential with jitter; never earlier than the provider's Retry-After."""
+    base = min(5.0 * 2 ** (attempts - 1), 1800.0) * random.uniform(0.8, 1.2)  # noqa: S311
+    return max(base, retry_after or 0.0)
+
+
+def build_message(row: Any) -> Message:
+    p = row.payload
+    return Message(
+        notification_id=str(row.id), channel=row.channel, check=p.get("check", ""), severity=p.get("severity", "info"),
+        status=p.get("status", "firing"), title=p.get("title", ""), summary=p.get("summary", ""),
+        description=p.get("description", ""), labels=p.get("labels", {}), value=p.get("value"),
+        fingerprint=p.get("fingerprint") or "", runbook=p.get("runbook"),
+        started_at=datetime.fromisoformat(p["started_at"]) if p.get("started_at") else None,
+        extra={"rendered": p["rendered"]} if p.get("rendered") else {},
+    )
+
+
+def send(message: Message, kind: str, settings: Settings, routing: Routing | None,
+         monitored: Engine | None, previous: dict | None = None, timeout: float = 10.0) -> DeliveryResult:
+    """Send through the channel. `previous` is what the last message for this alert on this channel
+    returned (Slack Web API: its ts and channel id), so repeats thread and resolved notices update."""
+    if kind not in ("email", "slack", "table"):
+        raise DeliveryError(reason="invalid", permanent=True, message=f"channel kind {kind!r} cannot deliver")
+    spec = routing.channels.get(message.channel) if routing else None
+    channel = from_settings(kind, settings, recipients=spec.recipients if spec else None,
+                            slack_channel=spec.slack_channel if spec else None, monitored=monitored, timeout=timeout)
+    if kind == "slack" and previous and previous.get("ts") and previous.get("channel_id") and settings.slack_bot_token:
+        if message.status == "resolved":
+            return channel.send(message, update_ts=previous["ts"], channel=previous["channel_id"])
+        return channel.send(message, thread_ts=previous["ts"], channel=previous["channel_id"])
+    return channel.send(message)
+
+
+def _kind(row: Any, routing: Routing | None) -> str:
+    if row.payload.get("kind"):
+        return row.payload["kind"]
+    if routing and row.channel in routing.channels:
+        return routing.channels[row.channel].kind
+    return row.channel
+
+
+def _bucket_target(kind: str, channel: str, settings: Settings) -> str:
+    if kind == "email":
+        return f"email:{settings.resend_api_url}:{settings.from_email}"
+    if kind == "slack":
+        return f"slack:{settings.slack_bot_token and settings.slack_channel or settings.alert_slack_webhook_url}"
+    return f"{kind}:{channel}"
+
+
+def bucket_for(kind: str, channel: str, settings: Settings, routing: Routing | None,
+               redis_client: Any) -> ratelimit.TokenBucket | None:
+    """The provider target's token buckets (email and Slack), at the route's rate or the default."""
+    if redis_client is None or kind not in ("email", "slack"):
+        return None
+    spec = routing.channels.get(channel) if routing else None
+    rate, burst = ratelimit.DEFAULTS[kind]
+    if spec and spec.rate_limit:
+        rate, burst = spec.rate_limit, spec.burst or max(1, int(spec.rate_limit))
+    return ratelimit.TokenBucket(redis_client, _bucket_target(kind, channel, settings), rate, burst)
+
+
+def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | None, now: datetime,
+            monitored: Engine | None = None, redis_client: Any = None, timeout: float = 10.0,
+            channel_hint: str | None = None) -> Delivery:
+    """Lease -> silence? -> rate-limit token -> (fold what waits behind the bucket) -> send -> record.
+
+    With `channel_hint` (a follow-up scheduled at the bucket's next token), a row already folded
+    into another message gives way to the oldest row of that channel waiting to be folded."""
+    row = outbox.lease(fleet, nid, now)
+    if row is None and channel_hint:
+        row = outbox.lease_next_waiting(fleet, channel_hint, now)
+    if row is None:
+        return Delivery(nid, "skipped")
+    nid = str(row.id)
+    kind = _kind(row, routing)
+    message = build_message(row)
+
+    if row.transition != "test":
+        silence = outbox.suppress_if_silenced(fleet, row, message.labels, now)
+        if silence:
+            log.info("notification_suppressed", notification_id=nid, silence_id=silence, channel=row.channel)
+            return Delivery(nid, "suppressed")
+
+    bucket = bucket_for(kind, row.channel, settings, routing, redis_client)
+    if bucket is not None:
+        wait = bucket.take()
+        if wait > 0:
+            outbox.throttle(fleet, nid, now + timedelta(seconds=wait))
+            log.info("notification_throttled", notification_id=nid, channel=row.channel, retry_in=wait)
+            return Delivery(nid, "throttled", retry_in=wait, channel=row.channel)
+    folded: list[Any] = []
+    if kind in ("email", "slack") and row.transition in FOLDABLE_TRANSITIONS:
+        folded = outbox.fold(fleet, row, now)
+        if folded:
+            message = _summary_message(message, folded)
+
+    previous = None
+    if row.fingerprint and row.transition in ("resolved", "repeat"):
+        previous = outbox.previous_answer(fleet, row.fingerprint, row.channel)
+    if bucket is not None:
+        bucket.wait_turn()
+    log.info("notification_sending", notification_id=nid, channel=row.channel, attempt=row.attempts,
+             fingerprint=message.fingerprint, check=message.check)
+    try:
+        result = send(message, kind, settings, routing, monitored, previous, timeout)
+    except DeliveryError as exc:
+        if exc.reason == "rate_limited" and bucket is not None:
+            bucket.penalize(exc.retry_after or 1.0)  # every worker waits out the provider's Retry-After
+        outcome = _record_failure(fleet, row, exc, now)
+        if folded:
+            outbox.unfold(fleet, folded, now + timedelta(seconds=outcome.retry_in or 0))
+        outcome.channel = row.channel
+        return outcome
+    detail = {k: v for k, v in (result.detail or {}).items() if k in ("channel", "ts", "thread_ts", "updated")}
+    outbox.mark_sent(fleet, row, folded, now, result.provider_id, detail)
+    log.info("notification_sent", notification_id=nid, channel=row.channel, provider_id=result.provider_id,
+             folded=len(folded))
+    more = bucket is not None and (len(folded) >= outbox.FOLD_LIMIT or outbox.waiting(fleet, row.channel, now))
+    return Delivery(nid, "sent", provider_id=result.provider_id, channel=row.channel, more_waiting=more)
+
+
+def _summary_message(first: Message, folded: list[Any]) -> Message:
+    """One message standing for several: a group (one run, or a storm within group_wait), or a queue
+    that waited behind the rate limit, sent as a summary instead of late one by one (or dropped, as
+    Alertmanager does with Slack's 429)."""
+    items = [first] + [build_message(f) for f in folded]
+    worst = min(items, key=lambda m: severity_rank(m.severity))
+    lines = [f"[{m.severity.upper()}] {'RESOLVED ' if m.status == 'resolved' else ''}{m.title}" for m in items]
+    return Message(
+        notification_id=first.notification_id, channel=first.channel, check="(several checks)"
+        if len({m.check for m in items}) > 1 else first.check, severity=worst.severity, status="firing",
+        title=f"{worst.title} (+{len(items) - 1} more)",
+        summary=f"{len(items)} alerts grouped into one message",
+        description="\n".join(lines), labels={}, fingerprint="", extra={"folded": len(folded)},
+    )
+
+
+def _record_failure(fleet: Engine, row: Any, exc: DeliveryError, now: datetime) -> Delivery:
+    nid = str(row.id)
+    error = f"{exc.reason}: {exc.message}"[:2000]
+    if exc.permanent or row.attempts >= MAX_ATTEMPTS:
+        outbox.mark_dead(fleet, row, error, now)
+        log.error("notification_dead", notification_id=nid, channel=row.channel, reason=exc.reason,
+                  attempts=row.attempts, error=error)
+        return Delivery(nid, "dead", error=error)
+    rate_limited = exc.reason == "rate_limited"
+    # A 429 is pacing, not a fault: wait exactly what the provider asks (never less), and do not
+    # count it toward MAX_ATTEMPTS; every other transient failure backs off exponentially.
+    delay = max(exc.retry_after or 1.0, 0.5) if rate_limited else backoff(row.attempts, exc.retry_after)
+    outbox.mark_retrying(fleet, row, error, now + timedelta(seconds=delay), throttled=rate_limited)
+    log.warning("notification_retrying", notification_id=nid, channel=row.channel, reason=exc.reason,
+                attempts=row.attempts, retry_in=round(delay, 1))
+    return Delivery(nid, "retrying", retry_in=delay, error=error)
