@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
 from tests.conftest import REPO
 from worker.fleet.settings import DOCS
 
@@ -28,3 +32,29 @@ def test_config_readme_documents_every_check_and_job_field():
         for name, field in model.model_fields.items():
             key = field.alias or name
             assert f"`{key}`" in text, f"{model.__name__}.{key} is not in config/README.md"
+
+
+_PATH = re.compile(r"`((?:worker|tasks|ops|config|bench|tests|docs)/[A-Za-z0-9_./-]*)`")
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/DESIGN.md", "config/README.md"])
+def test_every_path_a_document_names_exists(doc):
+    text = (REPO / doc).read_text()
+    missing = sorted({p for p in _PATH.findall(text) if not (REPO / p.rstrip(".")).exists()})
+    assert not missing, f"{doc} names paths that do not exist: {missing}"
+
+
+def test_the_designs_layout_tree_is_the_tree():
+    """Each folder and file the layout block of docs/DESIGN.md draws under worker/ exists."""
+    text = (REPO / "docs" / "DESIGN.md").read_text()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    drawn = []
+    for line in block.splitlines():
+        m = re.match(r"^  (\w+/)\s", line)
+        if m:
+            drawn.append("worker/" + m.group(1))
+        m = re.match(r"^(\w+/|[\w.-]+\.(?:py|toml|yml))\s", line)
+        if m:
+            drawn.append(m.group(1))
+    assert len(drawn) > 10
+    assert [p for p in drawn if not (REPO / p).exists()] == []
