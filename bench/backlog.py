@@ -12,14 +12,14 @@ every phase starts from the same state), in the same run:
   floor      one set-based UPDATE assigning every confirmation number (the database's own limit);
              for context also the same writes as the real job, set-based (numbers, email rows,
              email status), i.e. what batching cannot beat.
-  db part    worker.backlog.reprocess() in this process with a provider stub that answers at once:
+  db part    worker.backlog.runs.reprocess() in this process with a provider stub that answers at once:
              the batched SQL alone (claim with SKIP LOCKED, number + email row, record), one process.
              Floor and db part run --repeat times in pairs, each first in every other pair (a VM's
              disk and CPU vary by 30% and more from one minute to the next: the ratio is taken within
              each pair, and the median of the pairs reported with the lowest and highest).
   end to end --workers real Celery workers (`celery -A worker`, prefork, one process each) run
              backlog.reprocess_confirmations at once on one backlog; the Resend fake
-             (worker.sink.ProviderSink, in its own process) answers at once through the real SDK.
+             (ops.devkit.sink.ProviderSink, in its own process) answers at once through the real SDK.
              Checked afterwards: one number and one sent email row per registration, and the fake
              holds exactly one email per registration. Peak RSS is the worker processes' VmHWM.
   naive      (first size only) one Celery task per registration, each with one single-email send,

@@ -12,7 +12,7 @@ database in: statistics, visibility map, hint bits; it also keeps autovacuum fro
 freshly loaded tables in the middle of the timings), then times every enabled sql check of the
 catalog (config/checks/*.yaml, through worker.config.load_config) in passes over the whole catalog:
 
-  engine     worker.checking.collect_sql(check, engine, NOW): the engine's query path (the thread's kept
+  engine     worker.checks.collect.collect_sql(check, engine, NOW): the engine's query path (the thread's kept
              pool connection, worker.fleet.db.read_only_query: BEGIN READ ONLY with statement_timeout, lock_timeout and
              force_custom_plan in one message, the query with :now bound as a prepared statement,
              fetchall, ROLLBACK; rows -> labelled Samples), on engines made as the workers make theirs
@@ -27,7 +27,7 @@ catalog (config/checks/*.yaml, through worker.config.load_config) in passes over
   sqlalchemy the path the engine took before (for comparison): Connection with postgresql_readonly,
              SELECT set_config(...) for both timeouts, text() with :now bound, Rows, rollback (4 round
              trips); what going through SQLAlchemy's Connection costs per check.
-  run_check  worker.checking.run_check end to end with the repo's routing: claim the check_runs slot,
+  run_check  worker.checks.engine.run_check end to end with the repo's routing: claim the check_runs slot,
              collect, the state machine's writes (alerts, alert_events, outbox rows), one commit.
 
 engine and bare share their connections (the comparison is of client code paths on the same server

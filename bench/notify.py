@@ -52,12 +52,11 @@ import sqlalchemy as sa
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from worker.ratelimit import DEFAULTS as FLEET_BUCKETS  # noqa: E402
-
 from ops.devkit.servers import RedisServer  # noqa: E402
 from ops.devkit.sink import ProviderSink  # noqa: E402
 from worker.fleet.db import create, normalize_url  # noqa: E402
 from worker.notify.outbox import FOLD_LIMIT  # noqa: E402
+from worker.notify.ratelimit import DEFAULTS as FLEET_BUCKETS  # noqa: E402
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 API_KEY = "re_bench_key_0123456789"
