@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from worker.fleet.fields import Name, ScheduleField, Strict
+from worker.fleet.names import beat_entry
 
 
 class Backlog(Strict):
@@ -25,6 +26,5 @@ class BacklogsFile(Strict):
 
 def beat_entries(backlogs: Iterable[Backlog]) -> dict[str, dict[str, Any]]:
     """Each enabled backlog's task with its arguments, on its schedule."""
-    return {f"backlog:{b.name}": {"task": b.task, "schedule": b.schedule.celery_schedule(),
-                                  "kwargs": dict(b.kwargs), "options": {"queue": "backlog"}}
+    return {f"backlog:{b.name}": beat_entry(b.task, b.schedule.celery_schedule(), b.kwargs)
             for b in backlogs if b.enabled}

@@ -13,6 +13,7 @@ from pydantic import BeforeValidator, Field, PlainSerializer, field_validator, m
 from worker.checks.templates import Template
 from worker.fleet.db import psycopg_text
 from worker.fleet.fields import IDENT_RE, SEVERITIES, Duration, Name, ScheduleField, Strict
+from worker.fleet.names import beat_entry
 from worker.fleet.sqltext import second_statement
 
 # -- conditions ------------------------------------------------------------------------------------
@@ -141,6 +142,5 @@ class ChecksFile(Strict):
 
 def beat_entries(checks: Iterable[Check]) -> dict[str, dict[str, Any]]:
     """One checks.run per enabled check, on its schedule (stale runs expire instead of piling up)."""
-    return {f"check:{c.name}": {"task": "checks.run", "schedule": c.schedule.celery_schedule(),
-                                "kwargs": {"name": c.name}, "options": {"queue": "checks", "expires": 300}}
+    return {f"check:{c.name}": beat_entry("checks.run", c.schedule.celery_schedule(), {"name": c.name}, expires=300)
             for c in checks if c.enabled}

@@ -3,6 +3,8 @@ registers them (so loading YAML never needs broker settings)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 # Queue per job family, with its time limits (seconds). Redis' visibility_timeout must exceed the
 # longest hard limit, or a long task is redelivered while it still runs.
 QUEUES: dict[str, dict[str, int]] = {
@@ -31,3 +33,15 @@ TASK_MODULES = ["tasks.checks", "tasks.notify", "tasks.maintenance", "tasks.dige
 def queue_of(task_name: str) -> str:
     """A task's queue is its family: `notify.deliver` -> notify."""
     return task_name.split(".", 1)[0]
+
+
+def beat_entry(task_name: str, schedule: float | object, kwargs: dict[str, Any] | None = None,
+               expires: float | None = None) -> dict[str, Any]:
+    """A celery beat entry for a known task, sent to its family's queue (`expires`: a run not started
+    by then is dropped instead of piling up)."""
+    if task_name not in KNOWN_TASKS:
+        raise ValueError(f"task {task_name!r} is not in worker.fleet.names.KNOWN_TASKS")
+    options: dict[str, Any] = {"queue": queue_of(task_name)}
+    if expires is not None:
+        options["expires"] = expires
+    return {"task": task_name, "schedule": schedule, "kwargs": dict(kwargs or {}), "options": options}

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from worker.fleet.fields import Duration, Identifier, Name, ScheduleField, Strict
+from worker.fleet.names import beat_entry
 
 
 class MaintenanceJob(Strict):
@@ -52,6 +53,5 @@ class MaintenanceFile(Strict):
 
 def beat_entries(jobs: Iterable[MaintenanceJob]) -> dict[str, dict[str, Any]]:
     """One maintenance.run per enabled job, on its schedule."""
-    return {f"maintenance:{j.name}": {"task": "maintenance.run", "schedule": j.schedule.celery_schedule(),
-                                      "kwargs": {"job": j.name}, "options": {"queue": "maintenance"}}
+    return {f"maintenance:{j.name}": beat_entry("maintenance.run", j.schedule.celery_schedule(), {"job": j.name})
             for j in jobs if j.enabled}

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from worker.fleet.fields import Duration, ScheduleField, Strict
+from worker.fleet.names import beat_entry
 from worker.fleet.timeutil import Schedule
 
 
@@ -65,10 +66,7 @@ def beat_entries(routing: Routing | None) -> dict[str, dict[str, Any]]:
     """The outbox sweeper (re-enqueues what is due or whose lease expired) and the daily digest."""
     if routing is None:
         return {}
-    sched = {"notify:sweep": {"task": "notify.sweep", "schedule": routing.sweep_interval.total_seconds(),
-                              "kwargs": {}, "options": {"queue": "notify", "expires": 60}}}
+    sched = {"notify:sweep": beat_entry("notify.sweep", routing.sweep_interval.total_seconds(), expires=60)}
     if routing.digest is not None:
-        sched["digest:daily_summary"] = {"task": "digest.daily_summary",
-                                         "schedule": routing.digest.schedule.celery_schedule(),
-                                         "kwargs": {}, "options": {"queue": "digest"}}
+        sched["digest:daily_summary"] = beat_entry("digest.daily_summary", routing.digest.schedule.celery_schedule())
     return sched
