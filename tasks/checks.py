@@ -31,7 +31,7 @@ def run(self, name: str, slot: str | None = None, at: str | None = None) -> dict
         check, monitored=checks_engine("monitored"), fleet=fleet_engine(), fleet_queries=checks_engine("fleet"),
         now=now, routing=cfg.routing,
         slot=datetime.fromisoformat(slot) if slot else None, task_id=self.request.id,
-        redis_url=get_settings().celery_broker_url,
+        redis_url=get_settings().redis() if check.kind == "redis" else None,
     )
     for t in outcome.transitions:
         log.info("alert_transition", fingerprint=t.fingerprint, labels=t.labels, from_state=t.from_state,

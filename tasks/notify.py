@@ -5,13 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from functools import lru_cache
 
-import redis
 import structlog
 
 from worker.app import app, task
 from worker.config import get_config
+from worker.fleet import redisconn
 from worker.fleet.db import fleet_engine, monitored_engine
-from worker.fleet.redisconn import is_redis_url
 from worker.fleet.settings import get_settings
 from worker.notify.delivery import BROKER_RETRY_LIMIT
 from worker.notify.delivery import deliver as deliver_one
@@ -62,9 +61,9 @@ def _followup_key(channel: str | None) -> str:
 
 @lru_cache(maxsize=1)
 def _redis():
-    """The rate-limit buckets live in Redis: the broker's when it is Redis (none with another broker)."""
-    url = get_settings().celery_broker_url
-    return redis.Redis.from_url(url) if is_redis_url(url) else None
+    """The rate-limit buckets and the follow-up keys live in Redis (REDIS_URL; the broker's when it is
+    Redis): never off, whatever the broker."""
+    return redisconn.client(get_settings().redis())
 
 
 @task("notify.sweep", ignore_result=True)

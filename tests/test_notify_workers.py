@@ -12,7 +12,7 @@ from celery import Celery
 
 from ops.devkit.process import start_worker
 from ops.devkit.sink import ProviderSink, Reply
-from tests.conftest import clear_alert_state
+from tests.conftest import clear_alert_state, purge_fleet_queues
 from worker.fleet.db import create
 
 CHECK = """\
@@ -53,7 +53,7 @@ routes:
 
 
 @pytest.fixture
-def setup(fleet_db, redis_url, env, tmp_path, redis_client):
+def setup(fleet_db, broker, broker_env, tmp_path, redis_client):
     cfg = tmp_path / "config"
     (cfg / "checks").mkdir(parents=True)
     (cfg / "checks" / "test.yaml").write_text(CHECK)
@@ -65,10 +65,10 @@ def setup(fleet_db, redis_url, env, tmp_path, redis_client):
         conn.execute(sa.text("CREATE TABLE gauge (v numeric)"))
         conn.execute(sa.text("INSERT INTO gauge VALUES (50)"))
     sink = ProviderSink().start()
-    env = {**env, "OPSFLEET_CONFIG_DIR": str(cfg), "RESEND_API_KEY": "re_test_key_0123456789",
+    env = {**broker_env, "OPSFLEET_CONFIG_DIR": str(cfg), "RESEND_API_KEY": "re_test_key_0123456789",
            "RESEND_API_URL": sink.resend_api_url, "ALERT_SLACK_WEBHOOK_URL": sink.slack_webhook_url,
            "ALERT_EMAIL_RECIPIENTS": "ops@example.com", "FROM_EMAIL": "alerts@example.com"}
-    client = Celery(broker=redis_url)
+    client = Celery(broker=broker)
     yield engine, sink, env, client
     client.close()
     sink.stop()
@@ -181,16 +181,14 @@ def test_same_slot_from_beat_and_by_hand_concurrently_is_one_evaluation(setup, t
     assert len(sink.emails) == 1 and len(sink.slack_messages) == 1
 
 
-def test_redis_flushed_while_notifications_pending_the_sweeper_delivers_them_all(setup, tmp_path, redis_url):
-    import redis as redis_lib
-
+def test_delivery_messages_lost_by_the_broker_the_sweeper_delivers_them_all(setup, tmp_path, broker):
     engine, sink, env, client = setup
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM gauge"))
     for i in range(5):
         with engine.begin() as conn:
             conn.execute(sa.text("INSERT INTO gauge VALUES (:v)"), {"v": 50 + i})
-    # evaluate with no worker consuming notify: the deliver messages sit in Redis, then Redis loses them
+    # evaluate with no worker consuming notify: the deliver messages sit in the broker, which then loses them
     from worker.checks.engine import run_check
     from worker.config import load_config
 
@@ -199,7 +197,7 @@ def test_redis_flushed_while_notifications_pending_the_sweeper_delivers_them_all
     assert len(out.notification_ids) == 2
     for nid in out.notification_ids:
         client.send_task("notify.deliver", kwargs={"notification_id": nid}, queue="notify")
-    redis_lib.Redis.from_url(redis_url).flushall()
+    purge_fleet_queues(broker)
     worker = start_worker(env, tmp_path, queues="notify", concurrency=2)
     try:
         time.sleep(2)

@@ -6,22 +6,22 @@ import os
 import sys
 from typing import Any
 
-import sqlalchemy as sa
 import structlog
 from celery import Celery, signals
 from celery.utils.text import str_to_list
 from kombu import Queue
 
-from worker.config import get_config
-from worker.fleet.errors import OpsfleetError, ServiceUnavailable, SettingsError
+from worker import startup
+from worker.fleet.errors import SettingsError
 from worker.fleet.logs import configure_logging
 from worker.fleet.names import KNOWN_TASKS, QUEUES, TASK_MODULES, VISIBILITY_TIMEOUT, queue_of
 from worker.fleet.settings import get_settings
-from worker.maintenance.catalog import check_catalog_at
 
 try:
     _settings = get_settings()
     _broker = _settings.broker_url()
+    _redis = _settings.redis()
+    _backend = _settings.result_backend
 except SettingsError as _exc:  # `celery -A worker ...` with a bad environment: one line, no traceback
     sys.stderr.write(f"opsfleet: {_exc}\n")
     raise SystemExit(2) from None
@@ -29,7 +29,7 @@ except SettingsError as _exc:  # `celery -A worker ...` with a bad environment: 
 app = Celery("opsfleet", include=TASK_MODULES)
 app.conf.update(
     broker_url=_broker,
-    result_backend=_settings.result_backend,
+    result_backend=_backend,
     broker_connection_retry_on_startup=True,
     broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
     result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
@@ -49,12 +49,15 @@ app.conf.update(
     worker_send_task_events=True,
     worker_hijack_root_logger=False,
     worker_redirect_stdouts=False,
-    task_queues=[Queue(name) for name in QUEUES],
+    # with RabbitMQ, each consumer asks for an acknowledgement timeout above its queue's hard limit
+    # (RabbitMQ 3.12+ honours it; older servers apply their server-wide consumer_timeout: README)
+    task_queues=[Queue(name, consumer_arguments={"x-consumer-timeout": startup.consumer_timeout_ms(name)}
+                       if _broker.startswith(("amqp", "pyamqp")) else None) for name in QUEUES],
     task_default_queue="checks",
     task_routes={f"{family}.*": {"queue": family} for family in QUEUES},
     beat_scheduler="worker.beat:Scheduler",
     beat_max_loop_interval=5,
-    redbeat_redis_url=_broker,
+    redbeat_redis_url=_redis,
     redbeat_key_prefix="opsfleet:redbeat:",
     redbeat_lock_timeout=30,
 )
@@ -85,36 +88,21 @@ def _setup_logging(**_: Any) -> None:
 
 
 @signals.celeryd_init.connect
-def _validate_config_at_start(options: dict[str, Any] | None = None, **_: Any) -> None:
-    """A worker with an invalid config/ refuses to start, with one line naming file:line and field. A
-    worker that runs maintenance jobs also checks the tables, columns and functions they name against
-    the monitored database (when it cannot be reached, it says so and each run checks again)."""
-    def refuse(*lines: str) -> None:
-        for line in lines:
+def _check_at_start(options: dict[str, Any] | None = None, **_: Any) -> None:
+    """A worker refuses to start, with one line per problem, on what would make every task fail: a
+    missing setting, an invalid config/, a broker or Redis that does not answer, a maintenance job
+    naming what the monitored database lacks (worker.startup)."""
+    include = str_to_list((options or {}).get("queues") or [])
+    exclude = set(str_to_list((options or {}).get("exclude_queues") or []))
+    queues = [q for q in (include or QUEUES) if q not in exclude]
+    found = startup.worker_findings(queues)
+    for line in found.warnings:
+        sys.stderr.write(f"opsfleet worker: warning: {line}\n")
+    if found.errors:
+        for line in found.errors:
             sys.stderr.write(f"opsfleet worker: {line}\n")
         sys.stderr.flush()
         os._exit(2)  # SystemExit is swallowed by the worker's bootstrap; leave at once
-
-    try:
-        cfg = get_config()
-        settings = get_settings()
-    except OpsfleetError as exc:
-        refuse(str(exc))
-        return
-    include = str_to_list((options or {}).get("queues") or [])
-    exclude = str_to_list((options or {}).get("exclude_queues") or [])
-    if "maintenance" in exclude or (include and "maintenance" not in include) or not settings.database_url:
-        return
-    try:
-        errors = check_catalog_at(settings.database_url, cfg.maintenance.values(), where=cfg.job_field)
-    except (ServiceUnavailable, sa.exc.DBAPIError) as exc:  # (e.g. the database went away mid-check)
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        sys.stderr.write(f"opsfleet worker: maintenance jobs not checked against the database at start: {reason}; "
-                         "each run checks its job again\n")
-        return
-    if errors:
-        refuse(*errors, "fix config/maintenance.yaml (or disable the job: enabled: false), or point DATABASE_URL "
-               "at the application's database")
 
 
 @signals.task_prerun.connect

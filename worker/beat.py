@@ -14,6 +14,7 @@ from worker.config import FleetConfig, get_config
 from worker.fleet.errors import ConfigError
 from worker.maintenance.spec import beat_entries as maintenance_beat
 from worker.notify.routing import beat_entries as notify_beat
+from worker.startup import beat_findings
 
 
 def build_schedule(cfg: FleetConfig) -> dict[str, dict[str, Any]]:
@@ -23,9 +24,15 @@ def build_schedule(cfg: FleetConfig) -> dict[str, dict[str, Any]]:
 
 
 class Scheduler(RedBeatScheduler):
-    """RedBeat with its static schedule taken from config/ at start."""
+    """RedBeat with its static schedule taken from config/ at start. A beat refuses to start, in one
+    line per problem, with an invalid config/ or a broker or Redis that does not answer."""
 
     def setup_schedule(self) -> None:
+        found = beat_findings()
+        if found.errors:
+            for line in found.errors:
+                sys.stderr.write(f"opsfleet beat: {line}\n")
+            raise SystemExit(2)
         try:
             self.app.conf.beat_schedule = build_schedule(get_config())
         except ConfigError as exc:

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from worker.checks.spec import Check, HttpProbe, RedisProbe
+from worker.fleet import redisconn
 from worker.fleet.db import ConnectionLost, psycopg_text, read_only_query
 
 
@@ -133,8 +134,10 @@ def probe_redis(check: Check, default_url: str | None) -> float | None:
     probe = check.probe
     assert isinstance(probe, RedisProbe)
     url = probe.url or default_url
+    if not url:
+        raise CheckError(f"check {check.name}: no Redis to ask (set probe.url or REDIS_URL)")
     try:
-        info = redis.Redis.from_url(url, socket_timeout=check.timeout.total_seconds()).info()
+        info = redisconn.client(url, socket_timeout=check.timeout.total_seconds()).info()
     except (redis.RedisError, OSError) as exc:
         raise CheckError(f"check {check.name}: redis INFO failed: {exc}") from None
     if probe.metric == "keyspace_hit_ratio":

@@ -19,7 +19,9 @@ DOCS: dict[str, str] = {
     "DATABASE_URL": "the monitored application's Postgres (postgresql://user:pass@host:5432/db)",
     "FLEET_DATABASE_URL": "where the fleet keeps its state (schema fleet); default DATABASE_URL",
     "CELERY_BROKER_URL": "the broker; default redis://127.0.0.1:6379/0",
-    "CELERY_RESULT_BACKEND": "results of progress-reporting tasks; default CELERY_BROKER_URL",
+    "CELERY_RESULT_BACKEND": "results of progress-reporting tasks; default REDIS_URL",
+    "REDIS_URL": "Redis itself (RedBeat's lock, rate-limit buckets, follow-up keys, redis checks); default "
+                 "CELERY_BROKER_URL when that is Redis, required with RabbitMQ",
     "RESEND_API_KEY": "Resend API key (re_...) for email alerts",
     "RESEND_API_URL": "Resend base URL; default https://api.resend.com (a fake's address in tests)",
     "FROM_EMAIL": "sender address of alert emails",
@@ -35,6 +37,7 @@ DOCS: dict[str, str] = {
     "LOG_LEVEL": "DEBUG, INFO, WARNING, ERROR; default INFO",
 }
 
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+socket")
 BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "redis+socket", "memory")
 SECRET_FIELDS = ("resend_api_key", "alert_slack_webhook_url", "slack_bot_token", "flower_basic_auth")
 
@@ -55,6 +58,7 @@ class Settings(BaseSettings):
     fleet_database_url: str | None = None
     celery_broker_url: str = "redis://127.0.0.1:6379/0"
     celery_result_backend: str | None = None
+    redis_url: str | None = None
     resend_api_key: str | None = None
     resend_api_url: str = "https://api.resend.com"
     from_email: str = "alerts@example.com"
@@ -78,6 +82,16 @@ class Settings(BaseSettings):
     @classmethod
     def _fleet_database_url(cls, v: str | None) -> str | None:
         return _check_db_url("FLEET_DATABASE_URL", v)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        scheme = urlsplit(v).scheme
+        if scheme not in REDIS_SCHEMES:
+            raise ValueError(f"REDIS_URL must be redis://host:6379/0 (or rediss://, unix://), got scheme {scheme!r}")
+        return v
 
     @field_validator("log_format")
     @classmethod
@@ -110,7 +124,18 @@ class Settings(BaseSettings):
 
     @property
     def result_backend(self) -> str:
-        return self.celery_result_backend or self.celery_broker_url
+        return self.celery_result_backend or self.redis()
+
+    def redis(self) -> str:
+        """What needs Redis itself: RedBeat's lock and schedule, the rate-limit buckets, the follow-up
+        keys, the redis checks. REDIS_URL, else CELERY_BROKER_URL when the broker is Redis."""
+        if self.redis_url:
+            return self.redis_url
+        if urlsplit(self.celery_broker_url).scheme in REDIS_SCHEMES:
+            return self.celery_broker_url
+        raise SettingsError(
+            "REDIS_URL is not set: the broker (CELERY_BROKER_URL) is not Redis, and the fleet needs Redis itself "
+            "for RedBeat's lock, the rate-limit buckets and the follow-up keys: export REDIS_URL=redis://host:6379/0")
 
     def broker_url(self) -> str:
         """CELERY_BROKER_URL, checked where a broker is used (the Celery app, ping), not on every
@@ -135,7 +160,8 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Exact secret strings to mask in logs, besides the patterns logging knows."""
         values = [getattr(self, f) for f in SECRET_FIELDS]
-        for url in (self.database_url, self.fleet_database_url, self.celery_broker_url, self.celery_result_backend):
+        for url in (self.database_url, self.fleet_database_url, self.celery_broker_url, self.celery_result_backend,
+                    self.redis_url):
             if url:
                 pw = urlsplit(url).password
                 if pw:

@@ -1,0 +1,141 @@
+"""What a worker and a beat check before they start: the settings they need, the config folder, the
+broker and Redis answering, and (a worker consuming maintenance) the jobs against the database. Each
+problem is one line; either process refuses to start on any of them instead of logging `ready` and
+then failing every task it takes. Warnings (a RabbitMQ too old to take the per-consumer timeout the
+long queues need) are logged once and the process starts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from kombu import Connection
+
+from worker.config import get_config
+from worker.fleet import redisconn
+from worker.fleet.errors import OpsfleetError, ServiceUnavailable
+from worker.fleet.logs import mask_text
+from worker.fleet.names import QUEUES
+from worker.fleet.settings import Settings, get_settings
+from worker.maintenance.catalog import check_catalog_at
+
+# RabbitMQ takes a per-consumer delivery acknowledgement timeout (x-consumer-timeout) from 3.12 on;
+# before, its server-wide consumer_timeout (30 min by default) applies to every delivery.
+PER_CONSUMER_TIMEOUT_SINCE = (3, 12, 0)
+RABBITMQ_DEFAULT_CONSUMER_TIMEOUT_S = 1800
+
+
+@dataclass
+class Findings:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def consumer_timeout_ms(queue: str) -> int:
+    """The per-consumer acknowledgement timeout our consumers ask RabbitMQ for: the queue's hard
+    time limit and 5 minutes more, so a task that is still allowed to run is never cancelled."""
+    return (QUEUES[queue]["time_limit"] + 300) * 1000
+
+
+def _broker(settings: Settings) -> dict:
+    """Connect to the broker once; RabbitMQ's server properties (its version), or {} for Redis."""
+    url = settings.broker_url()
+    conn = Connection(url, connect_timeout=5)
+    try:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=5)
+        props = getattr(conn.connection, "server_properties", None) or {}
+        return {k.decode() if isinstance(k, bytes) else k: v for k, v in props.items()}
+    except Exception as exc:  # kombu raises the transport's own errors (socket, amqp, redis)
+        raise ServiceUnavailable(f"cannot reach the broker at {mask_text(url)} (CELERY_BROKER_URL): "
+                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+    finally:
+        conn.release()
+
+
+def _redis(settings: Settings) -> None:
+    url = settings.redis()
+    if not redisconn.answers(url, timeout=3):
+        raise ServiceUnavailable(f"cannot reach Redis at {mask_text(url)} (REDIS_URL, or CELERY_BROKER_URL when "
+                                 "that is Redis): RedBeat, the rate-limit buckets and the follow-up keys live there")
+
+
+def _version(text: object) -> tuple[int, ...]:
+    text = text.decode() if isinstance(text, bytes) else str(text)
+    parts = []
+    for p in text.split("."):
+        digits = "".join(c for c in p if c.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def _rabbitmq_timeouts(props: dict, queues: Iterable[str]) -> list[str]:
+    product = props.get("product") or b""
+    if "RabbitMQ" not in (product.decode() if isinstance(product, bytes) else str(product)):
+        return []
+    version = _version(props.get("version", "0"))
+    if version >= PER_CONSUMER_TIMEOUT_SINCE:
+        return []
+    long = sorted(q for q in queues if QUEUES[q]["time_limit"] > RABBITMQ_DEFAULT_CONSUMER_TIMEOUT_S)
+    if not long:
+        return []
+    need = max(consumer_timeout_ms(q) for q in long)
+    shown = ".".join(map(str, version)) or "?"
+    return [f"RabbitMQ {shown} applies its server-wide consumer_timeout (30 min by default) to every delivery, "
+            f"and the tasks of {', '.join(long)} may run up to {max(QUEUES[q]['time_limit'] for q in long) // 60} "
+            f"min: set consumer_timeout = {need} in rabbitmq.conf (RabbitMQ 3.12+ takes the per-consumer "
+            "timeout opsfleet asks for), or a long task is cancelled and run again"]
+
+
+def worker_findings(queues: Iterable[str]) -> Findings:
+    """A worker consuming `queues` (empty: all of them)."""
+    queues = set(queues) or set(QUEUES)
+    found = Findings()
+    try:
+        settings = get_settings()
+        settings.require_database_url()
+        cfg = get_config()
+    except OpsfleetError as exc:
+        found.errors.append(str(exc))
+        return found
+    try:
+        props = _broker(settings)
+        found.warnings += _rabbitmq_timeouts(props, queues)
+    except OpsfleetError as exc:
+        found.errors.append(str(exc))
+    try:
+        _redis(settings)
+    except OpsfleetError as exc:
+        found.errors.append(str(exc))
+    if found.errors or "maintenance" not in queues:
+        return found
+    try:
+        errors = check_catalog_at(settings.require_database_url(), cfg.maintenance.values(), where=cfg.job_field)
+    except (ServiceUnavailable, sa.exc.DBAPIError) as exc:  # (e.g. the database went away mid-check)
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        found.warnings.append(f"maintenance jobs not checked against the database at start: {reason}; "
+                              "each run checks its job again")
+        return found
+    if errors:
+        found.errors += errors
+        found.errors.append("fix config/maintenance.yaml (or disable the job: enabled: false), or point DATABASE_URL "
+                            "at the application's database")
+    return found
+
+
+def beat_findings() -> Findings:
+    found = Findings()
+    try:
+        settings = get_settings()
+        get_config()
+    except OpsfleetError as exc:
+        found.errors.append(str(exc))
+        return found
+    for probe in (_broker, _redis):
+        try:
+            probe(settings)
+        except OpsfleetError as exc:
+            found.errors.append(str(exc))
+    return found
