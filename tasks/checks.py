@@ -9,6 +9,7 @@ import structlog
 from worker.app import app, task
 from worker.checks.engine import run_check
 from worker.config import get_config
+from worker.fleet import calls
 from worker.fleet.db import checks_engine, fleet_engine
 from worker.fleet.settings import get_settings
 from worker.notify import outbox
@@ -16,21 +17,23 @@ from worker.notify import outbox
 log = structlog.get_logger(__name__)
 
 
-@task("checks.run", bind=True, ignore_result=True)
+ACCEPTS = {"name": "a check name, as `opsfleet checks list` shows them",
+           "slot": "the slot to evaluate, an ISO 8601 instant; default: the current one",
+           "at": "the evaluation time, an ISO 8601 instant with a timezone; default: now"}
+
+
+@task("checks.run", bind=True, ignore_result=False, accepts=ACCEPTS,
+      shadow=lambda kwargs: f"checks.run:{kwargs.get('name')}")
 def run(self, name: str, slot: str | None = None, at: str | None = None) -> dict:
     """Evaluate check `name` for its current slot (or `slot`), at time `at` (ISO 8601; default now)."""
     cfg = get_config()
-    check = cfg.checks.get(name)
-    if check is None:
-        raise ValueError(f"checks.run: unknown check {name!r}; `opsfleet checks list` shows the names")
+    check = cfg.checks[calls.known("checks.run", "name", name, cfg.checks, ACCEPTS)]
+    now = calls.instant("checks.run", "at", at, ACCEPTS) or datetime.now(UTC)
+    slot_at = calls.instant("checks.run", "slot", slot, ACCEPTS)
     structlog.contextvars.bind_contextvars(check=name)
-    now = datetime.fromisoformat(at) if at else datetime.now(UTC)
-    if now.tzinfo is None:
-        raise ValueError(f"checks.run: `at` must carry a timezone, e.g. 2026-11-23T10:00:00+00:00 (got {at!r})")
     outcome = run_check(
         check, monitored=checks_engine("monitored"), fleet=fleet_engine(), fleet_queries=checks_engine("fleet"),
-        now=now, routing=cfg.routing,
-        slot=datetime.fromisoformat(slot) if slot else None, task_id=self.request.id,
+        now=now, routing=cfg.routing, slot=slot_at, task_id=self.request.id,
         redis_url=get_settings().redis() if check.kind == "redis" else None,
     )
     for t in outcome.transitions:

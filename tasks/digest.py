@@ -10,7 +10,7 @@ from worker.fleet.db import fleet_engine, monitored_engine
 from worker.notify.digest import enqueue
 
 
-@task("digest.daily_summary", ignore_result=True)
+@task("digest.daily_summary", ignore_result=False, accepts={})
 def daily_summary() -> dict:
     routing = get_config().routing
     channel = routing.digest.channel if routing and routing.digest else "email"

@@ -8,16 +8,18 @@ import structlog
 
 from worker.app import task
 from worker.config import get_config
+from worker.fleet import calls
 from worker.fleet.db import fleet_engine, monitored_engine
 from worker.maintenance.jobs import run_job
 
+ACCEPTS = {"job": "a maintenance job's name, from config/maintenance.yaml"}
 
-@task("maintenance.run", bind=True, ignore_result=False)
+
+@task("maintenance.run", bind=True, ignore_result=False, accepts=ACCEPTS,
+      shadow=lambda kwargs: f"maintenance.run:{kwargs.get('job')}")
 def run(self, job: str) -> dict:
     cfg = get_config()
-    spec = cfg.maintenance.get(job)
-    if spec is None:
-        raise ValueError(f"maintenance.run: unknown job {job!r}; known: {', '.join(sorted(cfg.maintenance)) or 'none'}")
+    spec = cfg.maintenance[calls.known("maintenance.run", "job", job, cfg.maintenance, ACCEPTS)]
     structlog.contextvars.bind_contextvars(job=job)
 
     def progress(rows: int, batches: int) -> None:

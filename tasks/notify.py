@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from functools import lru_cache
 
@@ -9,7 +10,7 @@ import structlog
 
 from worker.app import app, task
 from worker.config import get_config
-from worker.fleet import redisconn
+from worker.fleet import calls, redisconn
 from worker.fleet.db import fleet_engine, monitored_engine
 from worker.fleet.settings import get_settings
 from worker.notify.delivery import BROKER_RETRY_LIMIT
@@ -19,9 +20,19 @@ from worker.notify.outbox import due
 log = structlog.get_logger(__name__)
 
 
-@task("notify.deliver", ignore_result=True)
+DELIVER_ACCEPTS = {"notification_id": "an outbox row's id (a UUID)",
+                   "channel": "a channel of routing.yaml, for a follow-up at its next token; default none"}
+SWEEP_ACCEPTS = {"limit": "how many due rows to re-enqueue at most, a whole number >= 1; default 500"}
+
+
+@task("notify.deliver", ignore_result=True, accepts=DELIVER_ACCEPTS)
 def deliver(notification_id: str, channel: str | None = None) -> dict:
     """Deliver one outbox row (`channel`: a follow-up at the channel's next token, see below)."""
+    try:
+        uuid.UUID(str(notification_id))
+    except ValueError:
+        raise calls.rejected("notify.deliver", [f"notification_id={notification_id!r} is not a UUID"],
+                             DELIVER_ACCEPTS) from None
     structlog.contextvars.bind_contextvars(notification_id=notification_id)
     settings = get_settings()
     client = _redis()
@@ -66,8 +77,10 @@ def _redis():
     return redisconn.client(get_settings().redis())
 
 
-@task("notify.sweep", ignore_result=True)
+@task("notify.sweep", ignore_result=True, accepts=SWEEP_ACCEPTS)
 def sweep(limit: int = 500) -> dict:
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise calls.rejected("notify.sweep", [f"limit={limit!r} is invalid"], SWEEP_ACCEPTS)
     ids = due(fleet_engine(), datetime.now(UTC), limit)
     for nid in ids:
         app.send_task("notify.deliver", kwargs={"notification_id": nid}, queue="notify")

@@ -203,3 +203,53 @@ def test_a_maintenance_worker_refuses_to_start_when_a_job_names_a_missing_table(
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "maintenance.yaml:5: jobs.0.table" in proc.stderr and "webhook_logz" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _celery(args: list[str], env: dict[str, str], tmp_path) -> subprocess.CompletedProcess:
+    if args[0] == "beat":
+        args = [*args, "-s", str(tmp_path / "beat-schedule")]
+    return subprocess.run([sys.executable, "-m", "celery", "-A", "worker", *args], env=env, cwd=REPO,  # noqa: S603
+                          capture_output=True, text=True, timeout=90)
+
+
+def _refused(proc: subprocess.CompletedProcess, *needles: str) -> list[str]:
+    assert proc.returncode == 2, proc.stdout[-1000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "ready." not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("opsfleet")]
+    assert lines, proc.stderr[-2000:]
+    for n in needles:
+        assert any(n in line for line in lines), (n, lines)
+    return lines
+
+
+def test_a_worker_without_database_url_refuses_to_start_with_the_clis_line(env, tmp_path):
+    e = {k: v for k, v in env.items() if k != "DATABASE_URL"}
+    lines = _refused(_celery(["worker", "-Q", "checks", "-c", "1"], e, tmp_path), "DATABASE_URL is not set")
+    cli = run_cli(["db", "upgrade"], e)
+    assert cli.stderr.strip().removeprefix("opsfleet: error: ") in lines[0]
+
+
+@pytest.mark.parametrize("process", [["worker", "-Q", "checks", "-c", "1"], ["beat"]])
+def test_an_unreachable_broker_at_start_is_one_line_and_a_refusal(env, tmp_path, process):
+    port = free_port()
+    lines = _refused(_celery(process, {**env, "CELERY_BROKER_URL": f"redis://:hunter2secret@127.0.0.1:{port}/0",
+                                       "REDIS_URL": env["CELERY_BROKER_URL"]}, tmp_path),
+                     "cannot reach the broker", f"127.0.0.1:{port}", "CELERY_BROKER_URL")
+    assert len(lines) == 1 and "hunter2secret" not in lines[0]
+
+
+@pytest.mark.parametrize("process", [["worker", "-Q", "notify", "-c", "1"], ["beat"]])
+def test_an_unreachable_redis_at_start_is_one_line_and_a_refusal(env, tmp_path, process):
+    port = free_port()
+    lines = _refused(_celery(process, {**env, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}, tmp_path),
+                     "cannot reach Redis", f"127.0.0.1:{port}", "REDIS_URL")
+    assert len(lines) == 1
+
+
+def test_ping_names_the_broker_and_redis(env):
+    proc = run_cli(["ping"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split(" ")[1] for line in proc.stdout.splitlines()] == ["DATABASE_URL", "fleet", "broker", "redis"]
+    port = free_port()
+    down = run_cli(["ping"], {**env, "REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+    _one_line_error(down, "cannot reach Redis", f"127.0.0.1:{port}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -12,8 +14,9 @@ from celery.utils.text import str_to_list
 from kombu import Queue
 
 from worker import startup
-from worker.fleet.errors import SettingsError
-from worker.fleet.logs import configure_logging
+from worker.fleet import calls
+from worker.fleet.errors import ArgumentError, ConfigError, ServiceUnavailable, SettingsError
+from worker.fleet.logs import configure_logging, get_logger
 from worker.fleet.names import KNOWN_TASKS, QUEUES, TASK_MODULES, VISIBILITY_TIMEOUT, queue_of
 from worker.fleet.settings import get_settings
 
@@ -64,13 +67,19 @@ app.conf.update(
 
 _ALLOWED_OPTIONS = {"bind", "ignore_result", "max_retries", "default_retry_delay", "acks_late",
                     "track_started", "typing", "rate_limit", "soft_time_limit", "time_limit"}
+# expected in normal operation: Celery records the failure and logs one line, without a traceback
+EXPECTED = (ArgumentError, ServiceUnavailable, ConfigError)
+log = get_logger("worker.app")
 
 
-def task(name: str, **options: Any):
+def task(name: str, *, accepts: dict[str, str] | None = None, shadow: Callable[[dict], str] | None = None,
+         **options: Any):
     """Register a task under an explicit dotted name, routed to its family's queue.
 
-    Options are checked here so a typo (`ignore_results=`) fails at import, not silently.
-    """
+    Options are checked here so a typo (`ignore_results=`) fails at import, not silently. Every call's
+    arguments are checked against the function's signature before it runs (`accepts` describes each
+    for the message); a service that stops answering fails the task in one line (worker.fleet.calls).
+    `shadow(kwargs)` names the task as logs and Flower show it (e.g. checks.run:confirmation_backlog)."""
     family = queue_of(name)
     if name not in KNOWN_TASKS:
         raise ValueError(f"task {name!r} is not in worker.fleet.names.KNOWN_TASKS")
@@ -78,8 +87,29 @@ def task(name: str, **options: Any):
     if unknown:
         raise TypeError(f"unknown task option(s) for {name}: {', '.join(sorted(unknown))}")
     limits = QUEUES[family]
-    opts = {"soft_time_limit": limits["soft_time_limit"], "time_limit": limits["time_limit"], **options}
-    return app.task(name=name, **opts)
+    opts: dict[str, Any] = {"soft_time_limit": limits["soft_time_limit"], "time_limit": limits["time_limit"],
+                            "throws": EXPECTED, **options}
+    if shadow is not None:
+        opts["shadow_name"] = lambda self, args, kwargs, options: shadow(kwargs or {})
+    bound = bool(options.get("bind"))
+
+    def decorate(fn: Callable[..., Any]):
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            calls.check_arguments(name, fn, args[1:] if bound else args, kwargs, accepts or {}, bound=bound)
+            try:
+                return fn(*args, **kwargs)
+            except calls.SERVICE_ERRORS as exc:
+                unavailable = calls.service_unavailable(exc)
+                log.error("task_failed", task=name, error=str(unavailable))
+                raise unavailable from None
+            except EXPECTED as exc:
+                log.warning("task_failed", task=name, error=str(exc))
+                raise
+
+        return app.task(name=name, **opts)(run)
+
+    return decorate
 
 
 @signals.setup_logging.connect

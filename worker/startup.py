@@ -38,7 +38,7 @@ def consumer_timeout_ms(queue: str) -> int:
     return (QUEUES[queue]["time_limit"] + 300) * 1000
 
 
-def _broker(settings: Settings) -> dict:
+def check_broker(settings: Settings) -> dict:
     """Connect to the broker once; RabbitMQ's server properties (its version), or {} for Redis."""
     url = settings.broker_url()
     conn = Connection(url, connect_timeout=5)
@@ -53,7 +53,7 @@ def _broker(settings: Settings) -> dict:
         conn.release()
 
 
-def _redis(settings: Settings) -> None:
+def check_redis(settings: Settings) -> None:
     url = settings.redis()
     if not redisconn.answers(url, timeout=3):
         raise ServiceUnavailable(f"cannot reach Redis at {mask_text(url)} (REDIS_URL, or CELERY_BROKER_URL when "
@@ -101,12 +101,12 @@ def worker_findings(queues: Iterable[str]) -> Findings:
         found.errors.append(str(exc))
         return found
     try:
-        props = _broker(settings)
+        props = check_broker(settings)
         found.warnings += _rabbitmq_timeouts(props, queues)
     except OpsfleetError as exc:
         found.errors.append(str(exc))
     try:
-        _redis(settings)
+        check_redis(settings)
     except OpsfleetError as exc:
         found.errors.append(str(exc))
     if found.errors or "maintenance" not in queues:
@@ -133,7 +133,7 @@ def beat_findings() -> Findings:
     except OpsfleetError as exc:
         found.errors.append(str(exc))
         return found
-    for probe in (_broker, _redis):
+    for probe in (check_broker, check_redis):
         try:
             probe(settings)
         except OpsfleetError as exc:

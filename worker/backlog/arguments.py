@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from worker.fleet.errors import ArgumentError
 from worker.fleet.timeutil import parse_duration
 
 ACCEPTED = {
@@ -57,8 +58,8 @@ def parse_args(task_name: str, model: type[_Args], kwargs: dict[str, Any]) -> An
             else:
                 problems.append(f"{name}={err['input']!r} is invalid (expected {ACCEPTED.get(name, err['msg'])})")
         accepted = ", ".join(f"{n} ({ACCEPTED[n]})" for n in model.model_fields)
-        raise ValueError(f"{task_name} rejected its arguments, nothing was done: {'; '.join(problems)}. "
-                         f"Accepted arguments: {accepted}") from None
+        raise ArgumentError(f"{task_name} rejected its arguments, nothing was done: {'; '.join(problems)}. "
+                            f"Accepted arguments: {accepted}") from None
 
 
 # -- results and progress ------------------------------------------------------------------------------

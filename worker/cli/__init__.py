@@ -28,11 +28,23 @@ app.command()(fleet.metrics)
 app.command()(dev.demo)
 
 
-def main() -> None:
-    import sqlalchemy.exc
+def _usage_line(exc) -> str:
+    """One line for a usage error: the command, what is wrong, where the help is."""
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "opsfleet"
+    message = " ".join(exc.format_message().split())
+    command = where.removeprefix("opsfleet").strip()
+    return f"opsfleet: error: {command + ': ' if command else ''}{message} (see `{where} --help`)"
 
+
+def main() -> None:
+    import click
+    import sqlalchemy.exc
+    from typer._click import exceptions as typer_click
+
+    click_errors = (click.ClickException, typer_click.ClickException)
     try:
-        rc = app(standalone_mode=False)
+        rc = app(standalone_mode=False, prog_name="opsfleet")
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except OpsfleetError as exc:
@@ -43,17 +55,15 @@ def main() -> None:
         err.print(f"opsfleet: error: {ServiceUnavailable.__name__}: the database did not answer: {reason}",
                   highlight=False, soft_wrap=True)
         sys.exit(3)
-    except (typer.Abort, KeyboardInterrupt):
+    except (typer.Abort, click.Abort, KeyboardInterrupt):
         err.print("aborted")
         sys.exit(130)
-    except typer.Exit as exc:
+    except (typer.Exit, click.exceptions.Exit) as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
-
-
+    except (typer_click.NoArgsIsHelpError, click.exceptions.NoArgsIsHelpError) as exc:
+        print(exc.ctx.get_help())  # a group given no command: its help, as `--help` shows it
+        sys.exit(2)
+    except click_errors as exc:  # usage errors (typer ships its own copy of click: both are caught)
+        err.print(_usage_line(exc) if isinstance(exc, (click.UsageError, typer_click.UsageError))
+                  else f"opsfleet: error: {' '.join(exc.format_message().split())}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)

@@ -83,11 +83,11 @@ def config_env() -> None:
 
 
 def ping() -> None:
-    """Check that the databases and the broker answer (one line each)."""
+    """Check that the databases, the broker and Redis answer (one line each)."""
     from worker.fleet.db import create, safe_url
     from worker.fleet.db import ping as db_ping
     from worker.fleet.logs import mask_text
-    from worker.fleet.redisconn import answers, is_redis_url
+    from worker.startup import check_broker, check_redis
 
     s = settings()
     for what, url in (("DATABASE_URL", s.require_database_url()),
@@ -98,10 +98,12 @@ def ping() -> None:
         finally:
             engine.dispose()
         console.print(f"ok: {what} {safe_url(url)}")
-    broker = s.broker_url()
-    if is_redis_url(broker) and not answers(broker):
-        raise ServiceUnavailable(f"cannot reach the broker at {mask_text(broker)} (is Redis running? CELERY_BROKER_URL)")
-    console.print("ok: broker")
+    props = check_broker(s)
+    product = props.get("product", b"")
+    product = product.decode() if isinstance(product, bytes) else str(product or "")
+    console.print(f"ok: broker {mask_text(s.broker_url())}" + (f" ({product})" if product else ""))
+    check_redis(s)
+    console.print(f"ok: redis {mask_text(s.redis())}")
 
 
 def metrics(port: Annotated[int, typer.Option(help="port to serve /metrics on")] = 9808,

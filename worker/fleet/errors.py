@@ -19,3 +19,7 @@ class ServiceUnavailable(OpsfleetError):
     """Postgres or Redis cannot be reached."""
 
     exit_code = 3
+
+
+class ArgumentError(OpsfleetError, ValueError):
+    """A task's arguments (from `celery call`, which sends them unchecked) are wrong: nothing was done."""

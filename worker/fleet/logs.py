@@ -77,6 +77,15 @@ class _MaskingRenderer:
         return mask_text(self.inner(logger, name, event_dict))
 
 
+def _drop_celery_data(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Celery's task-outcome records carry an extra `data` dict (id, name, args, kwargs, exc and a
+    traceback string, even for a task's expected error): the message says as much, and a real error's
+    traceback still comes with the record's own exc_info."""
+    if str(event_dict.get("logger", "")).startswith("celery"):
+        event_dict.pop("data", None)
+    return event_dict
+
+
 _configured: tuple[str, str] | None = None
 
 
@@ -104,6 +113,7 @@ def configure_logging(fmt: str | None = None, level: str | None = None, *, force
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.stdlib.ExtraAdder(),
+        _drop_celery_data,
     ]
     if fmt == "json":
         renderer: Any = structlog.processors.JSONRenderer()

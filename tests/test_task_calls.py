@@ -1,0 +1,139 @@
+"""Every task checks its `celery call` arguments before doing anything (an unknown or missing name, a
+bad value: one message naming each, with what the task accepts and the closest known name), and a
+service that stops answering fails a task in one line while the worker stays up."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from celery import Celery
+
+import tasks.backlog
+import tasks.checks
+import tasks.digest
+import tasks.maintenance
+import tasks.notify
+from ops.devkit.process import CELERY, start_worker
+from ops.devkit.servers import PostgresServer
+from tests.conftest import REPO
+from worker.fleet.errors import ArgumentError
+from worker.fleet.migrate import upgrade
+
+CALLS = [
+    (tasks.checks.run, {"nmae": "confirmation_backlog"},
+     ["unknown argument 'nmae' (did you mean 'name'?)", "missing argument 'name'", "Accepted arguments: name ("]),
+    (tasks.checks.run, {"name": "confirmaton_backlog"}, ["name='confirmaton_backlog' is not known (did you mean "
+                                                        "'confirmation_backlog'?)"]),
+    (tasks.checks.run, {"name": "confirmation_backlog", "at": "yesterday"},
+     ["at='yesterday' is not an ISO 8601 instant with a timezone"]),
+    (tasks.checks.run, {"name": "confirmation_backlog", "slot": "2026-11-23T10:00:00"},
+     ["slot='2026-11-23T10:00:00' is not an ISO 8601 instant with a timezone"]),
+    (tasks.maintenance.run, {"jbo": "archive_webhook_logs"}, ["unknown argument 'jbo' (did you mean 'job'?)",
+                                                             "missing argument 'job'"]),
+    (tasks.maintenance.run, {"job": "archive_webhook_log"}, ["job='archive_webhook_log' is not known (did you mean "
+                                                             "'archive_webhook_logs'?)"]),
+    (tasks.notify.deliver, {"notification_id": "42"}, ["notification_id='42' is not a UUID"]),
+    (tasks.notify.deliver, {"id": "x"}, ["unknown argument 'id'", "missing argument 'notification_id'"]),
+    (tasks.notify.sweep, {"limit": "all"}, ["limit='all' is invalid", "Accepted arguments: limit ("]),
+    (tasks.notify.sweep, {"limt": 5}, ["unknown argument 'limt' (did you mean 'limit'?)"]),
+    (tasks.digest.daily_summary, {"channel": "email"}, ["unknown argument 'channel'", "Accepted arguments: none"]),
+    (tasks.backlog.reprocess_confirmations, {"limt": 1000}, ["unknown argument 'limt'", "Accepted arguments: limit"]),
+    (tasks.backlog.resend_failed_emails, {"max_attempts": 0}, ["max_attempts=0 is invalid"]),
+]
+
+
+@pytest.mark.parametrize(("fn", "kwargs", "needles"), CALLS, ids=[f"{c[0].name}-{i}" for i, c in enumerate(CALLS)])
+def test_every_task_rejects_bad_arguments_before_doing_anything(fn, kwargs, needles):
+    with pytest.raises(ArgumentError) as err:
+        fn(**kwargs)
+    text = str(err.value)
+    assert text.startswith(f"{fn.name} rejected its arguments, nothing was done: "), text
+    for n in needles:
+        assert n in text, text
+    assert "\n" not in text
+
+
+def test_every_known_task_is_registered_with_the_argument_check():
+    from worker.app import EXPECTED, app
+    from worker.fleet.names import KNOWN_TASKS
+
+    for name in KNOWN_TASKS:
+        t = app.tasks[name]
+        assert t.throws == EXPECTED, name
+        assert getattr(t.run, "__wrapped__", None) is not None, f"{name} is not made by worker.app.task"
+
+
+def test_celery_call_with_a_misspelt_argument_is_one_line_in_the_worker_and_a_failure(broker_env, app_db_url,
+                                                                                      tmp_path, redis_url):
+    env = {**broker_env, "DATABASE_URL": app_db_url}
+    worker = start_worker(env, tmp_path, queues="checks,maintenance")
+    client = Celery(broker=env["CELERY_BROKER_URL"], backend=redis_url)
+    try:
+        call = subprocess.run([*CELERY, "call", "checks.run", "--kwargs", '{"nmae": "confirmation_backlog"}'],
+                              env=env, capture_output=True, text=True, timeout=60, cwd=REPO)  # noqa: S603
+        assert call.returncode == 0, call.stderr
+        result = client.AsyncResult(call.stdout.strip())
+        result.get(timeout=30, propagate=False)
+        assert result.state == "FAILURE" and "unknown argument 'nmae'" in str(result.result)
+        bad_job = client.send_task("maintenance.run", kwargs={"job": "archive_webhook_log"}, queue="maintenance")
+        bad_job.get(timeout=30, propagate=False)
+        assert "did you mean 'archive_webhook_logs'" in str(bad_job.result)
+        assert worker.wait_for("rejected its arguments", 10)
+        time.sleep(0.5)
+        out = worker.output()
+        assert "Traceback" not in out, out[-3000:]
+        assert out.count("checks.run rejected its arguments") <= 2  # our line, and Celery's "raised expected"
+        assert worker.p.poll() is None
+    finally:
+        client.close()
+        worker.stop()
+
+
+@pytest.mark.slow
+def test_a_database_that_goes_away_fails_tasks_in_one_line_and_the_worker_stays_up(broker_env, tmp_path, redis_url):
+    """A throwaway Postgres, stopped under a running worker: each check run fails with one line, no
+    traceback; started again, the next run works. About 15 s (the server's own start and stop)."""
+    server = PostgresServer(tmp_path / "pg").start()
+    try:
+        upgrade(server.url)
+        engine = sa.create_engine(server.url.replace("postgresql://", "postgresql+psycopg://"), poolclass=sa.pool.NullPool)
+        cfg = tmp_path / "config"
+        (cfg / "checks").mkdir(parents=True)
+        (cfg / "checks" / "one.yaml").write_text(
+            "checks:\n  - name: one\n    description: a check of the test's own\n    schedule: 1m\n"
+            "    query: SELECT 1 AS value\n    condition: '> 5'\n    severity: info\n    summary: one\n")
+        env = {**broker_env, "DATABASE_URL": server.url, "OPSFLEET_CONFIG_DIR": str(cfg)}
+        worker = start_worker(env, tmp_path, queues="checks")
+        client = Celery(broker=env["CELERY_BROKER_URL"], backend=redis_url)
+        try:
+            def slot(i: int) -> str:  # a slot per call: one evaluation per slot would skip a second one
+                return (datetime.now(UTC) - timedelta(minutes=i)).replace(second=0, microsecond=0).isoformat()
+
+            ok = client.send_task("checks.run", kwargs={"name": "one", "slot": slot(1)}, queue="checks")
+            assert ok.get(timeout=30)["status"] == "ok"
+            server.stop()
+            failures = []
+            for i in range(2):
+                r = client.send_task("checks.run", kwargs={"name": "one", "slot": slot(2 + i)}, queue="checks")
+                r.get(timeout=60, propagate=False)
+                failures.append(r)
+            assert all(r.state == "FAILURE" for r in failures)
+            assert all("a service did not answer" in str(r.result) for r in failures), [str(r.result) for r in failures]
+            out = worker.output()
+            assert "Traceback" not in out and worker.p.poll() is None, out[-3000:]
+            assert len([line for line in out.splitlines() if '"task_failed"' in line]) == 2
+            server.start()
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            again = client.send_task("checks.run", kwargs={"name": "one", "slot": slot(4)}, queue="checks")
+            assert again.get(timeout=60)["status"] == "ok"
+        finally:
+            client.close()
+            worker.stop()
+            engine.dispose()
+    finally:
+        server.stop()
