@@ -3,18 +3,29 @@ standby beats wait on it)."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import sys
+import time
 from typing import Any
 
+import redis
 from redbeat import RedBeatScheduler
 
 from worker.backlog.spec import beat_entries as backlog_beat
 from worker.checks.spec import beat_entries as checks_beat
 from worker.config import FleetConfig, get_config
+from worker.fleet import redisconn
 from worker.fleet.errors import ConfigError
+from worker.fleet.logs import get_logger
+from worker.fleet.settings import get_settings
 from worker.maintenance.spec import beat_entries as maintenance_beat
 from worker.notify.routing import beat_entries as notify_beat
 from worker.startup import beat_findings
+
+BEAT_TICK_KEY = "opsfleet:beat:tick"  # read by worker.health
+log = get_logger(__name__)
 
 
 def build_schedule(cfg: FleetConfig) -> dict[str, dict[str, Any]]:
@@ -39,3 +50,18 @@ class Scheduler(RedBeatScheduler):
             sys.stderr.write(f"opsfleet beat: {exc}\n")
             raise SystemExit(2) from None
         super().setup_schedule()
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """RedBeat's tick (only the leader ticks: standbys wait on the lock), then the leader's last
+        tick for `opsfleet health`: who leads, and when it last ticked."""
+        interval = super().tick(*args, **kwargs)
+        try:
+            if self._tick_client is None:
+                self._tick_client = redisconn.client(get_settings().redis(), socket_timeout=2)
+            self._tick_client.set(BEAT_TICK_KEY, json.dumps({"at": time.time(), "host": socket.gethostname(),
+                                                             "pid": os.getpid()}), ex=300)
+        except redis.RedisError as exc:
+            log.warning("beat_tick_not_recorded", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return interval
+
+    _tick_client: Any = None

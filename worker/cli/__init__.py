@@ -25,6 +25,8 @@ app.add_typer(notify.digest_app, name="digest")
 app.add_typer(jobs.backlog_app, name="backlog")
 app.command()(fleet.ping)
 app.command()(fleet.metrics)
+app.command()(fleet.health)
+app.command()(fleet.serve)
 app.command()(dev.demo)
 
 

@@ -122,3 +122,57 @@ def metrics(port: Annotated[int, typer.Option(help="port to serve /metrics on")]
     console.print(f"serving metrics on http://{host}:{port}/metrics")
     while True:
         time.sleep(3600)
+
+
+_STATE_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "off": "dim"}
+
+
+def health(json_out: Annotated[bool, typer.Option("--json", help="one JSON document, stable field names")] = False,
+           probe: Annotated[bool, typer.Option("--probe", help="also make each provider's harmless call "
+                                                              "(Slack auth.test, Resend GET /domains)")] = False,
+           timeout: Annotated[float, typer.Option(min=0.5, max=30, help="seconds per probe")] = 3.0) -> None:
+    """Every dependency with its state and latency: databases, broker, Redis, the workers of each
+    queue, beat, the channels, the outbox, checks in error, stale jobs. Exit 0 when nothing fails,
+    1 when something does."""
+    import json as jsonlib
+
+    from worker import health as fleet_health
+    from worker.config import get_config
+
+    s = settings()
+    cfg = get_config()
+    probes = fleet_health.run_all(s, cfg, probe=probe, timeout=timeout)
+    status = fleet_health.overall(probes)
+    if json_out:
+        print(jsonlib.dumps({"status": status, "probes": [p.as_dict() for p in probes]}, indent=2, default=str))
+    else:
+        t = Table("dependency", "state", "ms", "detail", title=f"opsfleet health: {status}")
+        for p in probes:
+            t.add_row(p.name, f"[{_STATE_STYLE[p.state]}]{p.state}[/]",
+                      "-" if p.latency_ms is None else f"{p.latency_ms:g}", p.detail)
+        console.print(t)
+    if status == "unhealthy":
+        raise typer.Exit(1)
+
+
+def serve(port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
+          host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1") -> None:
+    """Serve /health (and /health/database, /redis, /broker, /workers, /email, /slack) for load balancers
+    and uptime checkers, and /metrics for Prometheus."""
+    from prometheus_client import CollectorRegistry
+
+    from worker.config import get_config
+    from worker.fleet.db import fleet_engine
+    from worker.metrics import FleetCollector
+    from worker.web.server import Fleet, make_server
+
+    s = settings()
+    cfg = get_config()
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(fleet_engine(), cfg))
+    server = make_server(Fleet(s, cfg, registry), host, port)
+    console.print(f"serving http://{host}:{server.server_address[1]}/health and /metrics", soft_wrap=True)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        server.server_close()

@@ -13,6 +13,8 @@ Routes (names for `script`):
     resend.emails           POST /emails                   {"id": ...}; Idempotency-Key honoured
     resend.emails.batch     POST /emails/batch             {"data": [{"id": ...}, ...]}; max 100
     resend.emails.get       GET  /emails/{id}              the stored email
+    resend.domains          GET  /domains                  {"object": "list", "data": []} (a full-access key);
+                                                           401 restricted_api_key for a key in restricted_keys
     slack.webhook           POST /services/T.../B.../...   "ok" | 400 invalid_payload | 404 no_service
     slack.chat.postMessage  POST /api/chat.postMessage     {"ok": true, "channel", "ts", "message"}
     slack.chat.update       POST /api/chat.update          needs the channel id and an existing ts

@@ -12,6 +12,7 @@ ROUTES = (
     "resend.emails",
     "resend.emails.batch",
     "resend.emails.get",
+    "resend.domains",
     "slack.webhook",
     "slack.chat.postMessage",
     "slack.chat.update",

@@ -76,6 +76,10 @@ class ResendRoutes:
             self.resend_api_keys is None and not key.startswith("re_")
         ):
             return resend_default(403)
+        if route == "resend.domains":  # what `opsfleet health --probe` asks: nothing is sent
+            if key in getattr(self, "restricted_keys", set()):
+                return resend_error(401, "restricted_api_key", "This API key is restricted to only send emails.")
+            return Response(200, {"object": "list", "data": []})
         if route == "resend.emails.get":
             email = self._emails_by_id.get(arg or "")
             if email is None:

@@ -33,6 +33,7 @@ class ProviderSink(ResendRoutes, SlackRoutes, RateLimits):
         *,
         capture_path: str | Path | None = None,
         resend_api_keys: Iterable[str] | None = None,
+        restricted_keys: Iterable[str] = (),
         slack_tokens: Iterable[str] | None = None,
         slack_webhook_paths: Iterable[str] | None = None,
         slack_channels: Iterable[str] | None = None,
@@ -46,6 +47,7 @@ class ProviderSink(ResendRoutes, SlackRoutes, RateLimits):
         self.port = port
         self.capture_path = Path(capture_path) if capture_path else None
         self.resend_api_keys = set(resend_api_keys) if resend_api_keys is not None else None
+        self.restricted_keys = set(restricted_keys)  # sending-only keys: GET /domains answers 401
         self.slack_tokens = set(slack_tokens) if slack_tokens is not None else None
         self.slack_webhook_paths = set(slack_webhook_paths) if slack_webhook_paths is not None else None
         channels = list(slack_channels) if slack_channels is not None else None
@@ -196,6 +198,8 @@ class ProviderSink(ResendRoutes, SlackRoutes, RateLimits):
             return "resend.emails.batch", None
         if method == "GET" and path.startswith("/emails/"):
             return "resend.emails.get", path[len("/emails/") :]
+        if method == "GET" and path == "/domains":
+            return "resend.domains", None
         if method == "POST" and path.startswith("/services/"):
             return "slack.webhook", None
         if path.startswith("/api/"):

@@ -1,0 +1,163 @@
+"""`opsfleet health` and `opsfleet serve`: every dependency probed on its own (one failing never hides
+the next), exit 0 when nothing fails and 1 when something does; /health in seed 003's shape over a
+real HTTP connection, 503 when something is down."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+
+from ops.devkit.process import start_beat, start_worker
+from ops.devkit.servers import RedisServer, free_port
+from ops.devkit.sink import ProviderSink
+from tests.conftest import run_cli
+from worker.fleet.names import QUEUES
+
+
+@pytest.fixture
+def sink():
+    with ProviderSink(resend_api_keys=["re_full_key_0123456789", "re_send_only_0123456789"],
+                      restricted_keys=["re_send_only_0123456789"], slack_tokens=["xoxb-test-token"]) as s:
+        yield s
+
+
+@pytest.fixture
+def henv(env, app_db_url, sink):
+    """A fleet whose channels are all configured, against the sink."""
+    return {**env, "DATABASE_URL": app_db_url, "RESEND_API_KEY": "re_full_key_0123456789",
+            "RESEND_API_URL": sink.resend_api_url, "ALERT_EMAIL_RECIPIENTS": "ops@example.com",
+            "FROM_EMAIL": "alerts@example.com", "ALERT_SLACK_WEBHOOK_URL": sink.slack_webhook_url}
+
+
+def health(env: dict[str, str], *args: str) -> tuple[int, dict]:
+    proc = run_cli(["health", "--json", "--timeout", "2", *args], env, timeout=90)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def states(doc: dict) -> dict[str, str]:
+    return {p["name"]: p["state"] for p in doc["probes"]}
+
+
+def test_every_dependency_is_probed_and_a_stopped_redis_is_red_and_named(henv, tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    env = {**henv, "REDIS_URL": server.url}
+    server.stop()
+    rc, doc = health(env)
+    got = states(doc)
+    assert rc == 1 and doc["status"] == "unhealthy"
+    assert got["redis"] == "fail" and "cannot reach Redis" in next(p["detail"] for p in doc["probes"]
+                                                                   if p["name"] == "redis")
+    # the probes after it still ran
+    assert got["database"] == "ok" and got["fleet database"] == "ok" and got["broker"] == "ok"
+    assert got["beat"] == "fail" and got["channel email"] == "ok" and "outbox" in got
+    assert {f"queue {q}" for q in QUEUES} <= set(got)
+
+
+def test_a_queue_without_its_worker_is_red_and_named_and_a_running_beat_is_green(henv, tmp_path, redis_client):
+    redis_client.delete("opsfleet:beat:tick", "opsfleet:redbeat::lock")
+    others = ",".join(q for q in QUEUES if q != "checks")
+    worker = start_worker(henv, tmp_path, queues=others, name="nochecks")
+    beat = start_beat(henv, tmp_path, "beat")
+    try:
+        assert beat.wait_for("beat: Acquired lock", 60), beat.output()[-2000:]
+        assert beat.wait_for("Extending lock", 30) or True
+        rc, doc = health(henv)
+    finally:
+        beat.kill()
+        worker.stop()
+    got = {p["name"]: p for p in doc["probes"]}
+    assert rc == 1
+    assert got["queue checks"]["state"] == "fail" and "no worker consumes the checks queue" in got["queue checks"]["detail"]
+    for q in QUEUES:
+        if q != "checks":
+            assert got[f"queue {q}"]["state"] == "ok" and got[f"queue {q}"]["data"]["workers"][0].startswith("nochecks@")
+    assert got["beat"]["state"] == "ok" and got["beat"]["data"]["lock_held"], got["beat"]
+
+
+def test_a_missing_resend_key_makes_the_email_channel_red_and_named(henv):
+    env = {k: v for k, v in henv.items() if k != "RESEND_API_KEY"}
+    rc, doc = health(env)
+    email = next(p for p in doc["probes"] if p["name"] == "channel email")
+    assert rc == 1 and email["state"] == "fail" and "RESEND_API_KEY" in email["detail"]
+    assert next(p for p in doc["probes"] if p["name"] == "channel slack")["state"] == "ok"
+
+
+def test_probe_makes_each_providers_harmless_call(henv, sink):
+    env = {**henv, "SLACK_BOT_TOKEN": "xoxb-test-token", "SLACK_CHANNEL": "#alerts", "SLACK_API_URL": sink.slack_api_url}
+    _, doc = health(env, "--probe")
+    got = {p["name"]: p for p in doc["probes"]}
+    assert got["channel email"]["state"] == "ok" and "Resend accepts the API key" in got["channel email"]["detail"]
+    assert got["channel slack"]["state"] == "ok" and "auth.test ok" in got["channel slack"]["detail"]
+    assert [r.route for r in sink.requests] == ["resend.domains", "slack.auth.test"]
+    assert sink.emails == [] and sink.slack_messages == []  # nothing was sent
+    _, doc = health({**env, "RESEND_API_KEY": "re_send_only_0123456789"}, "--probe")
+    assert "sending only" in next(p["detail"] for p in doc["probes"] if p["name"] == "channel email")
+    _, doc = health({**env, "RESEND_API_KEY": "re_wrong_key_0123456789", "SLACK_BOT_TOKEN": "xoxb-wrong"}, "--probe")
+    got = {p["name"]: p for p in doc["probes"]}
+    assert got["channel email"]["state"] == "fail" and "403" in got["channel email"]["detail"]
+    assert got["channel slack"]["state"] == "fail" and "invalid_auth" in got["channel slack"]["detail"]
+
+
+def test_bad_settings_are_exit_2_not_a_health_report(henv):
+    proc = run_cli(["health"], {**henv, "LOG_LEVEL": "LOUD"})
+    assert proc.returncode == 2 and "LOG_LEVEL" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _get(url: str) -> tuple[int, dict | str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 - loopback
+            body, status, ctype = resp.read().decode(), resp.status, resp.headers["Content-Type"]
+    except urllib.error.HTTPError as exc:
+        body, status, ctype = exc.read().decode(), exc.code, exc.headers["Content-Type"]
+    return status, (json.loads(body) if ctype.startswith("application/json") else body), ctype
+
+
+def test_serve_answers_health_in_seed_003s_shape_and_metrics_over_http(henv, monkeypatch, tmp_path):
+    from prometheus_client import CollectorRegistry
+
+    from worker.config import load_config
+    from worker.fleet.db import create
+    from worker.fleet.settings import reload_settings
+    from worker.metrics import FleetCollector
+    from worker.web.server import Fleet, make_server
+
+    for k, v in henv.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # Redis is down
+    settings = reload_settings()
+    cfg = load_config()
+    engine = create(henv["DATABASE_URL"])
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(engine, cfg))
+    server = make_server(Fleet(settings, cfg, registry, cache_s=0), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        status, doc, _ = _get(base + "/health")
+        assert status == 503 and doc["status"] == "unhealthy"
+        assert set(doc) == {"status", "timestamp", "services", "environment"}
+        assert doc["services"]["redis"]["status"] == "down" and doc["services"]["database"]["status"] == "operational"
+        assert doc["environment"]["hasResendKey"] is True
+        status, doc, _ = _get(base + "/health/database")
+        assert status == 200 and set(doc["services"]) == {"database", "fleet database"} and doc["status"] == "healthy"
+        status, doc, _ = _get(base + "/health/redis")
+        assert status == 503 and set(doc["services"]) == {"redis"}
+        status, doc, _ = _get(base + "/health/email")
+        assert status == 200 and set(doc["services"]) == {"channel email"}
+        status, doc, _ = _get(base + "/health/nope")
+        assert status == 404 and "/health/database" in doc["known"]
+        status, text, ctype = _get(base + "/metrics")
+        assert status == 200 and ctype.startswith("text/plain") and "opsfleet_alerts{" in text
+        assert "RESEND" not in text and "re_full_key" not in text
+    finally:
+        server.shutdown()
+        server.server_close()
+        engine.dispose()
+        monkeypatch.undo()
+        reload_settings()

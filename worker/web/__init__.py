@@ -1,0 +1,1 @@
+"""`opsfleet serve`: the fleet over HTTP (health endpoints, metrics)."""

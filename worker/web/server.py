@@ -1,0 +1,101 @@
+"""`opsfleet serve`: /health (seed 003's shape), /health/database, /health/redis, /health/broker,
+/health/email, /health/slack, and /metrics (Prometheus), on one small threaded HTTP server.
+
+A health answer is 200 while nothing fails (healthy or degraded) and 503 when something does, so a
+load balancer or an uptime checker needs no parsing. Probes run at most every `cache_s` seconds,
+whatever the request rate."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from worker import health
+from worker.config import FleetConfig
+from worker.fleet.settings import Settings
+
+# the probes each sub-endpoint answers with
+SUBSETS: dict[str, Callable[[health.Probe], bool]] = {
+    "database": lambda p: p.name in ("database", "fleet database"),
+    "redis": lambda p: p.name == "redis",
+    "broker": lambda p: p.name == "broker",
+    "workers": lambda p: p.name.startswith("queue ") or p.name == "beat",
+    "email": lambda p: p.name.startswith("channel ") and p.data.get("kind") == "email",
+    "slack": lambda p: p.name.startswith("channel ") and p.data.get("kind") == "slack",
+}
+
+
+class Fleet:
+    """What the server answers from: settings, config, a metrics registry, cached probes."""
+
+    def __init__(self, settings: Settings, cfg: FleetConfig, registry: CollectorRegistry | None = None,
+                 cache_s: float = 10.0, probe: Callable[[], list[health.Probe]] | None = None) -> None:
+        self.settings, self.cfg, self.registry, self.cache_s = settings, cfg, registry, cache_s
+        self._probe = probe or (lambda: health.run_all(settings, cfg, timeout=2.0))
+        self._lock = threading.Lock()
+        self._cached: tuple[float, list[health.Probe]] | None = None
+
+    def probes(self) -> list[health.Probe]:
+        with self._lock:
+            if self._cached is None or time.monotonic() - self._cached[0] > self.cache_s:
+                self._cached = (time.monotonic(), self._probe())
+            return self._cached[1]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "opsfleet"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        path = urlsplit(self.path).path.rstrip("/") or "/"
+        fleet = self.server.fleet
+        if path == "/metrics" and fleet.registry is not None:
+            self._send(200, generate_latest(fleet.registry), CONTENT_TYPE_LATEST)
+            return
+        if path == "/health" or path.startswith("/health/"):
+            name = path[len("/health/"):] if path.startswith("/health/") else None
+            if name is not None and name not in SUBSETS:
+                self._json(404, {"error": f"unknown health endpoint /health/{name}",
+                                 "known": ["/health", *(f"/health/{k}" for k in SUBSETS)]})
+                return
+            probes = fleet.probes()
+            if name is not None:
+                probes = [p for p in probes if SUBSETS[name](p)]
+            doc = health.health_document(probes, fleet.settings)
+            if name is not None and not probes:
+                doc["status"] = "not_configured"
+            self._json(503 if doc["status"] == "unhealthy" else 200, doc)
+            return
+        self._json(404, {"error": f"no such page {path}", "known": ["/health", "/metrics"]})
+
+    def _json(self, status: int, doc: dict[str, Any]) -> None:
+        self._send(status, json.dumps(doc, indent=2).encode(), "application/json; charset=utf-8")
+
+    def _send(self, status: int, body: bytes, ctype: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    fleet: Fleet
+
+
+def make_server(fleet: Fleet, host: str = "127.0.0.1", port: int = 8080) -> _Server:
+    server = _Server((host, port), _Handler)
+    server.fleet = fleet
+    return server
