@@ -7,7 +7,9 @@ COPY worker ./worker
 COPY tasks ./tasks
 COPY ops ./ops
 COPY config ./config
+# the packs opsfleet ships, where a config folder mounted over /app/config cannot hide them
+COPY config /opt/opsfleet/packs
 RUN pip install --no-cache-dir -c constraints.txt . && useradd --system --uid 10001 opsfleet
 USER opsfleet
-ENV OPSFLEET_CONFIG_DIR=/app/config
+ENV OPSFLEET_CONFIG_DIR=/app/config OPSFLEET_PACKS_DIR=/opt/opsfleet/packs
 CMD ["celery", "-A", "worker", "worker", "-Q", "checks,notify", "-l", "INFO"]

@@ -32,6 +32,8 @@ from worker.fleet.errors import ServiceUnavailable
 from worker.fleet.redisconn import answers as redis_answers
 
 REPO = Path(__file__).resolve().parent.parent
+# the tests exercise every pack (a deployment enables what its database has: config/packs.yaml)
+os.environ.setdefault("OPSFLEET_PACKS", "all")
 _RUN = uuid.uuid4().hex[:8]
 _counter = itertools.count()
 
@@ -234,6 +236,7 @@ def env(fleet_db, redis_url, tmp_path):
     """Environment for subprocesses (opsfleet CLI, celery workers) pointed at the test servers."""
     e = {k: v for k, v in os.environ.items() if not k.startswith(("RESEND_", "SLACK_", "ALERT_", "OPSFLEET_"))}
     e.update(
+        OPSFLEET_PACKS=os.environ["OPSFLEET_PACKS"],
         DATABASE_URL=fleet_db,
         CELERY_BROKER_URL=redis_url,
         LOG_FORMAT="json",

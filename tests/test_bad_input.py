@@ -185,7 +185,7 @@ def test_config_validate_checks_the_jobs_against_the_database(env, tmp_path, app
     offline = run_cli(["config", "validate", "--offline"], e)
     assert offline.returncode == 0 and "not checked against a database" in offline.stdout, offline.stderr
     good = run_cli(["config", "validate", str(REPO / "config")], e)
-    assert good.returncode == 0 and "maintenance jobs checked against" in good.stdout, good.stderr
+    assert good.returncode == 0 and "packs, checks and jobs checked against" in good.stdout, good.stderr
     port = free_port()
     down = run_cli(["config", "validate"], {**e, "DATABASE_URL": f"postgresql://u:hunter2secret@127.0.0.1:{port}/x"})
     text = _one_line_error(down, "cannot reach", f"127.0.0.1:{port}", "--offline")

@@ -41,6 +41,25 @@ def test_long_running_services_have_healthchecks_and_migrate_runs_first(compose)
     assert services["beat"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
+def test_a_first_deploy_watches_your_database_and_keeps_its_state_in_its_own(compose):
+    env = compose["x-opsfleet"]["environment"]
+    assert env["DATABASE_URL"].startswith("${DATABASE_URL:?")  # yours: required, no default into compose's own
+    assert env["FLEET_DATABASE_URL"].endswith("@postgres:5432/fleet}")
+    assert compose["services"]["postgres"]["environment"]["POSTGRES_DB"] == "fleet"
+    assert env["REDIS_URL"] == "${REDIS_URL:-redis://redis:6379/0}" and env["OPSFLEET_PACKS"] == "${OPSFLEET_PACKS:-}"
+    assert compose["x-opsfleet"]["volumes"] == ["./config:/app/config:ro"]  # a changed check needs no rebuild
+    for name in ("postgres", "redis"):
+        assert compose["services"][name]["restart"] == "unless-stopped"
+    assert "serve" in compose["services"] and "/health" in str(compose["services"]["serve"]["healthcheck"])
+
+
+def test_the_build_context_leaves_out_the_working_state():
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".venv", ".opsfleet-demo", ".git"} <= set(ignored)
+    docker = (REPO / "Dockerfile").read_text()
+    assert "OPSFLEET_PACKS_DIR=/opt/opsfleet/packs" in docker and "COPY config /opt/opsfleet/packs" in docker
+
+
 def test_compose_file_validates_with_docker_compose():
     if shutil.which("docker-compose"):
         cmd = ["docker-compose", "config", "-q"]
@@ -48,8 +67,12 @@ def test_compose_file_validates_with_docker_compose():
         cmd = ["docker", "compose", "config", "-q"]
     else:
         pytest.skip("neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)")
-    ok = subprocess.run(cmd, cwd=REPO, env={"PATH": "/usr/bin:/bin:/usr/local/bin", "FLOWER_BASIC_AUTH": "ops:pw"},  # noqa: S603
+    base = {"PATH": "/usr/bin:/bin:/usr/local/bin", "DATABASE_URL": "postgresql://u:p@db:5432/app"}
+    ok = subprocess.run(cmd, cwd=REPO, env={**base, "FLOWER_BASIC_AUTH": "ops:pw"},  # noqa: S603
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    missing = subprocess.run(cmd, cwd=REPO, env={"PATH": "/usr/bin:/bin:/usr/local/bin"}, capture_output=True, text=True)  # noqa: S603
+    missing = subprocess.run(cmd, cwd=REPO, env=base, capture_output=True, text=True)  # noqa: S603
     assert missing.returncode != 0 and "FLOWER_BASIC_AUTH" in missing.stderr
+    no_db = subprocess.run(cmd, cwd=REPO, env={**base, "DATABASE_URL": "", "FLOWER_BASIC_AUTH": "ops:pw"},  # noqa: S603
+                           capture_output=True, text=True)
+    assert no_db.returncode != 0 and "set DATABASE_URL in .env" in no_db.stderr

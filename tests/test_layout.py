@@ -27,7 +27,8 @@ from tests.conftest import REPO
 
 PACKAGES = ("worker", "tasks", "ops")
 DOMAINS = ("worker.checks", "worker.notify", "worker.channels", "worker.maintenance", "worker.backlog")
-COMPOSERS = ("worker.app", "worker.config", "worker.beat", "worker.metrics", "worker.startup", "worker.cli", "tasks", "ops")
+COMPOSERS = ("worker.app", "worker.config", "worker.packs", "worker.beat", "worker.metrics", "worker.startup",
+             "worker.health", "worker.web", "worker.cli", "tasks", "ops")
 
 
 @dataclass(frozen=True)

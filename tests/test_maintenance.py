@@ -14,13 +14,11 @@ import sqlalchemy as sa
 from worker.config import load_config
 from worker.fleet.db import create
 from worker.fleet.errors import ConfigError
-from worker.fleet.yamlfile import load_yaml
 from worker.maintenance.catalog import check_catalog
 from worker.maintenance.jobs import run_job
-from worker.maintenance.spec import MaintenanceFile, MaintenanceJob
+from worker.maintenance.spec import MaintenanceJob
 
-REPO_JOBS = {j.name: j for j in MaintenanceFile.model_validate(
-    load_yaml(Path(__file__).resolve().parent.parent / "config" / "maintenance.yaml").data).jobs}
+REPO_JOBS = load_config(Path(__file__).resolve().parent.parent / "config", packs="all").maintenance
 
 
 @pytest.fixture
@@ -36,7 +34,8 @@ def engine(app_db_url):
 
 
 def job(name: str, **changes) -> MaintenanceJob:
-    """A job as configured in config/maintenance.yaml, with test-sized batches."""
+    """A job as one of the repository's packs configures it (config/<pack>/maintenance.yaml), with test-sized
+    batches."""
     return REPO_JOBS[name].model_copy(update=changes)
 
 
@@ -247,7 +246,7 @@ def write_config(tmp_path: Path, body: str) -> Path:
     ("jobs:\n  - name: bad_ident\n    kind: purge\n    schedule: 1h\n    table: 'webhook_logs; DROP TABLE x'\n"
      "    older_than: 1d\n", "maintenance.yaml:5: jobs.0.table: 'webhook_logs; DROP TABLE x' is not a valid SQL identifier"),
     ("jobs:\n  - name: bad_kind\n    kind: truncate\n    schedule: 1h\n    table: webhook_logs\n",
-     "maintenance.yaml:3: jobs.0.kind: Input should be 'archive', 'purge', 'vacuum', 'sql' or 'fleet_retention'"),
+     "maintenance.yaml:3: jobs.0.kind: Input should be 'archive', 'purge', 'vacuum', 'analyze', 'sql' or 'fleet_retention'"),
     ("jobs:\n  - name: no_age\n    kind: archive\n    schedule: 1h\n    table: webhook_logs\n",
      "jobs.0: a archive job needs archive_table, older_than"),
     ("jobs:\n  - name: bad_col\n    kind: purge\n    schedule: 1h\n    table: webhook_logs\n    older_than: 1d\n"

@@ -106,7 +106,7 @@ def test_a_database_that_goes_away_fails_tasks_in_one_line_and_the_worker_stays_
         (cfg / "checks" / "one.yaml").write_text(
             "checks:\n  - name: one\n    description: a check of the test's own\n    schedule: 1m\n"
             "    query: SELECT 1 AS value\n    condition: '> 5'\n    severity: info\n    summary: one\n")
-        env = {**broker_env, "DATABASE_URL": server.url, "OPSFLEET_CONFIG_DIR": str(cfg)}
+        env = {**broker_env, "DATABASE_URL": server.url, "OPSFLEET_CONFIG_DIR": str(cfg), "OPSFLEET_PACKS": ""}
         worker = start_worker(env, tmp_path, queues="checks")
         client = Celery(broker=env["CELERY_BROKER_URL"], backend=redis_url)
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from kombu import Connection
@@ -109,20 +110,54 @@ def worker_findings(queues: Iterable[str]) -> Findings:
         check_redis(settings)
     except OpsfleetError as exc:
         found.errors.append(str(exc))
-    if found.errors or "maintenance" not in queues:
+    if found.errors or not {"checks", "maintenance"} & queues:
         return found
     try:
-        errors = check_catalog_at(settings.require_database_url(), cfg.maintenance.values(), where=cfg.job_field)
+        errors = catalog_problems(cfg, settings, checks="checks" in queues, maintenance="maintenance" in queues)
     except (ServiceUnavailable, sa.exc.DBAPIError) as exc:  # (e.g. the database went away mid-check)
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        found.warnings.append(f"maintenance jobs not checked against the database at start: {reason}; "
-                              "each run checks its job again")
+        found.warnings.append(f"checks and jobs not checked against the database at start: {reason}; "
+                              "each run meets its own errors")
         return found
-    if errors:
-        found.errors += errors
-        found.errors.append("fix config/maintenance.yaml (or disable the job: enabled: false), or point DATABASE_URL "
-                            "at the application's database")
+    found.errors += errors
     return found
+
+
+FIX_HINT = ("disable the pack in config/packs.yaml (or the job or check: enabled: false), or point DATABASE_URL "
+            "at the application's database")
+
+
+def catalog_problems(cfg: Any, settings: Settings, *, checks: bool = True, maintenance: bool = True) -> list[str]:
+    """What the enabled packs, checks and jobs need that the databases lack, one line each (a pack's
+    missing tables and functions; then, of the packs that have what they need, each check whose query
+    does not plan and each job naming a missing table, column or function), and a last line saying
+    what to do. Empty when all is well. Raises ServiceUnavailable when a database does not answer."""
+    from worker.checks.catalog import check_queries
+    from worker.fleet.db import create, ping
+    from worker.packs import missing
+
+    problems: list[str] = []
+    monitored = create(settings.require_database_url(), pool_size=1)
+    fleet = create(settings.require_fleet_database_url(), pool_size=1)
+    try:
+        ping(monitored, "the monitored database")
+        with monitored.connect() as conn:
+            for pack in cfg.packs.values():
+                problems += missing(pack, conn)
+        short = {p.split(": pack ", 1)[1].split(" ", 1)[0] for p in problems}
+        if checks:
+            problems += check_queries((c for n, c in cfg.checks.items() if cfg.check_pack.get(n) not in short),
+                                      {"monitored": monitored, "fleet": fleet}, where=cfg.check_field)
+        if maintenance:
+            jobs = [j for n, j in cfg.maintenance.items() if cfg.job_pack.get(n) not in short]
+            problems += check_catalog_at(settings.require_database_url(), jobs, where=cfg.job_field)
+    finally:
+        monitored.dispose()
+        fleet.dispose()
+    if any('relation "fleet.' in p for p in problems):
+        problems.append("the fleet's own tables are not there: run `opsfleet db upgrade` against FLEET_DATABASE_URL "
+                        "(or DATABASE_URL)")
+    return [*problems, FIX_HINT] if problems else []
 
 
 def beat_findings() -> Findings:

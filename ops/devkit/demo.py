@@ -105,11 +105,12 @@ def run_demo(*, duration: float | None, scale: int, run_dir: Path | None) -> Non
             sink = ProviderSink(capture_path=run_dir / "captured.jsonl").start()
             stack.callback(sink.stop)
             cfg_dir = Path(os.environ.get("OPSFLEET_CONFIG_DIR") or REPO / "config")
-            cfg = load_config(cfg_dir)
+            cfg = load_config(cfg_dir, packs="all")  # every seed system: the sample app has their tables
             env = {
                 **os.environ,
                 "DATABASE_URL": db_url, "FLEET_DATABASE_URL": db_url, "CELERY_BROKER_URL": broker,
-                "CELERY_RESULT_BACKEND": broker, "OPSFLEET_CONFIG_DIR": str(cfg_dir),
+                "CELERY_RESULT_BACKEND": broker, "REDIS_URL": broker, "OPSFLEET_CONFIG_DIR": str(cfg_dir),
+                "OPSFLEET_PACKS": "all",
                 "RESEND_API_KEY": "re_demo_local_sink_key", "RESEND_API_URL": sink.resend_api_url,
                 "ALERT_SLACK_WEBHOOK_URL": sink.slack_webhook_url,
                 "ALERT_EMAIL_RECIPIENTS": "ops@example.com,oncall@example.com",

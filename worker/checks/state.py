@@ -81,10 +81,11 @@ def next_state(state: str, active: bool | None, active_at: datetime | None, now:
 def advance(check: Check, instances: Mapping[str, Instance], samples: Iterable[Sample],
             now: datetime) -> Iterator[Step]:
     """One evaluation at `now`: a step per instance seen in `samples`, then per known instance that is
-    pending or firing and missing from them (no data). A new instance that stays inactive with no
-    value leaves no trace."""
+    pending or firing and missing from them (no data), in fingerprint order. A new instance that stays
+    inactive with no value leaves no trace."""
     seen: dict[str, Sample] = {fingerprint(check.name, s.labels): s for s in samples}
-    for fp, inst in instances.items():
+    for fp in sorted(instances):  # (in one order, whatever order the store returned them in)
+        inst = instances[fp]
         if fp not in seen and inst.state in ALERTING:
             seen[fp] = Sample(labels=dict(inst.labels), value=None)
     for fp, sample in seen.items():

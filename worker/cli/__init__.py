@@ -27,6 +27,7 @@ app.command()(fleet.ping)
 app.command()(fleet.metrics)
 app.command()(fleet.health)
 app.command()(fleet.serve)
+app.command()(fleet.init)
 app.command()(dev.demo)
 
 

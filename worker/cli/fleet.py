@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from worker.cli.common import console, err, settings
-from worker.fleet.errors import ServiceUnavailable
+from worker.fleet.errors import OpsfleetError, ServiceUnavailable
 
 db_app = typer.Typer(no_args_is_help=True, help="The fleet's own state (schema fleet).")
 config_app = typer.Typer(no_args_is_help=True, help="config/: checks, routing, maintenance, backlogs.")
@@ -44,12 +44,14 @@ def config_validate(
     offline: Annotated[bool, typer.Option("--offline", help="the files only: do not check the maintenance jobs' "
                                                             "tables, columns and functions against DATABASE_URL")] = False,
 ) -> None:
-    """Validate every file under config/ (exit 2 with file:line and field on the first error), then the
-    tables, columns and functions the maintenance jobs name against DATABASE_URL when it is set."""
+    """Validate every file under config/ (exit 2 with file:line and field on the first error), then,
+    against DATABASE_URL when it is set, what the enabled packs, checks and jobs need of it (one line
+    per missing table or function, per check whose query does not plan, per job naming what is not
+    there)."""
     from worker.beat import build_schedule
     from worker.config import load_config
     from worker.fleet.db import safe_url
-    from worker.maintenance.catalog import check_catalog_at
+    from worker.startup import catalog_problems
 
     s = settings()
     cfg = load_config(path or s.opsfleet_config_dir)
@@ -58,15 +60,16 @@ def config_validate(
         against = "not checked against a database" + ("" if offline else " (DATABASE_URL is not set)")
     else:
         try:
-            errors = check_catalog_at(s.database_url, cfg.maintenance.values(), where=cfg.job_field)
+            errors = catalog_problems(cfg, s)
         except ServiceUnavailable as exc:
             raise ServiceUnavailable(f"{exc}; `opsfleet config validate --offline` checks the files only") from None
         if errors:
             for e in errors:
                 err.print(f"opsfleet: error: {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
-        against = f"maintenance jobs checked against {safe_url(s.database_url)}"
-    console.print(f"ok: {len(cfg.checks)} checks, {len(cfg.maintenance)} maintenance jobs, "
+        against = f"packs, checks and jobs checked against {safe_url(s.database_url)}"
+    packs = ", ".join(cfg.packs) or "none"
+    console.print(f"ok: packs {packs}; {len(cfg.checks)} checks, {len(cfg.maintenance)} maintenance jobs, "
                   f"{len(cfg.backlogs)} backlogs, {len(cfg.routing.routes) if cfg.routing else 0} routes, "
                   f"{len(sched)} beat entries ({cfg.root}); {against}", soft_wrap=True)
 
@@ -176,3 +179,26 @@ def serve(port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
         server.serve_forever(poll_interval=0.5)
     finally:
         server.server_close()
+
+
+STARTER = Path(__file__).resolve().parent.parent / "starter"
+
+
+def init(directory: Annotated[Path, typer.Argument(help="the config folder to create")] = Path("opsfleet-config"),
+         force: Annotated[bool, typer.Option("--force", help="overwrite files that are there")] = False) -> None:
+    """Write a starter config for your own application: packs.yaml (postgres, fleet and your app),
+    routing.yaml, and app/ with an example check. Point OPSFLEET_CONFIG_DIR at it."""
+    import shutil
+
+    files = sorted(p for p in STARTER.rglob("*.yaml"))
+    there = [directory / p.relative_to(STARTER) for p in files if (directory / p.relative_to(STARTER)).exists()]
+    if there and not force:
+        raise OpsfleetError(f"{there[0]} is there already: choose another folder, or --force to overwrite "
+                            f"({len(there)} file(s))")
+    for src in files:
+        dest = directory / src.relative_to(STARTER)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+        console.print(f"wrote {dest}", highlight=False)
+    console.print(f"next: export OPSFLEET_CONFIG_DIR={directory.resolve()}; opsfleet config validate", soft_wrap=True,
+                  highlight=False)

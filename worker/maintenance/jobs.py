@@ -135,6 +135,13 @@ def _work(job: MaintenanceJob, target: Engine, now: datetime, result: JobResult,
             for t in job.tables:
                 conn.execute(sa.text(f"VACUUM (ANALYZE) {quote(t)}"))
                 result.batches += 1
+    elif job.kind == "analyze":
+        with target.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text("SELECT set_config('statement_timeout', :v, false)"),
+                         {"v": str(int(job.timeout.total_seconds() * 1000))})
+            for t in job.tables or [None]:
+                conn.execute(sa.text(f"ANALYZE {quote(t)}" if t else "ANALYZE"))
+                result.batches += 1
     elif job.kind == "sql":
         with target.begin() as conn:
             conn.execute(sa.text("SELECT set_config('statement_timeout', :v, true)"),

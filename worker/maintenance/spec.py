@@ -15,7 +15,7 @@ from worker.fleet.names import beat_entry
 class MaintenanceJob(Strict):
     name: Name
     description: str = ""
-    kind: Literal["archive", "purge", "vacuum", "sql", "fleet_retention"]
+    kind: Literal["archive", "purge", "vacuum", "analyze", "sql", "fleet_retention"]
     schedule: ScheduleField
     table: Identifier | None = None
     archive_table: Identifier | None = None
@@ -38,6 +38,7 @@ class MaintenanceJob(Strict):
             "archive": ("table", "archive_table", "older_than"),
             "purge": ("table", "older_than"),
             "vacuum": ("tables",),
+            "analyze": (),  # no tables: the whole database
             "sql": ("function",),
             "fleet_retention": ("older_than",),
         }

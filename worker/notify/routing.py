@@ -20,6 +20,7 @@ class ChannelSpec(Strict):
     slack_channel: str | None = None
     rate_limit: float | None = None  # messages per second for this provider target
     burst: int | None = None
+    pack: str | None = None  # the pack this channel belongs to: left out while that pack is not enabled
 
 
 class Route(Strict):
