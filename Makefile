@@ -15,8 +15,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/opsfleet demo $(ARGS)
 
+# three processes: most tests wait on real servers and workers, so they overlap well on 2 cores; each
+# process has its own Redis, databases and RabbitMQ vhost (tests/conftest.py)
 test: $(STAMP)
-	$(VENV)/bin/pytest -q $(ARGS)
+	$(VENV)/bin/pytest -q -n 3 $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -34,3 +34,11 @@ def test_a_group_without_a_command_prints_its_help(env, group):
     proc = run_cli(group, env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "Usage:" in proc.stdout and "Commands" in proc.stdout
+
+
+def test_a_database_error_of_a_command_is_one_line(env):
+    """`backlog status` against a database without the application's tables: the database's own line."""
+    proc = run_cli(["backlog", "status"], env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'relation "registrations" does not exist' in lines[0]

@@ -4,6 +4,7 @@ service that stops answering fails a task in one line while the worker stays up.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -137,3 +138,24 @@ def test_a_database_that_goes_away_fails_tasks_in_one_line_and_the_worker_stays_
             engine.dispose()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("task", [tasks.backlog.resend_failed_emails, tasks.backlog.reprocess_confirmations])
+def test_a_scheduled_backlog_run_without_an_email_channel_is_skipped_with_one_warning(task, monkeypatch, capsys):
+    from worker.fleet.logs import configure_logging
+    from worker.fleet.settings import reload_settings
+
+    monkeypatch.delenv("RESEND_API_KEY", raising=False)
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    reload_settings()
+    configure_logging(force=True)
+    try:
+        result = task()  # what beat sends: the config's kwargs, here none
+    finally:
+        monkeypatch.undo()
+        reload_settings()
+    assert result["status"] == "skipped" and "RESEND_API_KEY" in result["error"]
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    warned = [line for line in lines if line.get("event") == "backlog_skipped"]
+    assert len(warned) == 1 and warned[0]["level"] == "warning" and "RESEND_API_KEY is not set" in warned[0]["reason"]
+    assert not any("Traceback" in json.dumps(line) for line in lines)

@@ -37,6 +37,7 @@ app.conf.update(
     broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
     result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
     result_expires=24 * 3600,
+    result_extended=True,  # a result keeps its task name and arguments: `opsfleet task show ID`
     task_serializer="json",
     result_serializer="json",
     accept_content=["json"],

@@ -8,10 +8,12 @@ Resend and Slack APIs. Ctrl-C or --duration stops every process it started.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import sys
+import textwrap
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +32,7 @@ from worker.checks.engine import run_check
 from worker.config import load_config
 from worker.fleet import migrate
 from worker.fleet.db import create, normalize_url
-from worker.fleet.errors import ServiceUnavailable
+from worker.fleet.errors import OpsfleetError, ServiceUnavailable
 from worker.fleet.fields import severity_rank
 from worker.fleet.redisconn import answers as redis_answers
 
@@ -84,7 +86,9 @@ def _spawn(stack: contextlib.ExitStack, args: list[str], env: dict[str, str], lo
     return proc
 
 
-def run_demo(*, duration: float | None, scale: int, run_dir: Path | None) -> None:
+def run_demo(*, duration: float | None, scale: int, run_dir: Path | None) -> int:
+    """Run it; the exit code: 0 when --duration ran out, 130 after Ctrl-C (or SIGTERM)."""
+    interrupted = False
     run_dir = (run_dir or Path.cwd() / ".opsfleet-demo").resolve()
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -134,12 +138,14 @@ def run_demo(*, duration: float | None, scale: int, run_dir: Path | None) -> Non
             _watch(engine, sink, duration, started)
         except (KeyboardInterrupt, _Stop):
             console.print("\n[yellow]stopping...[/]")
+            interrupted = True
         except ServiceUnavailable:
             raise
         finally:
             with contextlib.suppress(Exception):
                 _summary(engine, sink, run_dir)  # type: ignore[possibly-undefined]
     console.print(f"stopped every process the demo started; logs and captures in {run_dir}")
+    return 130 if interrupted else 0
 
 
 def _kick(env: dict[str, str], cfg) -> None:
@@ -167,13 +173,13 @@ def _tables(engine, sink) -> Group:
         t_runs.add_row(status, str(n))
     t_alerts = Table("check", "severity", "state", "summary", title="alerts", expand=True)
     for r in alerts[:20]:
-        t_alerts.add_row(r.check_name, r.severity, r.state, (r.summary or "")[:70])
+        t_alerts.add_row(r.check_name, r.severity, r.state, _short(r.summary, 70))
     t_msgs = Table("channel", "message", title=f"captured: {len(sink.emails)} emails, {len(sink.slack_messages)} Slack",
                    expand=True)
     for e in sink.emails[-6:]:
         t_msgs.add_row("email", e.get("subject", "") if isinstance(e, dict) else str(e))
     for m in sink.slack_messages[-6:]:
-        t_msgs.add_row("slack", (m.get("text", "") if isinstance(m, dict) else str(m))[:90])
+        t_msgs.add_row("slack", _short(m.get("text", "") if isinstance(m, dict) else str(m), 90))
     outbox = ", ".join(f"{s} {n}" for s, n in notes) or "empty"
     return Group(t_runs, t_alerts, t_msgs, Panel(f"outbox: {outbox}", expand=False))
 
@@ -194,15 +200,53 @@ def _summary(engine, sink, run_dir: Path) -> None:
                GROUP BY a.check_name, a.severity""")).all()
     t = Table("check", "severity", "instances", "summary", title=f"alerts that fired: {sum(r.instances for r in fired)}")
     for r in sorted(fired, key=lambda r: (severity_rank(r.severity), r.check_name)):
-        t.add_row(r.check_name, r.severity, str(r.instances), (r.summary or "")[:80])
+        t.add_row(r.check_name, r.severity, str(r.instances), _short(r.summary, 80))
     console.print(t)
-    m = Table("channel", "to", "subject / text", title=f"messages captured: {len(sink.emails)} emails, "
-                                                       f"{len(sink.slack_messages)} Slack")
-    for e in sink.emails:
-        m.add_row("email", ", ".join(e.get("to", [])) if isinstance(e.get("to"), list) else str(e.get("to")),
-                  e.get("subject", ""))
-    for s in sink.slack_messages:
-        m.add_row("slack", "webhook", (s.get("text") or "")[:100])
+    m = Table("#", "channel", "to", "subject / text", title=f"messages captured: {len(sink.emails)} emails, "
+                                                            f"{len(sink.slack_messages)} Slack")
+    for n, record in enumerate(captured(run_dir), 1):
+        if record["type"] == "email":
+            to = record.get("to")
+            m.add_row(str(n), "email", ", ".join(to) if isinstance(to, list) else str(to), record.get("subject", ""))
+        else:
+            m.add_row(str(n), "slack", record.get("channel") or "webhook", _short(record.get("text"), 100))
     console.print(m)
-    console.print("info alerts go to the daily digest (`opsfleet digest send --preview`); "
-                  f"captured messages are in {run_dir / 'captured.jsonl'}")
+    console.print("info alerts go to the daily digest (`opsfleet digest send --preview`); read a captured message "
+                  f"whole with `opsfleet demo-show N` (all of them: {run_dir / 'captured.jsonl'})", soft_wrap=True)
+
+
+def _short(text: str | None, width: int) -> str:
+    """At most `width` characters, cut at a word (never mid-word)."""
+    return textwrap.shorten(" ".join((text or "").split()), width=width, placeholder=" ...") if text else ""
+
+
+def captured(run_dir: Path) -> list[dict]:
+    """Every message the demo's sink captured, in order (email and Slack)."""
+    path = run_dir / "captured.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def show(n: int | None, run_dir: Path | None = None) -> str:
+    """Captured message `n` (1-based; default the last) as text: headers, then the body people read."""
+    run_dir = (run_dir or Path.cwd() / ".opsfleet-demo").resolve()
+    records = captured(run_dir)
+    if not records:
+        raise OpsfleetError(f"no captured messages in {run_dir} (run `make demo` first)")
+    n = len(records) if n is None else n
+    if not 1 <= n <= len(records):
+        raise OpsfleetError(f"message {n}: the demo captured {len(records)} (1 to {len(records)})")
+    r = records[n - 1]
+    if r["type"] == "email":
+        to = ", ".join(r["to"]) if isinstance(r.get("to"), list) else str(r.get("to"))
+        return f"email {n} of {len(records)}\nfrom: {r.get('from')}\nto: {to}\nsubject: {r.get('subject')}\n\n{r.get('text') or ''}"
+    blocks = "\n".join(_block_text(b) for b in r.get("blocks") or [])
+    return f"slack {n} of {len(records)} ({r.get('channel') or 'webhook'})\n\n{blocks or r.get('text') or ''}"
+
+
+def _block_text(block: dict) -> str:
+    parts = [block.get("text", {}).get("text", "") if isinstance(block.get("text"), dict) else ""]
+    parts += [f.get("text", "") for f in block.get("fields") or [] if isinstance(f, dict)]
+    parts += [e.get("text", "") for e in block.get("elements") or [] if isinstance(e, dict)]
+    return "\n".join(p for p in parts if p)

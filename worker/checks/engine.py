@@ -20,7 +20,7 @@ from worker.checks import store
 from worker.checks.collect import CheckError, Sample, collect
 from worker.checks.spec import Check
 from worker.checks.state import Step, advance
-from worker.checks.templates import render
+from worker.checks.templates import public_text, render
 from worker.fleet.logs import get_logger
 from worker.notify import outbox
 from worker.notify.routing import Routing
@@ -89,8 +89,8 @@ def _payload(check: Check, step: Step, fired_at: datetime, now: datetime, summar
         "check": check.name, "severity": check.severity,
         "status": "resolved" if step.after.state == "resolved" else "firing",
         "title": summary, "summary": summary,
-        "description": render(check.details or check.description, value=step.value, labels=step.labels,
-                              check=check.name),
+        "description": render(check.details, value=step.value, labels=step.labels, check=check.name)
+        if check.details else public_text(check.description),
         "labels": step.labels, "value": step.value, "fingerprint": step.fingerprint, "runbook": check.runbook,
         "started_at": fired_at.isoformat(), "at": now.isoformat(),
     }

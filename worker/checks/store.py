@@ -94,3 +94,11 @@ def alerts(conn: Connection, state: str | None = None) -> list[Any]:
     return conn.execute(sa.text(
         "SELECT * FROM fleet.alerts WHERE (CAST(:s AS text) IS NULL OR state = :s) ORDER BY state, check_name"),
         {"s": state}).all()
+
+
+def history(conn: Connection, since: datetime, check: str | None = None, limit: int = 1000) -> list[Any]:
+    """Transitions since `since`, newest first (optionally of one check)."""
+    return conn.execute(sa.text(
+        """SELECT at, check_name, severity, labels, from_state, to_state, value FROM fleet.alert_events
+           WHERE at >= :since AND (CAST(:c AS text) IS NULL OR check_name = :c) ORDER BY at DESC, id DESC
+           LIMIT :lim"""), {"since": since, "c": check, "lim": limit}).all()

@@ -4,15 +4,24 @@ turns every error a user can act on into one line and an exit code, never a trac
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
 from worker.cli import checks, dev, fleet, jobs, notify
-from worker.cli.common import err
+from worker.cli.common import VERBOSITY, err
 from worker.fleet.errors import OpsfleetError, ServiceUnavailable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="opsfleet: a Celery worker fleet that watches and repairs a Postgres database.")
+@app.callback()
+def _root(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True,
+                                               help="log lines on stderr at INFO (-v) or DEBUG (-vv); "
+                                                    "default WARNING")] = 0) -> None:
+    """opsfleet: a Celery worker fleet that watches and repairs a Postgres database."""
+    VERBOSITY["level"] = {0: "WARNING", 1: "INFO"}.get(verbose, "DEBUG")
+
+
 app.add_typer(fleet.db_app, name="db")
 app.add_typer(fleet.config_app, name="config")
 app.add_typer(dev.sample_app, name="sample-app")
@@ -23,12 +32,14 @@ app.add_typer(notify.silence_app, name="silence")
 app.add_typer(notify.notify_app, name="notify")
 app.add_typer(notify.digest_app, name="digest")
 app.add_typer(jobs.backlog_app, name="backlog")
+app.add_typer(fleet.task_app, name="task")
 app.command()(fleet.ping)
 app.command()(fleet.metrics)
 app.command()(fleet.health)
 app.command()(fleet.serve)
 app.command()(fleet.init)
 app.command()(dev.demo)
+app.command("demo-show")(dev.demo_show)
 
 
 def _usage_line(exc) -> str:
@@ -58,6 +69,11 @@ def main() -> None:
         err.print(f"opsfleet: error: {ServiceUnavailable.__name__}: the database did not answer: {reason}",
                   highlight=False, soft_wrap=True)
         sys.exit(3)
+    except sqlalchemy.exc.DBAPIError as exc:  # e.g. a table this command reads is not in that database
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
+        err.print(f"opsfleet: error: the database answered: {reason} (is DATABASE_URL the database this command "
+                  "reads? `opsfleet config validate` names what each pack needs)", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except (typer.Abort, click.Abort, KeyboardInterrupt):
         err.print("aborted")
         sys.exit(130)

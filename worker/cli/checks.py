@@ -6,9 +6,8 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from worker.cli.common import console, err, labels_text, settings
+from worker.cli.common import console, emit_json, err, labels_text, settings, table
 from worker.fleet.errors import OpsfleetError
 
 checks_app = typer.Typer(no_args_is_help=True, help="Checks (SQL alert rules).")
@@ -25,9 +24,14 @@ def _check(name: str):
     return cfg, check
 
 
+CHECK_FIELDS = ("name", "pack", "schedule", "severity", "enabled", "states", "last_run_at", "last_status",
+                "last_error")
+
+
 @checks_app.command("list")
-def checks_list() -> None:
-    """Every check: schedule, severity, alert state and last run."""
+def checks_list(json_out: Annotated[bool, typer.Option("--json", help="a JSON list: " + ", ".join(CHECK_FIELDS))] = False
+                ) -> None:
+    """Every check of the enabled packs: schedule, severity, whether enabled, alert states, last run."""
     from worker.checks import store
     from worker.config import get_config
     from worker.fleet.db import fleet_engine
@@ -36,11 +40,22 @@ def checks_list() -> None:
     cfg = get_config()
     with fleet_engine().connect() as conn:
         last, states = store.last_runs(conn), store.states_by_check(conn)
-    t = Table("check", "schedule", "severity", "state", "last run", "status")
+    records = []
     for name, c in sorted(cfg.checks.items()):
         r = last.get(name)
-        t.add_row(name, c.schedule.text, c.severity, states.get(name, "-"),
-                  r.started_at.strftime("%Y-%m-%d %H:%M:%S") if r else "-", (r.status if r else "-"))
+        records.append({"name": name, "pack": cfg.check_pack.get(name), "schedule": c.schedule.text,
+                        "severity": c.severity, "enabled": c.enabled,
+                        "states": sorted(states[name].split(",")) if name in states else [],
+                        "last_run_at": r.started_at if r else None, "last_status": r.status if r else None,
+                        "last_error": r.error if r else None})
+    if json_out:
+        emit_json(records)
+        return
+    t = table("check", "pack", "schedule", "severity", "state", "last run", "status")
+    for r in records:
+        t.add_row(r["name"] if r["enabled"] else f"[dim]{r['name']} (disabled)[/]", r["pack"] or "-", r["schedule"],
+                  r["severity"], ",".join(r["states"]) or "-",
+                  r["last_run_at"].strftime("%Y-%m-%d %H:%M:%S") if r["last_run_at"] else "-", r["last_status"] or "-")
     console.print(t)
 
 
@@ -62,7 +77,7 @@ def checks_run(name: str, dry_run: Annotated[bool, typer.Option("--dry-run", hel
         raise OpsfleetError(str(exc)) from None
     with fleet_engine().connect() as conn:
         instances = store.load_instances(conn, name, lock=False)
-    t = Table("labels", "value", f"condition {check.condition}", "state", "would become")
+    t = table("labels", "value", f"condition {check.condition}", "state", "would become")
     for step in advance(check, instances, samples, now):
         holds = None if step.value is None else check.condition.holds(step.value)
         t.add_row(labels_text(step.labels), "NULL" if step.value is None else f"{step.value:g}",
@@ -111,7 +126,7 @@ def checks_backtest(
         bar = progress.add_task(f"replaying {name}", total=int(since_td / step_td) + 1)
         result = backtest(check, engine, cfg.routing, start=end - since_td, end=end, step=step_td,
                           progress=lambda done, total: progress.update(bar, completed=done))
-    t = Table("at", "labels", "transition", "value", title=f"{name}: condition {check.condition}, for "
+    t = table("at", "labels", "transition", "value", title=f"{name}: condition {check.condition}, for "
               f"{format_duration(check.for_)}, every {step} over {since}")
     for e in result.events:
         t.add_row(e.at.strftime("%Y-%m-%d %H:%M"), labels_text(e.labels),
@@ -124,16 +139,61 @@ def checks_backtest(
         console.print(f"  error at {at:%Y-%m-%d %H:%M}: {msg}")
 
 
+ALERT_FIELDS = ("check", "severity", "state", "since", "value", "labels", "summary", "fingerprint")
+EVENT_FIELDS = ("at", "check", "severity", "labels", "from_state", "to_state", "value")
+
+
 @alerts_app.command("list")
-def alerts_list(state: Annotated[str | None, typer.Option(help="pending, firing, resolved, inactive")] = None) -> None:
+def alerts_list(state: Annotated[str | None, typer.Option(help="pending, firing, resolved, inactive")] = None,
+                json_out: Annotated[bool, typer.Option("--json", help="a JSON list: " + ", ".join(ALERT_FIELDS))] = False
+                ) -> None:
     """Current alert instances."""
     from worker.checks import store
     from worker.fleet.db import fleet_engine
 
     settings()
-    t = Table("check", "severity", "state", "since", "value", "labels", "summary")
+    if state is not None and state not in ("pending", "firing", "resolved", "inactive"):
+        raise OpsfleetError(f"--state {state!r}: one of pending, firing, resolved, inactive")
     with fleet_engine().connect() as conn:
-        for r in store.alerts(conn, state):
-            t.add_row(r.check_name, r.severity, r.state, r.since.strftime("%Y-%m-%d %H:%M:%S"),
-                      "-" if r.last_value is None else f"{r.last_value:g}", labels_text(r.labels), (r.summary or "")[:80])
+        records = [{"check": r.check_name, "severity": r.severity, "state": r.state, "since": r.since,
+                    "value": r.last_value, "labels": r.labels, "summary": r.summary, "fingerprint": r.fingerprint}
+                   for r in store.alerts(conn, state)]
+    if json_out:
+        emit_json(records)
+        return
+    t = table("check", "severity", "state", "since", "value", "labels", "summary")
+    for r in records:
+        t.add_row(r["check"], r["severity"], r["state"], r["since"].strftime("%Y-%m-%d %H:%M:%S"),
+                  "-" if r["value"] is None else f"{r['value']:g}", labels_text(r["labels"]), r["summary"] or "")
+    console.print(t)
+
+
+@alerts_app.command("history")
+def alerts_history(
+    since: Annotated[str, typer.Option(help="how far back, e.g. 24h, 7d")] = "24h",
+    check: Annotated[str | None, typer.Option(help="one check only")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000)] = 1000,
+    json_out: Annotated[bool, typer.Option("--json", help="a JSON list: " + ", ".join(EVENT_FIELDS))] = False,
+) -> None:
+    """Every transition (pending, firing, resolved, ...) since then, newest first."""
+    from worker.checks import store
+    from worker.fleet.db import fleet_engine
+    from worker.fleet.timeutil import parse_duration
+
+    settings()
+    try:
+        start = datetime.now(UTC) - parse_duration(since)
+    except ValueError as exc:
+        raise OpsfleetError(f"--since: {exc}") from None
+    with fleet_engine().connect() as conn:
+        records = [{"at": r.at, "check": r.check_name, "severity": r.severity, "labels": r.labels,
+                    "from_state": r.from_state, "to_state": r.to_state, "value": r.value}
+                   for r in store.history(conn, start, check, limit)]
+    if json_out:
+        emit_json(records)
+        return
+    t = table("at", "check", "severity", "transition", "value", "labels", title=f"transitions since {since} ago")
+    for r in records:
+        t.add_row(r["at"].strftime("%Y-%m-%d %H:%M:%S"), r["check"], r["severity"], f"{r['from_state']} -> {r['to_state']}",
+                  "-" if r["value"] is None else f"{r['value']:g}", labels_text(r["labels"]))
     console.print(t)

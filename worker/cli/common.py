@@ -1,22 +1,56 @@
-"""What every command group shares: stdout for results, stderr for progress and errors, settings."""
+"""What every command group shares: stdout for results (tables, or JSON with --json), stderr for
+progress, errors and log lines (WARNING and above unless `opsfleet -v`), settings."""
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 from rich.console import Console
+from rich.table import Table
 
 from worker.fleet.logs import configure_logging
 from worker.fleet.settings import Settings, get_settings
 
-console = Console()
+# Where stdout is not a terminal (a pipe, a file, a CI log) a table is never cut to 80 columns: names
+# and ids are printed whole, for grep and for people alike.
+console = Console(width=None if sys.stdout.isatty() else 4096)
 err = Console(stderr=True)
+VERBOSITY = {"level": "WARNING"}  # `opsfleet -v`: INFO, `-vv`: DEBUG
 
 
 def settings() -> Settings:
-    """The environment's settings (one clear line on a bad variable), with logging set up."""
+    """The environment's settings (one clear line on a bad variable), with logging set up: log lines
+    go to stderr, at WARNING and above unless -v."""
     s = get_settings()
-    configure_logging()
+    configure_logging(level=VERBOSITY["level"])
     return s
 
 
 def labels_text(labels: dict[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in labels.items()) or "-"
+
+
+def table(*columns: str, title: str | None = None) -> Table:
+    """A table whose cells wrap instead of being cut with an ellipsis."""
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    return t
+
+
+def emit_json(data: Any) -> None:
+    """One JSON document on stdout (datetimes as ISO 8601)."""
+    sys.stdout.write(json.dumps(data, indent=2, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v))
+                     + "\n")
+
+
+def rows(records: Iterable[Any], fields: Sequence[str]) -> list[dict[str, Any]]:
+    """Records (mappings or objects) as dicts of exactly `fields`, in order: the JSON shape of a list."""
+    out = []
+    for r in records:
+        get = r.get if isinstance(r, dict) else (lambda k, r=r: getattr(r, k, None))
+        out.append({f: get(f) for f in fields})
+    return out

@@ -47,4 +47,15 @@ def demo(duration: Annotated[float | None, typer.Option(help="stop after S secon
     """Run the whole fleet on an embedded Postgres and Redis with sample data and planted problems."""
     from ops.devkit.demo import run_demo
 
-    run_demo(duration=duration, scale=scale, run_dir=run_dir)
+    code = run_demo(duration=duration, scale=scale, run_dir=run_dir)
+    if code:
+        raise typer.Exit(code)
+
+
+def demo_show(n: Annotated[int | None, typer.Argument(help="which message (1-based, as the demo numbers them); "
+                                                           "default the last")] = None,
+              run_dir: Annotated[Path | None, typer.Option(help="the demo's folder")] = None) -> None:
+    """Print a message the demo captured, whole: an email's headers and text part, a Slack message's text."""
+    from ops.devkit.demo import show
+
+    console.print(show(n, run_dir), highlight=False, soft_wrap=True, markup=False)

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from worker.cli.common import console, err, settings
+from worker.cli.common import console, err, settings, table
 from worker.fleet.errors import OpsfleetError, ServiceUnavailable
 
 db_app = typer.Typer(no_args_is_help=True, help="The fleet's own state (schema fleet).")
@@ -79,7 +78,7 @@ def config_env() -> None:
     """List the environment variables opsfleet reads and whether each is set (never the values)."""
     from worker.fleet.settings import DOCS, environ_summary
 
-    t = Table("variable", "set", "meaning")
+    t = table("variable", "set", "meaning")
     for name, is_set in environ_summary().items():
         t.add_row(name, "yes" if is_set else "-", DOCS[name])
     console.print(t)
@@ -149,7 +148,7 @@ def health(json_out: Annotated[bool, typer.Option("--json", help="one JSON docum
     if json_out:
         print(jsonlib.dumps({"status": status, "probes": [p.as_dict() for p in probes]}, indent=2, default=str))
     else:
-        t = Table("dependency", "state", "ms", "detail", title=f"opsfleet health: {status}")
+        t = table("dependency", "state", "ms", "detail", title=f"opsfleet health: {status}")
         for p in probes:
             t.add_row(p.name, f"[{_STATE_STYLE[p.state]}]{p.state}[/]",
                       "-" if p.latency_ms is None else f"{p.latency_ms:g}", p.detail)
@@ -202,3 +201,39 @@ def init(directory: Annotated[Path, typer.Argument(help="the config folder to cr
         console.print(f"wrote {dest}", highlight=False)
     console.print(f"next: export OPSFLEET_CONFIG_DIR={directory.resolve()}; opsfleet config validate", soft_wrap=True,
                   highlight=False)
+
+
+task_app = typer.Typer(no_args_is_help=True, help="Tasks sent with `celery call` (which prints only an id).")
+
+
+@task_app.command("show")
+def task_show(task_id: Annotated[str, typer.Argument(help="the id `celery call` printed")],
+              json_out: Annotated[bool, typer.Option("--json", help="one JSON document")] = False) -> None:
+    """A task's state (PENDING, STARTED, PROGRESS, SUCCESS, FAILURE), its result or error, from the result
+    backend (kept 24 h; notify tasks keep none)."""
+    from worker.app import app as celery_app
+
+    settings()
+    result = celery_app.AsyncResult(task_id)
+    state = result.state
+    info = result.info
+    doc = {"id": task_id, "state": state, "name": getattr(result, "name", None),
+           "kwargs": getattr(result, "kwargs", None), "date_done": result.date_done,
+           "result": info if state in ("SUCCESS", "PROGRESS") else None,
+           "error": f"{type(info).__name__}: {info}" if state == "FAILURE" else None}
+    if json_out:
+        from worker.cli.common import emit_json
+
+        emit_json(doc)
+    else:
+        t = table("field", "value", title=f"task {task_id}")
+        if state == "PENDING":
+            t.add_row("state", "PENDING: not started, or unknown (a wrong id, a notify task, or older than 24 h)")
+        else:
+            t.add_row("state", state)
+        for key in ("name", "kwargs", "date_done", "result", "error"):
+            if doc[key] not in (None, {}):
+                t.add_row(key, str(doc[key]))
+        console.print(t)
+    if state == "FAILURE":
+        raise typer.Exit(1)

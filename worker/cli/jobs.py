@@ -6,13 +6,12 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from worker.cli.common import console, err, settings
+from worker.cli.common import console, emit_json, err, settings, table
 from worker.fleet.errors import OpsfleetError
 
 maint_app = typer.Typer(no_args_is_help=True, help="Maintenance jobs.")
-backlog_app = typer.Typer(no_args_is_help=True, help="Backlog reprocessing (seed 000's confirmation recovery).")
+backlog_app = typer.Typer(no_args_is_help=True, help="Backlog reprocessing: paid registrations that never got a confirmation.")
 
 
 @maint_app.command("run")
@@ -32,27 +31,59 @@ def maintenance_run(job: str) -> None:
         raise typer.Exit(1)
 
 
+JOB_FIELDS = ("name", "pack", "kind", "schedule", "enabled", "last_run_at", "last_status", "last_rows", "last_error")
+
+
+@maint_app.command("list")
+def maintenance_list(json_out: Annotated[bool, typer.Option("--json", help="a JSON list: " + ", ".join(JOB_FIELDS))] = False
+                     ) -> None:
+    """Every maintenance job of the enabled packs with its last run."""
+    from worker.config import get_config
+    from worker.fleet.db import fleet_engine
+    from worker.fleet.runs import last_by_job
+
+    settings()
+    cfg = get_config()
+    last = last_by_job(fleet_engine())
+    records = [{"name": name, "pack": cfg.job_pack.get(name), "kind": j.kind, "schedule": j.schedule.text,
+                "enabled": j.enabled, "last_run_at": last.get(name, {}).get("started_at"),
+                "last_status": last.get(name, {}).get("status"), "last_rows": last.get(name, {}).get("rows_affected"),
+                "last_error": last.get(name, {}).get("error")} for name, j in sorted(cfg.maintenance.items())]
+    if json_out:
+        emit_json(records)
+        return
+    t = table("job", "pack", "kind", "schedule", "last run (UTC)", "status", "rows", "error")
+    for r in records:
+        t.add_row(r["name"] if r["enabled"] else f"[dim]{r['name']} (disabled)[/]", r["pack"] or "-", r["kind"],
+                  r["schedule"], r["last_run_at"].strftime("%Y-%m-%d %H:%M:%S") if r["last_run_at"] else "-",
+                  r["last_status"] or "-", "-" if r["last_rows"] is None else f"{r['last_rows']:,}", r["last_error"] or "")
+    console.print(t)
+
+
 @backlog_app.command("status")
-def backlog_status() -> None:
+def backlog_status(json_out: Annotated[bool, typer.Option("--json", help="one JSON document")] = False) -> None:
     """Pending confirmations, waiting or failed emails, and the backlog runs in progress."""
     from worker.backlog.status import backlog_status as status
     from worker.fleet.db import fleet_engine, monitored_engine
 
     settings()
     st = status(monitored_engine(), fleet_engine())
+    if json_out:
+        emit_json(st)
+        return
     age = st["oldest_pending_age_s"]
-    t = Table("backlog", "count", title="confirmation backlog")
+    t = table("backlog", "count", title="confirmation backlog")
     t.add_row("pending confirmations", f"{st['pending_confirmations']:,}"
               + (f" (oldest {age / 60:.0f} min)" if age is not None else ""))
     for key in ("emails_pending", "emails_pending_stale", "emails_failed", "emails_bounced"):
         t.add_row(key.replace("_", " "), f"{st[key]:,}")
     console.print(t)
-    runs = Table("job", "started (UTC)", "rows", "batches", "worker alive", title="running")
+    runs = table("job", "started (UTC)", "rows", "batches", "worker alive", title="running")
     for r in st["running_jobs"]:
         runs.add_row(r["job"], r["started_at"].strftime("%Y-%m-%d %H:%M:%S"), f"{r['rows_affected']:,}",
                      str(r["batches"]), "yes" if r["alive"] else "no")
     console.print(runs)
-    last = Table("job", "status", "finished (UTC)", "rows", "error", title="last runs")
+    last = table("job", "status", "finished (UTC)", "rows", "error", title="last runs")
     for r in st["last_runs"]:
         last.add_row(r["job"], r["status"], r["finished_at"].strftime("%Y-%m-%d %H:%M:%S") if r["finished_at"] else "-",
                      f"{r['rows_affected']:,}", (r["error"] or "")[:60])
@@ -65,6 +96,7 @@ def backlog_reprocess(
     batch_size: Annotated[int, typer.Option(min=1, max=5000)] = 500,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="count and sample, write nothing")] = False,
     older_than: Annotated[str, typer.Option(help="only registrations untouched for this long, e.g. 10m")] = "0s",
+    json_out: Annotated[bool, typer.Option("--json", help="the run's figures as one JSON document")] = False,
 ) -> None:
     """Reprocess the confirmation backlog in this process, with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -91,7 +123,19 @@ def backlog_reprocess(
                                limit=limit, batch_size=batch_size, dry_run=dry_run, older_than=age, progress=report)
         except ValueError as exc:
             raise OpsfleetError(str(exc)) from None
-    summary = result.as_dict()
-    console.print(", ".join(f"{k} {v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
+    if json_out:
+        emit_json(result.as_dict())
+    elif dry_run:
+        console.print(f"dry run, nothing written: {result.would_process:,} registration(s) would get a confirmation "
+                      f"number and email; {result.conflicts:,} already have their number taken (need a person); "
+                      f"{result.stale_pending:,} pending email(s) would be resent.", soft_wrap=True, highlight=False)
+        for m in result.sample:
+            console.print(f"  {m['id']}  {m['confirmation_number']}  {m['email']}  (updated {m['updated_at']})",
+                          highlight=False)
+    else:
+        console.print(f"{result.status}: {result.claimed:,} numbered, {result.sent:,} emails sent, {result.failed:,} "
+                      f"failed, {result.deferred:,} left pending, {result.recovered:,} resent; {result.batches} batches "
+                      f"in {result.seconds:.1f} s (job_runs id {result.run_id})" + (f"; {result.error}" if result.error else ""),
+                      soft_wrap=True, highlight=False)
     if result.status == "error":
         raise typer.Exit(1)

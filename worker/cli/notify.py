@@ -6,9 +6,8 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from worker.cli.common import console, settings
+from worker.cli.common import console, emit_json, settings, table
 from worker.fleet.errors import OpsfleetError
 
 silence_app = typer.Typer(no_args_is_help=True, help="Silences: mute notifications for a check or labels.")
@@ -50,39 +49,51 @@ def silence_add(
     console.print(f"silence {sid} until {(datetime.now(UTC) + duration):%Y-%m-%d %H:%M} UTC")
 
 
+SILENCE_FIELDS = ("id", "check", "labels", "starts_at", "ends_at", "author", "comment")
+
+
 @silence_app.command("list")
-def silence_list() -> None:
-    """Active silences."""
+def silence_list(json_out: Annotated[bool, typer.Option("--json", help="a JSON list: " + ", ".join(SILENCE_FIELDS))] = False
+                 ) -> None:
+    """Active silences (an id, or a unique start of one, is what `silence expire` takes)."""
     from worker.fleet.db import fleet_engine
     from worker.notify import silences
 
     settings()
-    t = Table("id", "check", "labels", "ends (UTC)", "author", "comment")
-    for r in silences.active(fleet_engine(), datetime.now(UTC)):
-        t.add_row(str(r.id), r.matchers.get("check") or "*", ", ".join(f"{k}={v}" for k, v in r.matchers.get("labels", {}).items()),
-                  r.ends_at.strftime("%Y-%m-%d %H:%M"), r.author, r.comment)
+    records = [{"id": str(r.id), "check": r.matchers.get("check"), "labels": r.matchers.get("labels", {}),
+                "starts_at": r.starts_at, "ends_at": r.ends_at, "author": r.author, "comment": r.comment}
+               for r in silences.active(fleet_engine(), datetime.now(UTC))]
+    if json_out:
+        emit_json(records)
+        return
+    t = table("id", "check", "labels", "ends (UTC)", "author", "comment")
+    for r in records:
+        t.add_row(r["id"], r["check"] or "*", ", ".join(f"{k}={v}" for k, v in r["labels"].items()),
+                  r["ends_at"].strftime("%Y-%m-%d %H:%M"), r["author"], r["comment"])
     console.print(t)
 
 
 @silence_app.command("expire")
-def silence_expire(silence_id: str) -> None:
+def silence_expire(silence_id: Annotated[str, typer.Argument(help="the id, or a unique start of it")]) -> None:
     """End a silence now."""
     from worker.fleet.db import fleet_engine
     from worker.notify import silences
 
     settings()
+    now = datetime.now(UTC)
     try:
-        ok = silences.expire(fleet_engine(), silence_id, datetime.now(UTC))
+        full = silences.resolve(fleet_engine(), silence_id, now)
+        ok = silences.expire(fleet_engine(), full, now)
     except ValueError as exc:
         raise OpsfleetError(str(exc)) from None
     if not ok:
         raise OpsfleetError(f"no active silence {silence_id}")
-    console.print(f"silence {silence_id} expired")
+    console.print(f"silence {full} expired")
 
 
 @notify_app.command("test")
 def notify_test(channel: Annotated[str | None, typer.Option(help="one channel from routing.yaml")] = None) -> None:
-    """Send seed 001's "Test Alert" through the real pipeline; report what each provider answered."""
+    """Send a "Test Alert" through the real pipeline; report what each provider answered."""
     import uuid
 
     from worker.config import get_config
@@ -101,7 +112,7 @@ def notify_test(channel: Annotated[str | None, typer.Option(help="one channel fr
             raise OpsfleetError(f"--channel {n!r}: not a deliverable channel in routing.yaml ({', '.join(deliverable)})")
     now = datetime.now(UTC)
     fleet = fleet_engine()
-    t = Table("channel", "result", "provider answer")
+    t = table("channel", "result", "provider answer")
     failed = False
     for n in names:
         payload = {"check": "system_test", "severity": "info", "status": "test", "title": "Test Alert",

@@ -189,3 +189,11 @@ def last_finished(fleet: Engine, kind: str) -> list[dict[str, Any]]:
             """SELECT DISTINCT ON (job) id, job, status, started_at, finished_at, rows_affected, batches, error
                FROM fleet.job_runs WHERE kind = :k AND status <> 'running' ORDER BY job, started_at DESC"""),
             {"k": kind}).mappings()]
+
+
+def last_by_job(fleet: Engine) -> dict[str, dict[str, Any]]:
+    """Each job's latest run (any status but dry_run), by job name."""
+    with fleet.connect() as conn:
+        return {m["job"]: dict(m) for m in conn.execute(sa.text(
+            """SELECT DISTINCT ON (job) id, job, kind, status, started_at, finished_at, rows_affected, batches, error
+               FROM fleet.job_runs WHERE status <> 'dry_run' ORDER BY job, started_at DESC""")).mappings()}

@@ -57,3 +57,20 @@ def matching(conn: Connection, check: str | None, labels: dict[str, str], now: d
         {"now": now, "check": check, "labels": json.dumps(labels)},
     ).first()
     return str(row.id) if row else None
+
+
+def resolve(fleet: Engine, given: str, now: datetime) -> str:
+    """The full id of the active silence whose id is `given` or starts with it (as `silence list`
+    shows them); ValueError when none or several match."""
+    prefix = given.strip().lower()
+    if not prefix or any(c not in "0123456789abcdef-" for c in prefix):
+        raise ValueError(f"{given!r} is not a silence id (see `opsfleet silence list`)")
+    with fleet.connect() as conn:
+        ids = [str(r) for r in conn.execute(sa.text(
+            "SELECT id FROM fleet.silences WHERE CAST(id AS text) LIKE :p AND ends_at > :now ORDER BY id"),
+            {"p": prefix + "%", "now": now}).scalars()]
+    if not ids:
+        raise ValueError(f"no active silence {given} (see `opsfleet silence list`)")
+    if len(ids) > 1:
+        raise ValueError(f"{given!r} matches {len(ids)} active silences ({', '.join(i[:13] for i in ids)}): give more of the id")
+    return ids[0]
