@@ -164,3 +164,21 @@ def test_serve_answers_health_in_seed_003s_shape_and_metrics_over_http(henv, mon
         engine.dispose()
         monkeypatch.undo()
         reload_settings()
+
+
+def test_a_sub_endpoint_runs_only_its_own_probes():
+    """/health/database must answer a load balancer without waiting on the workers' inspection."""
+    from worker import health as fleet_health
+    from worker.web.server import Fleet
+
+    asked = []
+
+    def probe(groups):
+        asked.append(groups)
+        return [fleet_health.Probe("database", "ok")]
+
+    fleet = Fleet(settings=None, cfg=None, probe=probe, cache_s=60)
+    fleet.probes("database")
+    fleet.probes("database")  # cached
+    fleet.probes(None)
+    assert asked == [{"database"}, None]

@@ -253,16 +253,26 @@ def _fleet_state(fleet: Engine, cfg: FleetConfig, now: datetime) -> list[Probe]:
     return [_timed("outbox", outbox), _timed("checks", checks), _timed("maintenance jobs", jobs)]
 
 
+GROUPS = ("database", "broker", "redis", "workers", "channels", "state")
+
+
 def run_all(settings: Settings, cfg: FleetConfig, *, probe: bool = False, timeout: float = 3.0,
-            workers: bool = True, app: Any = None) -> list[Probe]:
-    """Every probe, in order; each failure is reported and the next still runs."""
+            workers: bool = True, app: Any = None, groups: set[str] | None = None) -> list[Probe]:
+    """Every probe (or those of `groups`, see GROUPS), in order; each failure is reported and the next
+    still runs."""
+    want = set(GROUPS) if groups is None else set(groups)
     now = datetime.now(UTC)
-    out = [
-        _timed("database", lambda: _database(settings.require_database_url(), "monitored")),
-        _timed("fleet database", lambda: _database(settings.require_fleet_database_url(), "fleet")),
-        _timed("broker", lambda: _broker(settings)),
-        _timed("redis", lambda: _redis(settings)),
-    ]
+    out: list[Probe] = []
+    if "database" in want or {"channels", "state"} & want:
+        out += [_timed("database", lambda: _database(settings.require_database_url(), "monitored")),
+                _timed("fleet database", lambda: _database(settings.require_fleet_database_url(), "fleet"))]
+    if "broker" in want:
+        out.append(_timed("broker", lambda: _broker(settings)))
+    if "redis" in want:
+        out.append(_timed("redis", lambda: _redis(settings)))
+    if not {"workers", "channels", "state"} & want:
+        return out
+    workers = workers and "workers" in want
     if workers:
         if app is None:
             from worker.app import app
@@ -274,8 +284,9 @@ def run_all(settings: Settings, cfg: FleetConfig, *, probe: bool = False, timeou
         fleet = create(settings.require_fleet_database_url(), pool_size=1)
     except Exception:  # noqa: BLE001, S110 - reported by the database probes above
         pass
-    out += _channels(cfg, settings, probe, timeout, monitored if out[0].state == "ok" else None)
-    if fleet is not None and out[1].state == "ok":
+    if "channels" in want:
+        out += _channels(cfg, settings, probe, timeout, monitored if out[0].state == "ok" else None)
+    if fleet is not None and out[1].state == "ok" and "state" in want:
         out += _fleet_state(fleet, cfg, now)
     for engine in (monitored, fleet):
         if engine is not None:

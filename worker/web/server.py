@@ -21,7 +21,9 @@ from worker import health
 from worker.config import FleetConfig
 from worker.fleet.settings import Settings
 
-# the probes each sub-endpoint answers with
+# the probe groups each sub-endpoint runs (worker.health.GROUPS), and the probes of them it shows
+GROUPS = {"database": {"database"}, "redis": {"redis"}, "broker": {"broker"}, "workers": {"workers"},
+          "email": {"channels"}, "slack": {"channels"}}
 SUBSETS: dict[str, Callable[[health.Probe], bool]] = {
     "database": lambda p: p.name in ("database", "fleet database"),
     "redis": lambda p: p.name == "redis",
@@ -38,15 +40,19 @@ class Fleet:
     def __init__(self, settings: Settings, cfg: FleetConfig, registry: CollectorRegistry | None = None,
                  cache_s: float = 10.0, probe: Callable[[], list[health.Probe]] | None = None) -> None:
         self.settings, self.cfg, self.registry, self.cache_s = settings, cfg, registry, cache_s
-        self._probe = probe or (lambda: health.run_all(settings, cfg, timeout=2.0))
+        self._probe = probe or (lambda groups: health.run_all(settings, cfg, timeout=2.0, groups=groups))
         self._lock = threading.Lock()
-        self._cached: tuple[float, list[health.Probe]] | None = None
+        self._cached: dict[str, tuple[float, list[health.Probe]]] = {}
 
-    def probes(self) -> list[health.Probe]:
+    def probes(self, name: str | None = None) -> list[health.Probe]:
+        """The probes of /health (all) or /health/<name> (its groups only: /health/database never waits
+        on the workers), run at most every cache_s seconds."""
+        key = name or "all"
         with self._lock:
-            if self._cached is None or time.monotonic() - self._cached[0] > self.cache_s:
-                self._cached = (time.monotonic(), self._probe())
-            return self._cached[1]
+            cached = self._cached.get(key)
+            if cached is None or time.monotonic() - cached[0] > self.cache_s:
+                cached = self._cached[key] = (time.monotonic(), self._probe(GROUPS.get(name) if name else None))
+            return cached[1]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -68,7 +74,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(404, {"error": f"unknown health endpoint /health/{name}",
                                  "known": ["/health", *(f"/health/{k}" for k in SUBSETS)]})
                 return
-            probes = fleet.probes()
+            probes = fleet.probes(name)
             if name is not None:
                 probes = [p for p in probes if SUBSETS[name](p)]
             doc = health.health_document(probes, fleet.settings)
