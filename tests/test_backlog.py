@@ -468,7 +468,8 @@ def test_three_workers_share_a_backlog_and_claim_no_row_twice(engine, fleet, sin
     progress = []
     deadline = time.monotonic() + 120
     while not all(r.ready() for r in results) and time.monotonic() < deadline:
-        progress += [r.info for r in results if r.state == "PROGRESS"]
+        metas = [r.backend.get_task_meta(r.id) for r in results]  # state and info of one reading
+        progress += [m["result"] for m in metas if m["status"] == "PROGRESS"]
         time.sleep(0.02)
     summaries = [r.get(timeout=5) for r in results]
     assert sum(s["claimed"] for s in summaries) == n

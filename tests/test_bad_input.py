@@ -222,9 +222,10 @@ def _refused(proc: subprocess.CompletedProcess, *needles: str) -> list[str]:
     return lines
 
 
-def test_a_worker_without_database_url_refuses_to_start_with_the_clis_line(env, tmp_path):
+@pytest.mark.parametrize("process", [["worker", "-Q", "checks", "-c", "1"], ["beat"]])
+def test_a_worker_or_beat_without_database_url_refuses_to_start_with_the_clis_line(env, tmp_path, process):
     e = {k: v for k, v in env.items() if k != "DATABASE_URL"}
-    lines = _refused(_celery(["worker", "-Q", "checks", "-c", "1"], e, tmp_path), "DATABASE_URL is not set")
+    lines = _refused(_celery(process, e, tmp_path), "DATABASE_URL is not set")
     cli = run_cli(["db", "upgrade"], e)
     assert cli.stderr.strip().removeprefix("opsfleet: error: ") in lines[0]
 

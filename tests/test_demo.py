@@ -57,3 +57,34 @@ def test_demo_runs_for_a_duration_and_leaves_no_process_behind():
     assert not port_open("127.0.0.1", int(redis_port))
     assert _processes_mentioning(f"127.0.0.1:{pg_port}") == []
     shutil.rmtree(run_dir.parent, ignore_errors=True)
+
+
+def test_ctrl_c_stops_the_demo_with_exit_130_and_its_messages_can_be_read_whole():
+    import signal
+    import time
+
+    run_dir = Path(tempfile.mkdtemp(prefix="opsfleet-demo-test-")) / "demo"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "FLEET_DATABASE_URL", "OPSFLEET_CONFIG_DIR")}
+    env["COLUMNS"] = "200"
+    out_path = run_dir.parent / "out.txt"
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "demo", "--scale", "3000", "--run-dir", str(run_dir)],  # noqa: S603
+                                env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and not (run_dir / "captured.jsonl").is_file() or \
+                    not (run_dir / "captured.jsonl").read_text().strip():
+                assert proc.poll() is None, out_path.read_text()[-3000:]
+                time.sleep(0.5)
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends to the foreground group
+            assert proc.wait(120) == 130, out_path.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    text = out_path.read_text()
+    assert "Traceback" not in text and "stopping..." in text and "opsfleet demo-show N" in text
+    shown = subprocess.run([sys.executable, "-m", "worker.cli", "demo-show", "1", "--run-dir", str(run_dir)],  # noqa: S603
+                           env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and re.match(r"(email|slack) 1 of \d+", shown.stdout), shown.stdout + shown.stderr
+    shutil.rmtree(run_dir.parent, ignore_errors=True)

@@ -159,3 +159,24 @@ def test_a_scheduled_backlog_run_without_an_email_channel_is_skipped_with_one_wa
     warned = [line for line in lines if line.get("event") == "backlog_skipped"]
     assert len(warned) == 1 and warned[0]["level"] == "warning" and "RESEND_API_KEY is not set" in warned[0]["reason"]
     assert not any("Traceback" in json.dumps(line) for line in lines)
+
+
+def test_flower_and_the_logs_name_a_task_by_what_it_is_about(redis_url, redis_client):
+    from kombu import Connection
+
+    from worker.app import app
+    from worker.beat import build_schedule
+    from worker.config import load_config
+
+    assert app.tasks["checks.run"].shadow_name((), {"name": "confirmation_backlog"}, {}) == \
+        "checks.run:confirmation_backlog"
+    assert app.tasks["maintenance.run"].shadow_name((), {"job": "archive_webhook_logs"}, {}) == \
+        "maintenance.run:archive_webhook_logs"
+    assert app.tasks["backlog.reprocess_confirmations"].shadow_name((), {"dry_run": True}, {}) == \
+        "backlog.reprocess_confirmations:dry_run"
+    # what beat sends goes through apply_async, which puts the name in the message's `shadow` header
+    entry = build_schedule(load_config(REPO / "config", packs="all"))["check:confirmation_backlog"]
+    with Connection(redis_url) as conn:
+        app.tasks[entry["task"]].apply_async(kwargs=entry["kwargs"], connection=conn, **entry["options"])
+    message = json.loads(redis_client.lpop("checks"))
+    assert message["headers"]["shadow"] == "checks.run:confirmation_backlog"

@@ -161,9 +161,11 @@ def catalog_problems(cfg: Any, settings: Settings, *, checks: bool = True, maint
 
 
 def beat_findings() -> Findings:
+    """A beat: what a worker needs but the catalog (a beat would schedule tasks no worker can run)."""
     found = Findings()
     try:
         settings = get_settings()
+        settings.require_database_url()
         get_config()
     except OpsfleetError as exc:
         found.errors.append(str(exc))
