@@ -59,6 +59,19 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
     raise ServiceUnavailable("running as root and no unprivileged user (postgres or nobody) to run Postgres as")
 
 
+def _hand_over(run_dir: Path, user: pwd.struct_passwd, paths: list[Path]) -> None:
+    """A server that refuses to run as root runs as `user`: it owns `paths`, and every parent of
+    `run_dir` must be traversable by it."""
+    for path in paths:
+        os.chown(path, user.pw_uid, user.pw_gid)
+    for parent in run_dir.parents:
+        if parent == Path("/"):
+            break
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            os.chmod(parent, mode | 0o001)
+
+
 class PostgresServer:
     """initdb + pg_ctl in `run_dir`; `url` is a superuser URL (trust auth on 127.0.0.1 only)."""
 
@@ -97,14 +110,7 @@ class PostgresServer:
         self._user = _unprivileged_user()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self._user is not None:
-            os.chown(self.run_dir, self._user.pw_uid, self._user.pw_gid)
-            # every parent must be traversable by that user
-            for parent in self.run_dir.parents:
-                if parent == Path("/"):
-                    break
-                mode = parent.stat().st_mode
-                if not mode & 0o001:
-                    os.chmod(parent, mode | 0o001)
+            _hand_over(self.run_dir, self._user, [self.run_dir])
         if not (self.data_dir / "PG_VERSION").exists():
             r = self._run([initdb, "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                            "--no-sync", "--locale=C"])
@@ -272,14 +278,7 @@ class RabbitMQServer:
             except KeyError:
                 user = None
             if user is not None:
-                for path in [self.run_dir, *self.run_dir.rglob("*")]:
-                    os.chown(path, user.pw_uid, user.pw_gid)
-                for parent in self.run_dir.parents:
-                    if parent == Path("/"):
-                        break
-                    mode = parent.stat().st_mode
-                    if not mode & 0o001:
-                        os.chmod(parent, mode | 0o001)
+                _hand_over(self.run_dir, user, [self.run_dir, *self.run_dir.rglob("*")])
         r = subprocess.run([binary, "-detached"], env=self._env(), capture_output=True, text=True, timeout=60)  # noqa: S603
         if r.returncode:
             raise ServiceUnavailable(f"rabbitmq-server did not start: {(r.stderr or r.stdout).strip()[-300:]}")
