@@ -321,10 +321,16 @@ cases(
 
 cases(
     "high_confirmation_error_rate",
-    Case("20pct-on-one-webhook",
+    # the seed's rule sums errors and calls over every function: 2 of 20 is 10%, whichever function
+    Case("two-errors-in-20-calls-across-functions-is-10pct",
          lambda c: (insert_webhook_log(c, NOW - MIN, W1, 200, n=8), insert_webhook_log(c, NOW - MIN, W1, 500, n=2),
-                    insert_webhook_log(c, NOW - MIN, W2, 200, n=10)),
-         Fire(20, labels=[{"webhook_name": W1}], instances=[{"webhook_name": W1}, {"webhook_name": W2}])),
+                    insert_webhook_log(c, NOW - MIN, W2, 200, n=10)), Quiet(10, instances=[{}])),
+    # what paged before: 2 of 3 on one function and 1 of 1 on another, among 200 healthy calls: 1.47%
+    Case("a-few-failing-calls-among-200-healthy-ones-page-nobody",
+         lambda c: (insert_webhook_log(c, NOW - MIN, "registration-payment-webhook", 200, n=200),
+                    insert_webhook_log(c, NOW - MIN, "stripe-webhook", 500, n=2),
+                    insert_webhook_log(c, NOW - MIN, "stripe-webhook", 200, n=1),
+                    insert_webhook_log(c, NOW - MIN, "generate-confirmation", 500, n=1)), Quiet(1.47, instances=[{}])),
     Case("exactly-10pct", lambda c: (insert_webhook_log(c, NOW - MIN, status_code=200, n=9),
                                      insert_webhook_log(c, NOW - MIN, status_code=500)), Quiet(10)),
     Case("11pct", lambda c: (insert_webhook_log(c, NOW - MIN, status_code=200, n=8),
@@ -346,15 +352,19 @@ cases(
     "webhook_error_rate_high",
     Case("exactly-5pct", lambda c: (insert_webhook_log(c, NOW - 30 * MIN, status_code=200, n=19),
                                     insert_webhook_log(c, NOW - 30 * MIN, status_code=500)), Quiet(5)),
-    Case("5.26pct-on-one-webhook",
-         lambda c: (insert_webhook_log(c, NOW - 30 * MIN, W1, 200, n=18), insert_webhook_log(c, NOW - MIN, W1, 500),
-                    insert_webhook_log(c, NOW - 30 * MIN, W2, 200, n=19), insert_webhook_log(c, NOW - MIN, W2, 500)),
-         Fire(5.26, labels=[{"webhook_name": W1}], instances=[{"webhook_name": W1}, {"webhook_name": W2}])),
-    Case("error-exactly-1h-ago-is-outside", lambda c: (insert_webhook_log(c, NOW - MIN, status_code=200, n=18),
+    Case("9.52pct-on-one-webhook",
+         lambda c: (insert_webhook_log(c, NOW - 30 * MIN, W1, 200, n=19), insert_webhook_log(c, NOW - MIN, W1, 500, n=2),
+                    insert_webhook_log(c, NOW - 30 * MIN, W2, 200, n=20), insert_webhook_log(c, NOW - MIN, W2, 500)),
+         Fire(9.52, labels=[{"webhook_name": W1}], instances=[{"webhook_name": W1}, {"webhook_name": W2}])),
+    # below 20 calls in the hour a function is not judged: 1 error in 1 call is no 100% alert
+    Case("a-function-called-under-20-times-is-not-judged",
+         lambda c: (insert_webhook_log(c, NOW - MIN, W1, 500, n=1), insert_webhook_log(c, NOW - MIN, W2, 500, n=19)),
+         NoData()),
+    Case("error-exactly-1h-ago-is-outside", lambda c: (insert_webhook_log(c, NOW - MIN, status_code=200, n=20),
                                                        insert_webhook_log(c, NOW - HOUR, status_code=500)), Quiet(0)),
     Case("error-1h-minus-1s-ago-counts", lambda c: (insert_webhook_log(c, NOW - MIN, status_code=200, n=18),
-                                                    insert_webhook_log(c, NOW - HOUR + SEC, status_code=500)),
-         Fire(5.26)),
+                                                    insert_webhook_log(c, NOW - HOUR + SEC, status_code=500, n=2)),
+         Fire(10)),
     Case("no-calls", None, NoData()),
 )
 
