@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -25,11 +26,14 @@ from worker.backlog.confirmations import EmailRow, confirmation_number, send_cal
 from worker.backlog.runs import reprocess, resend_failed
 from worker.backlog.status import backlog_status
 from worker.channels.email import EmailChannel
+from worker.checks.collect import collect_sql
+from worker.config import load_config
 from worker.fleet.db import create
 from worker.fleet.migrate import upgrade
 from worker.fleet.timeutil import parse_duration
 
 KEY = "re_test_key_0123456789"
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +142,18 @@ def test_each_backlog_registration_gets_one_number_and_one_sent_email(engine, si
     again = reprocess(engine, engine, channel(sink))
     assert (again.claimed, again.sent, again.recovered) == (0, 0, 0)
     assert len(sink.emails) == 250
+
+
+def test_a_recovered_backlog_raises_no_slow_processing_alert(engine, sink):
+    """Seed 000's recovery resets updated_at, so the "Processing Time" of a recovered registration is
+    the recovery's, not the hours it waited (30 rows an hour old made p95 3,457 s, firing an hour)."""
+    add_backlog(engine, 30, age="1 hour")
+    assert reprocess(engine, engine, channel(sink)).sent == 30
+    check = load_config(REPO / "config").checks["slow_confirmation_processing"]
+    now = one(engine, "SELECT now() + interval '1 second'")
+    [sample] = collect_sql(check, engine, now)
+    assert sample.value is not None and not check.condition.holds(sample.value), sample.value
+    assert one(engine, "SELECT count(*) FROM registrations WHERE updated_at < confirmation_generated_at - interval '1 second'") == 0
 
 
 def test_dry_run_counts_and_samples_and_writes_nothing(engine, sink):

@@ -27,7 +27,8 @@ WITH batch AS (
     FOR UPDATE SKIP LOCKED
 ), numbered AS (
     UPDATE registrations r
-       SET confirmation_number = {NUMBER_SQL}, confirmation_generated_at = now(), email_status = 'pending'
+       SET confirmation_number = {NUMBER_SQL}, confirmation_generated_at = now(), email_status = 'pending',
+           updated_at = now()  -- as seed 000's recovery does: processing time is the recovery's, not the wait
       FROM batch WHERE r.ctid = batch.tid  -- the row we locked (a TID scan: no second index lookup)
     RETURNING r.id, r.email, r.full_name, r.confirmation_number, r.event_id, r.amount_in_cents
 ), emails AS (
