@@ -1227,7 +1227,9 @@ def test_db_dead_tuples_high_just_over_20pct(monitored):
 
 
 def test_db_unused_indexes(monitored):
-    """A plain index never scanned fires (idx_scan == 0); a scanned one, the primary key and a unique index do not."""
+    """A plain index never scanned fires (idx_scan == 0); a scanned one, the primary key and a unique index
+    do not; and nothing is judged while the statistics are under 7 days old (a fresh database has every
+    index at 0 scans)."""
     with _raw(monitored) as conn:
         conn.execute("DROP SCHEMA IF EXISTS craft_idx CASCADE; CREATE SCHEMA craft_idx")
         conn.execute("CREATE TABLE craft_idx.t (id int PRIMARY KEY, a int, b int, c int)")
@@ -1236,15 +1238,20 @@ def test_db_unused_indexes(monitored):
         conn.execute("CREATE UNIQUE INDEX unique_idx ON craft_idx.t (c)")
         conn.execute("INSERT INTO craft_idx.t SELECT g, g, g, g FROM generate_series(1, 1000) g")
         conn.execute("ANALYZE craft_idx.t")
+        conn.execute("SELECT pg_stat_reset()")
         conn.execute("SET enable_seqscan = off")
         conn.execute("SELECT * FROM craft_idx.t WHERE a = 5").fetchall()
+        reset = conn.execute("SELECT stats_reset FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
+    check = CONFIG.checks["db_unused_indexes"]
     try:
         _wait_for(monitored, "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'used_idx' "
                              "AND schemaname = 'craft_idx'", lambda r: r is not None and r[0] >= 1)
-        values = _by("db_unused_indexes", collect_sql(CONFIG.checks["db_unused_indexes"], monitored, NOW),
-                     "index", "craft_idx.")
+        # statistics one second short of 7 days old: no index is judged
+        assert _by("db_unused_indexes", collect_sql(check, monitored, reset + 7 * DAY - SEC), "index", "craft_idx.") == {}
+        values = _by("db_unused_indexes", collect_sql(check, monitored, reset + 7 * DAY), "index", "craft_idx.")
         assert set(values) == {"craft_idx.used_idx", "craft_idx.unused_idx"}  # no t_pkey, no unique_idx
         assert _firing("db_unused_indexes", values) == {"craft_idx.unused_idx"}
+        assert check.for_ == 7 * DAY  # seen unused on two weekly runs, so an index made yesterday is not called unused
     finally:
         with _raw(monitored) as conn:
             conn.execute("DROP SCHEMA craft_idx CASCADE")
