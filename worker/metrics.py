@@ -81,6 +81,13 @@ class FleetCollector(Collector):
             if name in self.cfg.checks:
                 g.add_metric([name], float(age))
         yield g
+        g = GaugeMetricFamily("opsfleet_check_interval_seconds", "Longest time between two scheduled runs of each "
+                              "enabled check (OpsfleetCheckNotRunning compares the last run's age with it)",
+                              labels=["check"])
+        for name, check in sorted(self.cfg.checks.items()):
+            if check.enabled:
+                g.add_metric([name], check.schedule.longest_gap().total_seconds())
+        yield g
         g = GaugeMetricFamily("opsfleet_job_last_run_ok", "1 if the job's last run succeeded", labels=["job"])
         d = GaugeMetricFamily("opsfleet_job_last_run_duration_seconds", "Duration of the job's last run", labels=["job"])
         a = GaugeMetricFamily("opsfleet_job_last_run_age_seconds", "Seconds since the job's last run started", labels=["job"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from celery.schedules import crontab
 
@@ -90,3 +90,23 @@ class Schedule:
             return self.interval
         current = self.slot(now)
         return current - self.slot(current - timedelta(minutes=1))
+
+    def longest_gap(self) -> timedelta:
+        """The longest time between two consecutive runs of the schedule (a year of cron days from a
+        fixed date, so the figure does not depend on today): how long a check may rightly not run."""
+        if self.interval is not None:
+            return self.interval
+        c = self.cron
+        times = sorted(h * 60 + m for h in c.hour for m in c.minute)  # minutes of a matching day
+        start = date(2026, 1, 1)
+        days = [i for i in range(400) if _cron_day(c, start + timedelta(days=i))]
+        if not times or len(days) < 2:
+            return timedelta(days=400)
+        within = max((b - a for a, b in zip(times, times[1:], strict=False)), default=0)
+        across = max((b - a) * 1440 + times[0] - times[-1] for a, b in zip(days, days[1:], strict=False))
+        return timedelta(minutes=max(within, across))
+
+
+def _cron_day(c: crontab, d: date) -> bool:
+    """Celery's crontab runs on a day that matches day_of_month and month_of_year and day_of_week (0 = Sunday)."""
+    return d.day in c.day_of_month and d.month in c.month_of_year and (d.isoweekday() % 7) in c.day_of_week
