@@ -23,15 +23,23 @@ def test_readme_first_screen_has_the_two_commands_and_ci_runs_the_test_one():
     assert "make test" in (REPO / ".ci" / "run").read_text()
 
 
-def test_config_readme_documents_every_check_and_job_field():
+def test_config_readme_documents_every_check_job_and_routing_field():
     from worker.checks.spec import Check
     from worker.maintenance.spec import MaintenanceJob
+    from worker.notify.inhibit import InhibitRule
+    from worker.notify.routing import Route, Routing
+    from worker.notify.timeintervals import NamedInterval, TimeInterval, TimeRange
 
     text = (REPO / "config" / "README.md").read_text()
     for model in (Check, MaintenanceJob):
         for name, field in model.model_fields.items():
             key = field.alias or name
             assert f"`{key}`" in text, f"{model.__name__}.{key} is not in config/README.md"
+    routing = text[text.index("## routing.yaml"):text.index("## maintenance.yaml")]
+    for model in (Route, Routing, InhibitRule, NamedInterval, TimeInterval, TimeRange):
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            assert f"{key}:" in routing or f"`{key}`" in routing, f"{model.__name__}.{key} is not in config/README.md"
 
 
 _PATH = re.compile(r"`((?:worker|tasks|ops|config|bench|tests|docs)/[A-Za-z0-9_./-]*)`")

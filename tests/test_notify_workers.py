@@ -65,7 +65,7 @@ def setup(fleet_db, broker, broker_env, tmp_path, redis_client):
         conn.execute(sa.text("CREATE TABLE gauge (v numeric)"))
         conn.execute(sa.text("INSERT INTO gauge VALUES (50)"))
     sink = ProviderSink().start()
-    env = {**broker_env, "OPSFLEET_CONFIG_DIR": str(cfg), "RESEND_API_KEY": "re_test_key_0123456789",
+    env = {**broker_env, "OPSFLEET_CONFIG_DIR": str(cfg), "OPSFLEET_PACKS": "", "RESEND_API_KEY": "re_test_key_0123456789",
            "RESEND_API_URL": sink.resend_api_url, "ALERT_SLACK_WEBHOOK_URL": sink.slack_webhook_url,
            "ALERT_EMAIL_RECIPIENTS": "ops@example.com", "FROM_EMAIL": "alerts@example.com"}
     client = Celery(broker=broker)

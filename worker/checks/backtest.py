@@ -4,9 +4,11 @@ notifications that would have sent. The tool for tuning thresholds against alert
 Nothing is written: each step runs the rule's query with :now set to that instant (READ ONLY) and
 feeds `replay`, which moves the instances with the engine's own state machine (checks.state.advance)
 and asks the outbox's own plan (notify.outbox.plan) what each transition sends, keeping the dedup
-keys in memory as the outbox's UNIQUE constraint keeps them in the table. What a backtest counts is
-therefore what production would send for the same values at the same instants (without silences,
-which belong to the moment).
+keys in memory as the outbox's UNIQUE constraint keeps them in the table (and, in `Remembered`, which
+notices a route's mute held back, as fleet.notifications does). What a backtest counts is therefore
+what production would send for the same values at the same instants, mute time intervals and
+keep_firing_for included (without silences, inhibitions and acknowledgements, which belong to the
+moment).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from sqlalchemy.engine import Engine
 from worker.checks.collect import CheckError, Sample, collect
 from worker.checks.spec import Check
 from worker.checks.state import Instance, advance
-from worker.notify.outbox import plan
+from worker.notify.outbox import Decision, Latest, plan
 from worker.notify.routing import Routing
 
 
@@ -53,12 +55,36 @@ class Backtest:
         return sum(self.notifications.values())
 
 
+class Remembered:
+    """The backtest's Memory for one instance's episode: the notices planned for it, in order."""
+
+    def __init__(self, notices: dict[tuple[str, int, str], list[Decision]], fp: str, fired_at: datetime | None) -> None:
+        self.notices, self.fp = notices, fp
+        self.episode = int(fired_at.timestamp()) if fired_at else 0
+
+    def _of(self, channel: str) -> list[Decision]:
+        return self.notices.get((self.fp, self.episode, channel), [])
+
+    def latest_suppressed(self, channel: str) -> Latest | None:
+        firing = [d for d in self._of(channel) if d.transition != "resolved"]
+        if firing and firing[-1].muted:
+            return Latest(ref=firing[-1].dedup_key or "", reason="muted", over=False)
+        return None
+
+    def told(self, channel: str) -> bool:
+        return any(d.sends for d in self._of(channel) if d.transition != "resolved")
+
+    def record(self, d: Decision) -> None:
+        self.notices.setdefault((self.fp, self.episode, d.channel), []).append(d)
+
+
 def replay(check: Check, routing: Routing | None, evaluations: Iterable[tuple[datetime, list[Sample] | str]],
            result: Backtest) -> Backtest:
     """Feed (instant, samples) pairs, in order, through the state machine and the outbox's plan; a
     string instead of samples is an error at that instant (recorded; it changes no state)."""
     instances: dict[str, Instance] = {}
     written: set[str] = set()  # the outbox's dedup keys
+    notices: dict[tuple[str, int, str], list[Decision]] = {}  # what fleet.notifications would hold
     for t, samples in evaluations:
         result.steps += 1
         if isinstance(samples, str):
@@ -70,12 +96,16 @@ def replay(check: Check, routing: Routing | None, evaluations: Iterable[tuple[da
                 result.events.append(Event(t, step.labels, step.before.state, step.after.state, step.value))
             if routing is None:
                 continue
+            memory = Remembered(notices, step.fingerprint, step.after.fired_at)
             for d in plan(routing, check=check.name, severity=check.severity, labels=step.labels,
                           fingerprint=step.fingerprint, before=step.before.state, after=step.after.state,
-                          fired_at=step.after.fired_at, now=t):
+                          fired_at=step.after.fired_at, now=t, last_eval_at=step.before.evaluated_at,
+                          memory=memory):
                 if d.notifies and d.dedup_key not in written:
                     written.add(d.dedup_key)
-                    result.notifications[d.channel] = result.notifications.get(d.channel, 0) + 1
+                    memory.record(d)
+                    if d.sends:
+                        result.notifications[d.channel] = result.notifications.get(d.channel, 0) + 1
     return result
 
 

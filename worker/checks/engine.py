@@ -61,7 +61,7 @@ def evaluate(check: Check, samples: list[Sample], conn: Connection, now: datetim
     remediate = False
     for step in advance(check, store.load_instances(conn, check.name), samples, now):
         summary = render(check.summary, value=step.value, labels=step.labels, check=check.name)
-        store.save_step(conn, check.name, check.severity, step, now, summary)
+        store.save_step(conn, check.name, check.severity, step, now, summary, database_of(check))
         if step.changed:
             transitions.append(Transition(step.fingerprint, step.labels, step.before.state, step.after.state, step.value))
             remediate |= step.after.state == "firing"
@@ -70,13 +70,20 @@ def evaluate(check: Check, samples: list[Sample], conn: Connection, now: datetim
     return transitions, notifications, remediate and check.remediate is not None
 
 
+def database_of(check: Check) -> str | None:
+    """The database a SQL check reads (monitored | fleet), for inhibit rules' matchers; a probe has none."""
+    return check.database if check.kind == "sql" else None
+
+
 def _notify(check: Check, routing: Routing, conn: Connection, step: Step, now: datetime, summary: str) -> list[str]:
     fired_at = step.after.fired_at
+    memory = outbox.StoredMemory(conn, check=check.name, severity=check.severity, fingerprint=step.fingerprint,
+                                 labels=step.labels, database=database_of(check), fired_at=fired_at, now=now,
+                                 routing=routing)
     decisions = outbox.plan(
         routing, check=check.name, severity=check.severity, labels=step.labels, fingerprint=step.fingerprint,
         before=step.before.state, after=step.after.state, fired_at=fired_at, now=now,
-        ended_silence=lambda ch: outbox.ended_silence(conn, check.name, ch, step.fingerprint, step.labels,
-                                                      fired_at, now))
+        last_eval_at=step.before.evaluated_at, acked=step.after.acked_at is not None, memory=memory)
     if not decisions:
         return []
     return outbox.write(conn, decisions, check=check.name, fingerprint=step.fingerprint, now=now,
@@ -92,7 +99,7 @@ def _payload(check: Check, step: Step, fired_at: datetime, now: datetime, summar
         "description": render(check.details, value=step.value, labels=step.labels, check=check.name)
         if check.details else public_text(check.description),
         "labels": step.labels, "value": step.value, "fingerprint": step.fingerprint, "runbook": check.runbook,
-        "started_at": fired_at.isoformat(), "at": now.isoformat(),
+        "started_at": fired_at.isoformat(), "at": now.isoformat(), "database": database_of(check),
     }
 
 

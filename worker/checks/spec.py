@@ -79,6 +79,7 @@ class Check(Strict):
     probe: HttpProbe | RedisProbe | None = None
     condition: ConditionField
     for_: Duration = Field(default=timedelta(0), alias="for")
+    keep_firing_for: Duration = timedelta(0)  # Prometheus's: stays firing this long after the condition stops
     severity: Literal[SEVERITIES]
     labels: dict[str, str] = Field(default_factory=dict)
     summary: Template

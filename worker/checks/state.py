@@ -2,6 +2,10 @@
 
     inactive -> pending (condition true, `for` not elapsed) -> firing -> resolved (-> pending ...)
 
+A firing instance whose condition stops holding stays firing for the check's `keep_firing_for`
+(Prometheus's semantics: counted from the first evaluation that found it false, reset when it holds
+again), unless it is acknowledged: an acknowledged alert resolves as soon as its condition is false.
+
 `advance()` is the one place that turns a check's samples into steps: which instances it sees (an
 instance still pending or firing that is missing from the rows is "no data" for this run), what
 each becomes, and the timestamps kept with it. The engine stores its steps in fleet.alerts; the
@@ -36,6 +40,9 @@ class Instance:
     labels: dict[str, str] = field(default_factory=dict)
     active_at: datetime | None = None  # when the condition became true (pending or firing)
     fired_at: datetime | None = None  # when this episode fired (kept while firing and once resolved)
+    keep_firing_since: datetime | None = None  # firing with the condition false since then
+    acked_at: datetime | None = None  # this episode was acknowledged (opsfleet alerts ack)
+    evaluated_at: datetime | None = None  # the evaluation that left it here
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,15 @@ def advance(check: Check, instances: Mapping[str, Instance], samples: Iterable[S
             known = False
         else:
             known = True
-        new = next_state(before.state, is_active(check, sample.value), before.active_at, now, check.for_)
+        active = is_active(check, sample.value)
+        new = next_state(before.state, active, before.active_at, now, check.for_)
+        keep_since = None
+        if before.state == "firing" and new == "resolved" and before.acked_at is None and check.keep_firing_for:
+            keep_since = before.keep_firing_since or now
+            if now - keep_since < check.keep_firing_for:
+                new = "firing"  # kept: the condition has been false for less than keep_firing_for
+        elif before.state == "firing" and new == "firing" and active is None:
+            keep_since = before.keep_firing_since  # no data, kept as it was: so is the keep timer
         active_at, fired_at = before.active_at, before.fired_at
         if new == "pending" and before.state != "pending":
             active_at = now
@@ -107,5 +122,8 @@ def advance(check: Check, instances: Mapping[str, Instance], samples: Iterable[S
             continue
         after = Instance(state=new, labels=sample.labels,
                          active_at=active_at if new in ALERTING else None,
-                         fired_at=fired_at if new in ("firing", "resolved") else None)
+                         fired_at=fired_at if new in ("firing", "resolved") else None,
+                         keep_firing_since=keep_since if new == "firing" else None,
+                         acked_at=before.acked_at if new == "firing" and before.state == "firing" else None,
+                         evaluated_at=now)
         yield Step(fp, sample.labels, sample.value, before, after)

@@ -38,33 +38,44 @@ def finish_run(conn: Connection, run_id: int, *, finished_at: datetime, duration
 # -- alerts and alert_events -------------------------------------------------------------------------
 def load_instances(conn: Connection, check: str, *, lock: bool = True) -> dict[str, Instance]:
     """The stored instances of a check, by fingerprint (locked for the evaluation's transaction)."""
-    q = "SELECT fingerprint, state, labels, active_at, fired_at FROM fleet.alerts WHERE check_name = :c"
+    q = ("SELECT fingerprint, state, labels, active_at, fired_at, keep_firing_since, acked_at, last_eval_at "
+         "FROM fleet.alerts WHERE check_name = :c")
     rows = conn.execute(sa.text(q + (" FOR UPDATE" if lock else "")), {"c": check})
-    return {r.fingerprint: Instance(state=r.state, labels=dict(r.labels), active_at=r.active_at, fired_at=r.fired_at)
+    return {r.fingerprint: Instance(state=r.state, labels=dict(r.labels), active_at=r.active_at, fired_at=r.fired_at,
+                                    keep_firing_since=r.keep_firing_since, acked_at=r.acked_at,
+                                    evaluated_at=r.last_eval_at)
             for r in rows}
 
 
-def save_step(conn: Connection, check: str, severity: str, step: Step, now: datetime, summary: str) -> None:
+def save_step(conn: Connection, check: str, severity: str, step: Step, now: datetime, summary: str,
+              database: str | None = None) -> None:
     """Store where an instance is after an evaluation, and its transition if it made one."""
     after = step.after
     conn.execute(
         sa.text("""
             INSERT INTO fleet.alerts (fingerprint, check_name, labels, severity, state, since, active_at,
-                                      fired_at, resolved_at, last_value, last_eval_at, summary)
+                                      fired_at, resolved_at, last_value, last_eval_at, summary, keep_firing_since,
+                                      database)
             VALUES (:fp, :c, CAST(:labels AS jsonb), :sev, :state, :now, :active_at, :fired_at,
-                    :resolved_at, :value, :now, :summary)
+                    :resolved_at, :value, :now, :summary, :keep, :db)
             ON CONFLICT (fingerprint) DO UPDATE SET
                 state = EXCLUDED.state,
                 since = CASE WHEN fleet.alerts.state = EXCLUDED.state THEN fleet.alerts.since ELSE EXCLUDED.since END,
                 active_at = EXCLUDED.active_at, fired_at = EXCLUDED.fired_at,
+                keep_firing_since = EXCLUDED.keep_firing_since,
+                -- an acknowledgement lasts the episode: a new one (or none) clears it
+                acked_at = CASE WHEN :keep_ack THEN fleet.alerts.acked_at END,
+                acked_by = CASE WHEN :keep_ack THEN fleet.alerts.acked_by END,
+                ack_comment = CASE WHEN :keep_ack THEN fleet.alerts.ack_comment END,
                 resolved_at = COALESCE(EXCLUDED.resolved_at, fleet.alerts.resolved_at),
                 last_value = COALESCE(EXCLUDED.last_value, fleet.alerts.last_value),
-                last_eval_at = EXCLUDED.last_eval_at, severity = EXCLUDED.severity,
+                last_eval_at = EXCLUDED.last_eval_at, severity = EXCLUDED.severity, database = EXCLUDED.database,
                 summary = EXCLUDED.summary
         """),
         {"fp": step.fingerprint, "c": check, "labels": json.dumps(step.labels), "sev": severity, "state": after.state,
          "now": now, "active_at": after.active_at, "fired_at": after.fired_at,
-         "resolved_at": now if after.state == "resolved" else None, "value": step.value, "summary": summary},
+         "resolved_at": now if after.state == "resolved" else None, "value": step.value, "summary": summary,
+         "keep": after.keep_firing_since, "keep_ack": after.acked_at is not None, "db": database},
     )
     if step.changed:
         conn.execute(
@@ -73,6 +84,24 @@ def save_step(conn: Connection, check: str, severity: str, step: Step, now: date
             {"fp": step.fingerprint, "c": check, "labels": json.dumps(step.labels), "sev": severity,
              "f": step.before.state, "t": after.state, "v": step.value, "now": now},
         )
+
+
+def acknowledge(conn: Connection, given: str, *, author: str, comment: str, now: datetime) -> list[Any]:
+    """Acknowledge the firing alerts a fingerprint (or a unique prefix of one) or a check name names:
+    they stop repeating until they resolve or fire anew, and a kept-firing one (keep_firing_for)
+    resolves at its next evaluation whose condition is false. Returns the rows acknowledged;
+    ValueError when nothing firing matches."""
+    key = given.strip()
+    rows = conn.execute(sa.text(
+        """UPDATE fleet.alerts SET acked_at = :now, acked_by = :by, ack_comment = :comment
+           WHERE state = 'firing' AND (check_name = :k OR (length(:k) >= 6 AND fingerprint LIKE :prefix))
+           RETURNING fingerprint, check_name, labels, summary"""),
+        {"now": now, "by": author, "comment": comment, "k": key, "prefix": key.lower() + "%"}).all()
+    if not rows:
+        firing = conn.execute(sa.text("SELECT count(*) FROM fleet.alerts WHERE state = 'firing'")).scalar()
+        raise ValueError(f"no firing alert is {key!r} (a check name, or 6+ characters of a fingerprint from "
+                         f"`opsfleet alerts list`; {firing} alert(s) firing)")
+    return rows
 
 
 # -- reads -------------------------------------------------------------------------------------------

@@ -139,7 +139,8 @@ def checks_backtest(
         console.print(f"  error at {at:%Y-%m-%d %H:%M}: {msg}")
 
 
-ALERT_FIELDS = ("check", "severity", "state", "since", "value", "labels", "summary", "fingerprint")
+ALERT_FIELDS = ("check", "severity", "state", "since", "value", "labels", "summary", "fingerprint", "acked_at",
+                "acked_by", "ack_comment", "keep_firing_since")
 EVENT_FIELDS = ("at", "check", "severity", "labels", "from_state", "to_state", "value")
 
 
@@ -156,16 +157,49 @@ def alerts_list(state: Annotated[str | None, typer.Option(help="pending, firing,
         raise OpsfleetError(f"--state {state!r}: one of pending, firing, resolved, inactive")
     with fleet_engine().connect() as conn:
         records = [{"check": r.check_name, "severity": r.severity, "state": r.state, "since": r.since,
-                    "value": r.last_value, "labels": r.labels, "summary": r.summary, "fingerprint": r.fingerprint}
+                    "value": r.last_value, "labels": r.labels, "summary": r.summary, "fingerprint": r.fingerprint,
+                    "acked_at": r.acked_at, "acked_by": r.acked_by, "ack_comment": r.ack_comment,
+                    "keep_firing_since": r.keep_firing_since}
                    for r in store.alerts(conn, state)]
     if json_out:
         emit_json(records)
         return
-    t = table("check", "severity", "state", "since", "value", "labels", "summary")
+    t = table("check", "severity", "state", "since", "value", "labels", "summary", "fingerprint")
     for r in records:
-        t.add_row(r["check"], r["severity"], r["state"], r["since"].strftime("%Y-%m-%d %H:%M:%S"),
-                  "-" if r["value"] is None else f"{r['value']:g}", labels_text(r["labels"]), r["summary"] or "")
+        state_text = r["state"]
+        if r["acked_at"]:
+            state_text += f" (acked by {r['acked_by']})"
+        elif r["keep_firing_since"]:
+            state_text += " (kept: condition false)"
+        t.add_row(r["check"], r["severity"], state_text, r["since"].strftime("%Y-%m-%d %H:%M:%S"),
+                  "-" if r["value"] is None else f"{r['value']:g}", labels_text(r["labels"]), r["summary"] or "",
+                  r["fingerprint"][:12])
     console.print(t)
+
+
+@alerts_app.command("ack")
+def alerts_ack(
+    alert: Annotated[str, typer.Argument(help="a check name (all its firing alerts), or a fingerprint or its first "
+                                              "6+ characters (`opsfleet alerts list`)")],
+    comment: Annotated[str, typer.Option(help="what you are doing about it")] = "",
+    author: Annotated[str | None, typer.Option(help="who; default $USER")] = None,
+) -> None:
+    """Acknowledge firing alerts: no more repeats until they resolve or fire anew; one kept firing
+    (keep_firing_for) resolves as soon as its condition is false."""
+    import getpass
+
+    from worker.checks import store
+    from worker.fleet.db import fleet_engine
+
+    settings()
+    try:
+        with fleet_engine().begin() as conn:
+            rows = store.acknowledge(conn, alert, author=author or getpass.getuser(), comment=comment,
+                                     now=datetime.now(UTC))
+    except ValueError as exc:
+        raise OpsfleetError(str(exc)) from None
+    for r in rows:
+        console.print(f"acknowledged {r.check_name} {labels_text(r.labels)} ({r.fingerprint[:12]}): {r.summary or ''}")
 
 
 @alerts_app.command("history")

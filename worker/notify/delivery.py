@@ -7,7 +7,7 @@ outbox's (worker/notify/outbox.py).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -118,10 +118,12 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
     message = build_message(row)
 
     if row.transition != "test":
-        silence = outbox.suppress_if_silenced(fleet, row, message.labels, now)
-        if silence:
-            log.info("notification_suppressed", notification_id=nid, silence_id=silence, channel=row.channel)
+        held = outbox.suppress_if_held(fleet, row, message.labels, now, routing)
+        if held:
+            log.info("notification_suppressed", notification_id=nid, reason=held[0], by=held[1], channel=row.channel)
             return Delivery(nid, "suppressed")
+        if row.fingerprint and routing is not None and routing.inhibit_rules:
+            message = _with_inhibited(fleet, row, message)
 
     bucket = bucket_for(kind, row.channel, settings, routing, redis_client)
     if bucket is not None:
@@ -132,7 +134,7 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
             return Delivery(nid, "throttled", retry_in=wait, channel=row.channel)
     folded: list[Any] = []
     if kind in ("email", "slack") and row.transition in FOLDABLE_TRANSITIONS:
-        folded = outbox.fold(fleet, row, now)
+        folded = outbox.fold(fleet, row, now, routing)
         if folded:
             message = _summary_message(message, folded)
 
@@ -159,6 +161,17 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
              folded=len(folded))
     more = bucket is not None and (len(folded) >= outbox.FOLD_LIMIT or outbox.waiting(fleet, row.channel, now))
     return Delivery(nid, "sent", provider_id=result.provider_id, channel=row.channel, more_waiting=more)
+
+
+def _with_inhibited(fleet: Engine, row: Any, message: Message) -> Message:
+    """An inhibiting alert's message says how many dependent alerts it has held back this episode."""
+    n = outbox.inhibited_by(fleet, row.fingerprint, message.started_at)
+    if not n:
+        return message
+    what = "were held back while it fired" if message.status == "resolved" else "are held back while it fires"
+    line = f"Notices of {n} dependent alert{'s' if n != 1 else ''} {what} (inhibit_rules in routing.yaml)."
+    return replace(message, description=f"{message.description}\n\n{line}" if message.description else line,
+                   extra={**message.extra, "inhibited": n})
 
 
 def _summary_message(first: Message, folded: list[Any]) -> Message:

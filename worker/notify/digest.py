@@ -1,5 +1,6 @@
 """The daily digest: seed 000's daily summary figures, the day's info alerts, the alert history, and
-what the fleet held back in those 24 h (deduplicated, silenced, folded, dead). Queued through the
+what the fleet held back in those 24 h (deduplicated, silenced, inhibited, muted, acknowledged, folded,
+dead), and the alerts acknowledged and still firing. Queued through the
 outbox like any notification, so it is retried and sent once."""
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from worker.notify import outbox
+
+HELD_REASONS = ("deduplicated", "silenced", "inhibited", "muted", "acknowledged", "folded", "dead")
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -33,6 +36,10 @@ def collect(fleet: Engine, monitored: Engine | None, now: datetime) -> dict[str,
                       a.summary FROM fleet.alert_events e JOIN fleet.alerts a USING (fingerprint)
                WHERE e.severity = 'info' AND e.at > :s AND e.at <= :e AND e.to_state IN ('firing', 'resolved')
                ORDER BY e.at"""), {"s": start, "e": now})]
+        acked = [dict(r._mapping) for r in conn.execute(sa.text(
+            """SELECT check_name AS check, to_char(fired_at, 'YYYY-MM-DD HH24:MI') AS since,
+                      to_char(acked_at, 'YYYY-MM-DD HH24:MI') AS acked_at, acked_by, ack_comment, summary
+               FROM fleet.alerts WHERE state = 'firing' AND acked_at IS NOT NULL ORDER BY acked_at"""))]
         held = {r.reason: int(r.n) for r in conn.execute(sa.text(
             "SELECT reason, sum(count) AS n FROM fleet.held_back WHERE day >= :d0 AND day <= :d1 GROUP BY reason"),
             {"d0": start.date(), "d1": now.date()})}
@@ -45,7 +52,7 @@ def collect(fleet: Engine, monitored: Engine | None, now: datetime) -> dict[str,
                 except sa.exc.DBAPIError:
                     summary = []
     return {"start": start.strftime("%Y-%m-%d %H:%M"), "end": now.strftime("%Y-%m-%d %H:%M"),
-            "history": history, "info": info, "held": held, "summary": summary}
+            "history": history, "info": info, "held": held, "summary": summary, "acked": acked, "reasons": HELD_REASONS}
 
 
 def render(data: dict[str, Any]) -> dict[str, str]:

@@ -1,30 +1,33 @@
-"""The outbox: fleet.notifications, and fleet.held_back (what was deduplicated, silenced, folded or
-dead, per day, for the digest). This module is their one writer.
+"""The outbox: fleet.notifications, and fleet.held_back (what was deduplicated, silenced, inhibited,
+muted, acknowledged, folded or dead, per day, for the digest). This module is their one writer.
 
 `plan()` decides whether an alert transition notifies each channel its routes name, and why, the way
-Alertmanager's dedup stage does: first notification, repeat interval elapsed, resolved, a silence
-ended, or not (within the repeat interval; send_resolved off). A notice that goes out gets a dedup
-key `channel:fingerprint:transition:episode:repeat-window`; the UNIQUE constraint on it makes a
-second writer of the same notice (a doubled beat, a redelivered task, the next evaluation inside the
-same window) a no-op. The engine writes what plan() says; the backtest counts it against a set of
-keys, the same rule in memory, so the two cannot disagree on what would be sent.
+Alertmanager's dedup stage does: first notification, a repeat window begun, resolved, a suppression
+ended, or not (within the repeat window; send_resolved off; acknowledged). A notice that goes out gets
+a dedup key `channel:fingerprint:transition:episode:repeat-window`; the UNIQUE constraint on it makes
+a second writer of the same notice (a doubled beat, a redelivered task) a no-op. A route's mute (its
+mute_time_intervals, or outside its active_time_intervals) is decided here too: the notice is written
+already `suppressed`, and once the mute is over the alert, if still firing, is told once. The engine
+writes what plan() says; the backtest counts it against a set of keys and an in-memory `Memory`, the
+same rule, so the two cannot disagree on what would be sent.
 
 Delivery's side of the table is here too: the lease by conditional UPDATE (0 rows: someone else has
-it, or it is not due), folding what waits for a channel into one message, and recording the outcome.
+it, or it is not due), silences and inhibitions at send time, folding what waits for a channel into
+one message, and recording the outcome.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from worker.notify import silences
+from worker.notify import inhibit, silences
 from worker.notify.routing import Routing
 
 LEASE = timedelta(seconds=120)  # > the notify queue's hard time limit (90 s)
@@ -34,10 +37,13 @@ FOLD_LIMIT = 100
 FIRST = "first_notification"
 REPEAT = "repeat_interval_elapsed"
 RESOLVED = "resolved"
-UNSILENCED = "silence_ended"
+UNSILENCED = "suppression_ended"  # a silence, an inhibition or a mute that held back this episode ended
 WITHIN_REPEAT = "within_repeat_interval"  # held back: deduplicated
 RESOLVED_OFF = "send_resolved_off"
+NEVER_TOLD = "never_notified"  # resolved, but every notice of the episode was held back: nothing to resolve
+ACKNOWLEDGED = "acknowledged"  # held back: someone acknowledged the alert
 _TRANSITION = {FIRST: "firing", REPEAT: "repeat", RESOLVED: "resolved", UNSILENCED: "unsilenced"}
+_FIRING = ("firing", "repeat", "unsilenced")
 
 
 @dataclass(frozen=True)
@@ -48,79 +54,157 @@ class Decision:
     reason: str
     dedup_key: str | None = None  # None: nothing is written
     due: datetime | None = None  # after the route's group_wait
+    muted: str | None = None  # written `suppressed`: the time interval that mutes the route now
 
     @property
     def notifies(self) -> bool:
+        """A row is written (sent later, or held back as muted)."""
         return self.dedup_key is not None
+
+    @property
+    def sends(self) -> bool:
+        return self.dedup_key is not None and self.muted is None
 
     @property
     def transition(self) -> str | None:
         return _TRANSITION.get(self.reason)
 
 
+@dataclass(frozen=True)
+class Latest:
+    """The latest notice of an episode on a channel, when it was held back."""
+
+    ref: str  # what the key of the notice that replaces it carries (the held-back row's id)
+    reason: str  # silenced | inhibited | muted
+    over: bool  # for a silence or an inhibition: it no longer holds (a mute: plan() asks the route)
+
+
+class Memory(Protocol):
+    """What plan() needs to know of the notices already written for this episode."""
+
+    def latest_suppressed(self, channel: str) -> Latest | None: ...
+    def told(self, channel: str) -> bool: ...
+
+
 def plan(routing: Routing, *, check: str, severity: str, labels: dict[str, str], fingerprint: str,
-         before: str, after: str, fired_at: datetime | None, now: datetime,
-         ended_silence: Callable[[str], str | None] | None = None) -> list[Decision]:
+         before: str, after: str, fired_at: datetime | None, now: datetime, last_eval_at: datetime | None = None,
+         acked: bool = False, memory: Memory | None = None) -> list[Decision]:
     """What a transition from `before` to `after` sends, per channel of every route that matches.
 
-    Only a firing instance (each evaluation: the first notice, then one per repeat window) and a
-    firing -> resolved transition can notify. `ended_silence(channel)` names the silence that
-    suppressed this episode's last notice on the channel if it has ended since (asked only inside the
-    first repeat window): the notice is then sent once, as `unsilenced`."""
+    Only a firing instance and a firing -> resolved transition can notify. A firing instance sends
+    its first notice, then one when each repeat window begins (`last_eval_at`, the evaluation before,
+    was in an earlier window); between, if the episode's latest notice on a channel was held back (a
+    silence or an inhibition that is over now, or a mute that has ended) it is sent once as
+    `unsilenced`. An acknowledged alert sends no repeats; a resolved one whose every notice was held
+    back (muted, silenced, inhibited) sends nothing."""
     if fired_at is None or not (after == "firing" or (after == "resolved" and before == "firing")):
         return []
     episode = int(fired_at.timestamp())
     decisions = []
     for route in routing.route_for({"severity": severity, "check": check, **labels}):
         due = now + route.group_wait
+        muted = routing.muted_by(route, now)
         for ch in (c for c in route.channels if routing.channels[c].kind != "digest"):
             if after == "resolved":
-                decisions.append(Decision(ch, RESOLVED, f"{ch}:{fingerprint}:resolved:{episode}:0", due)
-                                 if route.send_resolved else Decision(ch, RESOLVED_OFF))
+                if not route.send_resolved:
+                    decisions.append(Decision(ch, RESOLVED_OFF))
+                elif memory is not None and not memory.told(ch):
+                    decisions.append(Decision(ch, NEVER_TOLD))
+                else:
+                    decisions.append(Decision(ch, RESOLVED, f"{ch}:{fingerprint}:resolved:{episode}:0", due))
                 continue
-            window = int((now - fired_at) / route.repeat_interval)
-            if window > 0:
-                decisions.append(Decision(ch, REPEAT, f"{ch}:{fingerprint}:repeat:{episode}:{window}", due))
-            elif before != "firing":
-                decisions.append(Decision(ch, FIRST, f"{ch}:{fingerprint}:firing:{episode}:0", due))
-            elif ended_silence is not None and (sid := ended_silence(ch)):
-                decisions.append(Decision(ch, UNSILENCED, f"{ch}:{fingerprint}:unsilenced:{episode}:0:{sid}", due))
+            window = route.repeat_window(now - fired_at)
+            if before != "firing":
+                d = Decision(ch, FIRST, f"{ch}:{fingerprint}:firing:{episode}:0", due)
+            elif window > 0 and (last_eval_at is None or route.repeat_window(last_eval_at - fired_at) != window):
+                d = Decision(ch, REPEAT, f"{ch}:{fingerprint}:repeat:{episode}:{window}", due)
+            elif (memory is not None and (latest := memory.latest_suppressed(ch)) is not None
+                  and (latest.over if latest.reason != "muted" else muted is None)):
+                d = Decision(ch, UNSILENCED, f"{ch}:{fingerprint}:unsilenced:{episode}:{window}:{latest.ref}", due)
             else:
-                decisions.append(Decision(ch, WITHIN_REPEAT))
+                d = Decision(ch, WITHIN_REPEAT)
+            if acked and d.reason in (REPEAT, UNSILENCED):
+                d = Decision(ch, ACKNOWLEDGED)
+            if muted is not None and d.notifies:
+                d = replace(d, muted=muted)
+            decisions.append(d)
     return decisions
 
 
 def write(conn: Connection, decisions: list[Decision], *, check: str, fingerprint: str,
           payload: Callable[[], dict[str, Any]], now: datetime) -> list[str]:
-    """The rows plan() asked for, in `conn`'s transaction (the state change's); returns the new ids.
-    A notice already written (its key exists), or held within the repeat window, counts as
-    deduplicated for the digest."""
+    """The rows plan() asked for, in `conn`'s transaction (the state change's); returns the ids of the
+    new rows to deliver. A notice already written (its key exists), or held within the repeat window,
+    counts as deduplicated for the digest; a muted one is written `suppressed` and counted muted."""
     ids: list[str] = []
     body: str | None = None
     for d in decisions:
         if d.reason == WITHIN_REPEAT:
             count_held_back(conn, "deduplicated", d.channel, check, now)
+        elif d.reason == ACKNOWLEDGED:
+            count_held_back(conn, "acknowledged", d.channel, check, now)
         if not d.notifies:
             continue
         body = body or json.dumps(payload(), default=str)
         nid = insert(conn, channel=d.channel, transition=d.transition, payload=body, dedup_key=d.dedup_key,
-                     due=d.due, check=check, fingerprint=fingerprint)
-        if nid:
+                     due=d.due, check=check, fingerprint=fingerprint, muted=d.muted)
+        if nid and d.muted:
+            count_held_back(conn, "muted", d.channel, check, now)
+        elif nid:
             ids.append(nid)
         else:
             count_held_back(conn, "deduplicated", d.channel, check, now)
     return ids
 
 
+class StoredMemory:
+    """plan()'s Memory from fleet.notifications, inside the evaluation's transaction."""
+
+    def __init__(self, conn: Connection, *, check: str, severity: str, fingerprint: str, labels: dict[str, str],
+                 database: str | None, fired_at: datetime | None, now: datetime, routing: Routing) -> None:
+        self.conn, self.check, self.fp, self.labels, self.now = conn, check, fingerprint, labels, now
+        self.episode = str(int(fired_at.timestamp())) if fired_at else ""
+        self.routing, self.severity, self.database = routing, severity, database
+
+    def _rows(self, channel: str, where: str) -> Any:
+        return self.conn.execute(
+            sa.text(f"""SELECT id, status, suppressed_by, suppressed_reason, suppressed_detail FROM fleet.notifications
+                       WHERE fingerprint = :fp AND channel = :ch AND transition IN ('firing', 'repeat', 'unsilenced')
+                         AND split_part(dedup_key, ':', 4) = :ep {where}
+                       ORDER BY created_at DESC LIMIT 1"""),  # noqa: S608 - constants
+            {"fp": self.fp, "ch": channel, "ep": self.episode}).first()
+
+    def latest_suppressed(self, channel: str) -> Latest | None:
+        last = self._rows(channel, "")
+        if last is None or last.status != "suppressed":
+            return None
+        reason = last.suppressed_reason or "silenced"
+        if reason == "silenced":
+            over = silences.matching(self.conn, self.check, self.labels, self.now) is None
+        elif reason == "inhibited":
+            target = inhibit.alert_labels(self.check, self.severity, self.labels, self.database)
+            over = inhibiting_alert(self.conn, self.routing, target, self.fp) is None
+        else:
+            over = False
+        return Latest(ref=str(last.id), reason=reason, over=over)
+
+    def told(self, channel: str) -> bool:
+        return self._rows(channel, "AND status <> 'suppressed'") is not None
+
+
 def insert(conn: Connection, *, channel: str, transition: str, payload: dict[str, Any] | str, dedup_key: str,
-           due: datetime, check: str | None = None, fingerprint: str | None = None) -> str | None:
-    """One outbox row; None when its dedup key is already there."""
+           due: datetime, check: str | None = None, fingerprint: str | None = None,
+           muted: str | None = None) -> str | None:
+    """One outbox row; None when its dedup key is already there. A muted one is held back at once."""
     row = conn.execute(
         sa.text("""INSERT INTO fleet.notifications (channel, fingerprint, check_name, transition, payload,
-                   dedup_key, next_attempt_at)
-                   VALUES (:ch, :fp, :c, :t, CAST(:p AS jsonb), :k, :due)
+                   dedup_key, next_attempt_at, status, suppressed_reason, suppressed_detail, created_at)
+                   VALUES (:ch, :fp, :c, :t, CAST(:p AS jsonb), :k, :due,
+                           CASE WHEN CAST(:muted AS text) IS NULL THEN 'pending' ELSE 'suppressed' END,
+                           CASE WHEN CAST(:muted AS text) IS NULL THEN NULL ELSE 'muted' END, :muted,
+                           clock_timestamp())  -- in insertion order within a transaction (StoredMemory's "latest")
                    ON CONFLICT (dedup_key) DO NOTHING RETURNING id"""),
-        {"ch": channel, "fp": fingerprint, "c": check, "t": transition, "k": dedup_key, "due": due,
+        {"ch": channel, "fp": fingerprint, "c": check, "t": transition, "k": dedup_key, "due": due, "muted": muted,
          "p": payload if isinstance(payload, str) else json.dumps(payload, default=str)},
     ).first()
     return str(row.id) if row else None
@@ -135,18 +219,21 @@ def count_held_back(conn: Connection, reason: str, channel: str, check: str | No
     )
 
 
-def ended_silence(conn: Connection, check: str, channel: str, fingerprint: str, labels: dict[str, str],
-                  fired_at: datetime, now: datetime) -> str | None:
-    """The silence that suppressed this episode's latest notice on `channel`, if it has ended."""
-    last = conn.execute(
-        sa.text("""SELECT status, suppressed_by FROM fleet.notifications
-                   WHERE fingerprint = :fp AND channel = :ch AND created_at >= :fired
-                   ORDER BY created_at DESC LIMIT 1"""),
-        {"fp": fingerprint, "ch": channel, "fired": fired_at},
-    ).first()
-    if last is None or last.status != "suppressed" or silences.matching(conn, check, labels, now):
+def firing_alerts(conn: Connection) -> list[tuple[str, dict[str, str]]]:
+    """(fingerprint, matcher labels) of every alert firing now: the candidates to inhibit others."""
+    rows = conn.execute(sa.text(
+        "SELECT fingerprint, check_name, severity, labels, database FROM fleet.alerts WHERE state = 'firing'")).all()
+    return [(r.fingerprint, inhibit.alert_labels(r.check_name, r.severity, dict(r.labels), r.database)) for r in rows]
+
+
+def inhibiting_alert(conn: Connection, routing: Routing | None, target: dict[str, str], target_fp: str) -> str | None:
+    """The fingerprint of a firing alert that inhibits this one now, if any."""
+    if routing is None or not routing.inhibit_rules:
         return None
-    return str(last.suppressed_by)
+    rules = [r for r in routing.inhibit_rules if all(m.matches(target) for m in r.target())]
+    if not rules:
+        return None
+    return inhibit.inhibiting(rules, target, target_fp, firing_alerts(conn))
 
 
 # -- delivery's side ---------------------------------------------------------------------------------
@@ -184,16 +271,49 @@ def lease_next_waiting(fleet: Engine, channel: str, now: datetime) -> Any:
         ).first()
 
 
-def suppress_if_silenced(fleet: Engine, row: Any, labels: dict[str, str], now: datetime) -> str | None:
-    """A leased row that an active silence matches is `suppressed` (not an attempt); its silence id."""
+def _held(conn: Connection, row: Any, labels: dict[str, str], now: datetime,
+          routing: Routing | None) -> tuple[str, str] | None:
+    """Why `row` must not be sent now: ("silenced", silence id) or ("inhibited", source fingerprint)."""
+    sid = silences.matching(conn, row.check_name, labels, now)
+    if sid:
+        return ("silenced", sid)
+    if row.fingerprint:
+        payload = row.payload or {}
+        target = inhibit.alert_labels(row.check_name or "", payload.get("severity", ""), labels, payload.get("database"))
+        source = inhibiting_alert(conn, routing, target, row.fingerprint)
+        if source:
+            return ("inhibited", source)
+    return None
+
+
+def _suppress(conn: Connection, row: Any, held: tuple[str, str], now: datetime, *, attempt: bool) -> None:
+    conn.execute(sa.text(f"""UPDATE fleet.notifications SET status = 'suppressed',
+                             suppressed_by = CASE WHEN :reason = 'silenced' THEN CAST(:ref AS uuid) END,
+                             suppressed_reason = :reason, suppressed_detail = :ref,
+                             lease_until = NULL{", attempts = attempts - 1" if attempt else ""} WHERE id = :id"""),  # noqa: S608
+                 {"reason": held[0], "ref": held[1], "id": row.id})
+    count_held_back(conn, held[0], row.channel, row.check_name, now)
+
+
+def suppress_if_held(fleet: Engine, row: Any, labels: dict[str, str], now: datetime,
+                     routing: Routing | None) -> tuple[str, str] | None:
+    """A leased row that an active silence matches, or that a firing alert inhibits, is `suppressed`
+    (not an attempt): (reason, the silence's id or the inhibiting alert's fingerprint)."""
     with fleet.begin() as conn:
-        sid = silences.matching(conn, row.check_name, labels, now)
-        if sid:
-            conn.execute(sa.text("""UPDATE fleet.notifications SET status = 'suppressed', suppressed_by = :s,
-                                    lease_until = NULL, attempts = attempts - 1 WHERE id = :id"""),
-                         {"s": sid, "id": row.id})
-            count_held_back(conn, "silenced", row.channel, row.check_name, now)
-    return sid
+        held = _held(conn, row, labels, now, routing)
+        if held is not None:
+            _suppress(conn, row, held, now, attempt=True)
+    return held
+
+
+def inhibited_by(fleet: Engine, fingerprint: str, since: datetime | None) -> int:
+    """How many alerts this one has held back notices of since `since` (its episode's start)."""
+    with fleet.connect() as conn:
+        return int(conn.execute(sa.text(
+            """SELECT count(DISTINCT fingerprint) FROM fleet.notifications
+               WHERE suppressed_reason = 'inhibited' AND suppressed_detail = :fp
+                 AND (CAST(:since AS timestamptz) IS NULL OR next_attempt_at >= :since)"""),
+            {"fp": fingerprint, "since": since}).scalar())  # next_attempt_at: the evaluation's clock, plus group_wait
 
 
 def throttle(fleet: Engine, nid: str, at: datetime) -> None:
@@ -205,9 +325,9 @@ def throttle(fleet: Engine, nid: str, at: datetime) -> None:
                      {"id": nid, "at": at})
 
 
-def fold(fleet: Engine, row: Any, now: datetime) -> list[Any]:
+def fold(fleet: Engine, row: Any, now: datetime, routing: Routing | None = None) -> list[Any]:
     """Lease what waits for this channel, to send as one message with `row`: rows throttled behind the
-    empty bucket, and rows still in their group_wait. Silenced ones are suppressed instead."""
+    empty bucket, and rows still in their group_wait. Silenced and inhibited ones are suppressed instead."""
     with fleet.begin() as conn:
         rows = conn.execute(
             sa.text(f"""UPDATE fleet.notifications SET status = 'sending', lease_until = :lease
@@ -219,11 +339,9 @@ def fold(fleet: Engine, row: Any, now: datetime) -> list[Any]:
         ).all()
         kept = []
         for r in rows:
-            sid = silences.matching(conn, r.check_name, (r.payload or {}).get("labels", {}), now)
-            if sid:
-                conn.execute(sa.text("""UPDATE fleet.notifications SET status = 'suppressed', suppressed_by = :s,
-                                        lease_until = NULL WHERE id = :id"""), {"s": sid, "id": r.id})
-                count_held_back(conn, "silenced", r.channel, r.check_name, now)
+            held = _held(conn, r, (r.payload or {}).get("labels", {}), now, routing)
+            if held is not None:
+                _suppress(conn, r, held, now, attempt=False)
             else:
                 kept.append(r)
         return kept

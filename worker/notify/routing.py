@@ -1,9 +1,9 @@
 """config/routing.yaml: the channels and the routes that pick them by labels (seed 001's severity
-table), and the daily digest's schedule."""
+table), inhibit rules, time intervals for muting, and the daily digest's schedule."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -11,6 +11,8 @@ from pydantic import Field, model_validator
 from worker.fleet.fields import Duration, ScheduleField, Strict
 from worker.fleet.names import beat_entry
 from worker.fleet.timeutil import Schedule
+from worker.notify.inhibit import InhibitRule
+from worker.notify.timeintervals import NamedInterval
 
 
 class ChannelSpec(Strict):
@@ -30,6 +32,33 @@ class Route(Strict):
     send_resolved: bool = True
     group_wait: Duration = timedelta(seconds=30)
     continue_: bool = Field(default=False, alias="continue")
+    # opt-in exponential repeats: each repeat waits twice the one before, up to this
+    repeat_interval_max: Duration | None = None
+    mute_time_intervals: list[str] = Field(default_factory=list)  # names under time_intervals:
+    active_time_intervals: list[str] = Field(default_factory=list)  # outside all of them: muted
+
+    @model_validator(mode="after")
+    def _repeat(self) -> Route:
+        if self.repeat_interval.total_seconds() <= 0:
+            raise ValueError("repeat_interval must be positive")
+        if self.repeat_interval_max is not None and self.repeat_interval_max < self.repeat_interval:
+            raise ValueError("repeat_interval_max must be at least repeat_interval")
+        return self
+
+    def repeat_window(self, elapsed: timedelta) -> int:
+        """How many repeats are due `elapsed` after an alert fired: every repeat_interval, or with
+        repeat_interval_max at r, 3r, 7r, ... (each gap doubling) and then every repeat_interval_max."""
+        r = self.repeat_interval
+        if self.repeat_interval_max is None:
+            return int(elapsed / r)
+        n, at, gap = 0, r, r
+        while at <= elapsed:
+            n += 1
+            if gap >= self.repeat_interval_max:
+                return n + int((elapsed - at) / gap)
+            gap = min(gap * 2, self.repeat_interval_max)
+            at += gap
+        return n
 
 
 class Digest(Strict):
@@ -42,16 +71,36 @@ class Routing(Strict):
     routes: list[Route]
     digest: Digest | None = None
     sweep_interval: Duration = timedelta(seconds=30)
+    inhibit_rules: list[InhibitRule] = Field(default_factory=list)
+    time_intervals: list[NamedInterval] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _known_channels(self) -> Routing:
+        names = [t.name for t in self.time_intervals]
+        if len(set(names)) != len(names):
+            raise ValueError(f"time_intervals: {sorted(n for n in names if names.count(n) > 1)[0]!r} is defined twice")
         for i, route in enumerate(self.routes):
             for ch in route.channels:
                 if ch not in self.channels:
                     raise ValueError(f"routes[{i}] names channel {ch!r}, which is not under `channels:`")
+            for field in ("mute_time_intervals", "active_time_intervals"):
+                for name in getattr(route, field):
+                    if name not in names:
+                        raise ValueError(f"routes[{i}].{field} names {name!r}, which is not under `time_intervals:`")
         if self.digest is not None and self.digest.channel not in self.channels:
             raise ValueError(f"digest.channel {self.digest.channel!r} is not under `channels:`")
         return self
+
+    def muted_by(self, route: Route, at: datetime) -> str | None:
+        """The time interval that mutes `route` at `at`: one of its mute_time_intervals that holds, or
+        `active_time_intervals` when it has some and none holds. None: not muted."""
+        intervals = {t.name: t for t in self.time_intervals}
+        for name in route.mute_time_intervals:
+            if intervals[name].holds(at):
+                return name
+        if route.active_time_intervals and not any(intervals[n].holds(at) for n in route.active_time_intervals):
+            return "outside " + "/".join(route.active_time_intervals)
+        return None
 
     def route_for(self, labels: dict[str, str]) -> list[Route]:
         out = []
