@@ -288,10 +288,10 @@ def _held(conn: Connection, row: Any, labels: dict[str, str], now: datetime,
 
 def _suppress(conn: Connection, row: Any, held: tuple[str, str], now: datetime, *, attempt: bool) -> None:
     conn.execute(sa.text(f"""UPDATE fleet.notifications SET status = 'suppressed',
-                             suppressed_by = CASE WHEN :reason = 'silenced' THEN CAST(:ref AS uuid) END,
+                             suppressed_by = CAST(:sid AS uuid),
                              suppressed_reason = :reason, suppressed_detail = :ref,
                              lease_until = NULL{", attempts = attempts - 1" if attempt else ""} WHERE id = :id"""),  # noqa: S608
-                 {"reason": held[0], "ref": held[1], "id": row.id})
+                 {"reason": held[0], "ref": held[1], "id": row.id, "sid": held[1] if held[0] == "silenced" else None})
     count_held_back(conn, held[0], row.channel, row.check_name, now)
 
 
