@@ -294,3 +294,31 @@ class RabbitMQServer:
         ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             subprocess.run([ctl, "-n", self.node, "stop"], env=self._env(), capture_output=True, timeout=60)  # noqa: S603
+
+
+@contextlib.contextmanager
+def throwaway_database(server_url: str, prefix: str = "opsfleet_ruletest"):
+    """A database of its own on the server of `server_url` (created, then dropped with everything in
+    it), for `opsfleet test`: the fleet's schema names `fleet`, so a database, not a schema."""
+    import secrets
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from worker.fleet.db import normalize_url
+
+    url = make_url(normalize_url(server_url))
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ServiceUnavailable(f"cannot create a throwaway database on {url.host}:{url.port or 5432}: {reason} "
+                                 "(rule tests need CREATEDB there; unset DATABASE_URL to use an embedded server)") from None
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with contextlib.suppress(psycopg.Error), psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
