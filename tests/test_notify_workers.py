@@ -80,6 +80,11 @@ def scalar(engine, sql):
         return conn.execute(sa.text(sql)).scalar()
 
 
+def rows(engine, sql):
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(sql))]
+
+
 def wait_until(fn, timeout=60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -99,7 +104,9 @@ def test_same_alert_evaluated_1000_times_by_4_workers_sends_one_message_per_chan
                                                    "slot": (now - timedelta(seconds=i)).isoformat()}, queue="checks")
         assert wait_until(lambda: scalar(engine, "SELECT count(*) FROM fleet.check_runs") == 1000, 120), \
             worker.output()[-2000:]
-        assert wait_until(lambda: scalar(engine, "SELECT count(*) FROM fleet.notifications WHERE status = 'sent'") == 2)
+        assert wait_until(lambda: scalar(engine, "SELECT count(*) FROM fleet.notifications WHERE status = 'sent'") == 2, 120), \
+            (rows(engine, "SELECT channel, status, attempts, next_attempt_at, last_error FROM fleet.notifications"),
+             worker.output()[-3000:])
         time.sleep(1)
     finally:
         worker.stop()
