@@ -1,5 +1,6 @@
-"""The demo kit's commands: `opsfleet sample-app` and `opsfleet demo`. The only production module that
-reaches ops/ (the sample app and the devkit), and only inside its commands."""
+"""The demo kit's commands: `opsfleet sample-app`, `opsfleet demo` and `opsfleet test` (rule tests in a
+throwaway database). The only production module that reaches ops/ (the sample app and the devkit),
+and only inside its commands."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from worker.cli.common import console, settings
+from worker.cli.common import console, err, settings
+from worker.fleet.errors import OpsfleetError
 
 sample_app = typer.Typer(no_args_is_help=True, help="The sample application (ops/sample_app/).")
 
@@ -59,3 +61,90 @@ def demo_show(n: Annotated[int | None, typer.Argument(help="which message (1-bas
     from ops.devkit.demo import show
 
     console.print(show(n, run_dir), highlight=False, soft_wrap=True, markup=False)
+
+
+def rule_test(
+    files: Annotated[list[Path] | None, typer.Argument(help="rule test files (default: <pack>/tests/*.yaml of "
+                                                           "the config folder and its enabled packs)")] = None,
+    schema: Annotated[Path | None, typer.Option(help="an SQL file that creates the application's tables "
+                                                     "(default: the sample application's)")] = None,
+) -> None:
+    """Run rule tests: fixture rows, evaluation instants, expected alerts and notifications, against a
+    throwaway database (on DATABASE_URL's server, or an embedded one when it is not set)."""
+    import contextlib
+    import os
+    import tempfile
+
+    from worker.checks.ruletest import Runner, discover
+    from worker.config import get_config
+    from worker.fleet.db import create
+    from worker.fleet.errors import ConfigError
+    from worker.fleet.migrate import upgrade
+
+    cfg = get_config()
+    paths = list(files or discover([cfg.root, *(p.folder for p in cfg.packs.values())]))
+    if not paths:
+        raise OpsfleetError(f"no rule tests: none under {cfg.root}/tests/ or the enabled packs' tests/ folders")
+    for p in paths:
+        if not p.is_file():
+            raise OpsfleetError(f"{p}: no such rule test file")
+    schema_sql = None
+    if schema is not None:
+        try:
+            schema_sql = schema.read_text()
+        except OSError as exc:
+            raise OpsfleetError(f"--schema {schema}: cannot read: {exc.strerror}") from None
+    with contextlib.ExitStack() as stack:
+        from ops.devkit.servers import PostgresServer, throwaway_database
+
+        server_url = os.environ.get("DATABASE_URL")
+        if not server_url:
+            err.print("starting an embedded Postgres for the rule tests ...", highlight=False)
+            run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="opsfleet-test-")))
+            server = PostgresServer(run_dir / "postgres").start()
+            stack.callback(server.stop)
+            server_url = server.url
+        url = stack.enter_context(throwaway_database(server_url))
+        upgrade(url)
+        engine = create(url)
+        stack.callback(engine.dispose)
+        import psycopg
+
+        from ops.sample_app import schema_sql as sample_schema
+
+        raw = engine.raw_connection()
+        try:
+            with raw.driver_connection.transaction():
+                raw.driver_connection.execute(schema_sql if schema_sql is not None else sample_schema())
+        except psycopg.Error as exc:  # the user's SQL file: its error, one line
+            raise OpsfleetError(f"--schema {schema or 'the sample application'}: "
+                                f"{str(exc).strip().splitlines()[0]}") from None
+        finally:
+            raw.close()
+        from worker.config import load_config
+
+        # a file may test a check of a pack this folder does not enable: every pack's checks are known
+        runner = Runner(engine, {**load_config(cfg.root, packs="all").checks, **cfg.checks}, cfg.routing)
+        tests = evaluations = failing = broken = 0
+        for path in paths:
+            shown = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
+            try:
+                result = runner.run(path)
+            except ConfigError as exc:
+                broken += 1
+                console.print(f"ERROR {str(exc).replace(str(path), shown)}", highlight=False, markup=False)
+                continue
+            tests, evaluations = tests + result.tests, evaluations + result.evaluations
+            if result.ok:
+                console.print(f"ok    {shown} ({result.tests} tests, {result.evaluations} evaluations)",
+                              highlight=False, markup=False)
+                continue
+            failing += len(result.failures)
+            console.print(f"FAIL  {shown}", highlight=False, markup=False)
+            for line in result.failures:
+                console.print(f"  {line.replace(str(path), shown)}", highlight=False, markup=False, soft_wrap=True)
+        summary = (f"{len(paths)} files, {tests} tests, {evaluations} evaluations: "
+                   f"{failing} failing expectations" + (f", {broken} files with errors" if broken else ""))
+        console.print(summary, highlight=False, markup=False)
+    if failing or broken:
+        raise typer.Exit(1)
