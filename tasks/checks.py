@@ -39,6 +39,8 @@ def run(self, name: str, slot: str | None = None, at: str | None = None) -> dict
     for t in outcome.transitions:
         log.info("alert_transition", fingerprint=t.fingerprint, labels=t.labels, from_state=t.from_state,
                  to_state=t.to_state, value=t.value)
+    if outcome.note_is_new:
+        log.warning("check_no_data", reason=outcome.note)  # once: the next runs saying the same stay quiet
     log.info("check_evaluated", status=outcome.status, rows=len(outcome.samples), duration_ms=outcome.duration_ms,
              transitions=len(outcome.transitions), error=outcome.error)
     # enqueue after commit: the outbox rows exist before any worker looks for them

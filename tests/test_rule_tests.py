@@ -30,10 +30,15 @@ NO_FIRING_TEST = {
     "database_up": "`SELECT 1` with `< 1` never holds by design; a down database is an error run, which "
                    "database_down (tested) pages on",
 }
-# The statistics checks: rows cannot make pg_stat_*; their rule tests prove they evaluate on the server,
-# tests/test_check_rules.py crafts the live statistics.
+# The statistics and catalog checks: rows cannot make pg_stat_*, sequences, slots or sessions; their rule
+# tests prove they evaluate on the server, tests/test_check_rules.py crafts the live statistics and
+# tests/test_postgres_presets.py the presets' objects and sessions (each firing and quiet).
 STATISTICS = {"db_cache_hit_ratio_low", "db_connections_high", "db_dead_tuples_high", "db_long_running_queries",
-              "db_query_time_avg_high", "db_slow_queries", "db_unused_indexes"}
+              "db_query_time_avg_high", "db_slow_queries", "db_unused_indexes",
+              "db_xid_wraparound_warning", "db_xid_wraparound_critical", "db_sequences_near_max",
+              "db_replication_slot_inactive", "db_replication_slot_wal_retained", "db_invalid_indexes",
+              "db_idle_in_transaction", "db_blocked_sessions", "db_longest_transaction",
+              "db_connections_near_limit", "db_checkpoints_requested"}
 
 
 @pytest.fixture(scope="module")

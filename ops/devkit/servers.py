@@ -73,10 +73,12 @@ def _hand_over(run_dir: Path, user: pwd.struct_passwd, paths: list[Path]) -> Non
 
 
 class PostgresServer:
-    """initdb + pg_ctl in `run_dir`; `url` is a superuser URL (trust auth on 127.0.0.1 only)."""
+    """initdb + pg_ctl in `run_dir`; `url` is a superuser URL (trust auth on 127.0.0.1 only). `settings`
+    are server settings (`-c name=value`), applied with the binaries only (not by the pgserver fallback)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, settings: dict[str, str] | None = None) -> None:
         self.run_dir = Path(run_dir)
+        self.settings = dict(settings or {})
         self.data_dir = self.run_dir / "pgdata"
         self.port = free_port()
         self._pgserver = None
@@ -119,6 +121,8 @@ class PostgresServer:
         opts = (f"-h 127.0.0.1 -p {self.port} -k {self.run_dir} -F -c fsync=off "
                 "-c full_page_writes=off -c synchronous_commit=off -c max_connections=200 "
                 "-c shared_preload_libraries=pg_stat_statements")
+        for name, value in self.settings.items():
+            opts += f" -c {name}={value}"
         r = self._run([pg_ctl, "-D", str(self.data_dir), "-o", opts, "-l", str(self.run_dir / "postgres.log"),
                        "-w", "-t", "60", "start"])
         if r.returncode:

@@ -32,6 +32,7 @@ class CheckError(Exception):
 class Sample:
     labels: dict[str, str]
     value: float | None
+    reason: str | None = None  # a query's `no_data_reason` column: why there is no value (a missing role)
 
 
 def collect(check: Check, monitored: Engine, now: datetime, *, redis_url: str | None = None) -> list[Sample]:
@@ -44,6 +45,7 @@ def collect(check: Check, monitored: Engine, now: datetime, *, redis_url: str | 
 
 
 # -- sql ---------------------------------------------------------------------------------------------
+NO_DATA_REASON = "no_data_reason"  # a column that is not a label: why a NULL value has none
 def collect_sql(check: Check, engine: Engine, now: datetime) -> list[Sample]:
     """Run the rule's query READ ONLY with statement and lock timeouts; one sample per row."""
     try:
@@ -59,12 +61,15 @@ def collect_sql(check: Check, engine: Engine, now: datetime) -> list[Sample]:
     if "value" not in cols:
         raise CheckError(f"check {check.name}: the query must return a column named `value` (got {', '.join(cols) or 'no columns'})")
     v = cols.index("value")
+    r = cols.index(NO_DATA_REASON) if NO_DATA_REASON in cols else None
     extra = check.labels
-    label_cols = [(i, k) for i, k in enumerate(cols) if i != v]
+    label_cols = [(i, k) for i, k in enumerate(cols) if i not in (v, r)]
     samples = []
     for row in rows:
         labels = {**extra, **{k: str(row[i]) for i, k in label_cols if row[i] is not None}}
-        samples.append(Sample(labels=labels, value=_number(row[v], check.name)))
+        value = _number(row[v], check.name)
+        reason = str(row[r]) if r is not None and row[r] is not None and value is None else None
+        samples.append(Sample(labels=labels if reason is None else dict(extra), value=value, reason=reason))
     return samples
 
 

@@ -48,6 +48,8 @@ class Outcome:
     remediate: bool = False
     error: str | None = None
     duration_ms: int = 0
+    note: str | None = None  # why there was no data, as the query said (no_data_reason)
+    note_is_new: bool = False  # the run before did not say it: log it (once, not every run)
 
 
 def evaluate(check: Check, samples: list[Sample], conn: Connection, now: datetime,
@@ -126,11 +128,15 @@ def run_check(check: Check, *, monitored: Engine, fleet: Engine, now: datetime, 
         if outcome.status == "ok":
             if not outcome.samples or all(s.value is None for s in outcome.samples):
                 outcome.status = "no_data"
+                outcome.note = next((s.reason for s in outcome.samples if s.reason), None)
+                outcome.note_is_new = outcome.note is not None and store.note_is_new(conn, check.name, slot,
+                                                                                     outcome.note)
             outcome.transitions, outcome.notification_ids, outcome.remediate = evaluate(
                 check, outcome.samples, conn, now, routing
             )
         outcome.duration_ms = int((time.monotonic() - started) * 1000)
         store.finish_run(conn, run_id, finished_at=now + timedelta(milliseconds=outcome.duration_ms),
                          duration_ms=outcome.duration_ms, rows=len(outcome.samples), status=outcome.status,
-                         error=outcome.error)
+                         error=outcome.error, note=outcome.note,
+                         value=outcome.samples[0].value if len(outcome.samples) == 1 else None)
     return outcome

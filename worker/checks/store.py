@@ -27,12 +27,24 @@ def claim_slot(conn: Connection, check: str, slot: datetime, now: datetime, task
 
 
 def finish_run(conn: Connection, run_id: int, *, finished_at: datetime, duration_ms: int, rows: int, status: str,
-               error: str | None) -> None:
+               error: str | None, value: float | None = None, note: str | None = None) -> None:
     conn.execute(
         sa.text("""UPDATE fleet.check_runs SET finished_at = :fin, duration_ms = :d, rows = :rows,
-                   status = :s, error = :e WHERE id = :id"""),
-        {"fin": finished_at, "d": duration_ms, "rows": rows, "s": status, "e": error, "id": run_id},
+                   status = :s, error = :e, value = :v, note = :note WHERE id = :id"""),
+        {"fin": finished_at, "d": duration_ms, "rows": rows, "s": status, "e": error, "v": value, "note": note,
+         "id": run_id},
     )
+
+
+def note_is_new(conn: Connection, check: str, slot: datetime, note: str) -> bool:
+    """Whether the run before `slot` did not already say `note` (a missing role is told once, not
+    every run)."""
+    prev = conn.execute(
+        sa.text("""SELECT note FROM fleet.check_runs WHERE check_name = :c AND slot < :slot
+                   AND finished_at IS NOT NULL ORDER BY slot DESC LIMIT 1"""),
+        {"c": check, "slot": slot},
+    ).first()
+    return prev is None or prev.note != note
 
 
 # -- alerts and alert_events -------------------------------------------------------------------------
@@ -106,9 +118,9 @@ def acknowledge(conn: Connection, given: str, *, author: str, comment: str, now:
 
 # -- reads -------------------------------------------------------------------------------------------
 def last_runs(conn: Connection) -> dict[str, Any]:
-    """Each check's latest run: started_at, status, error."""
+    """Each check's latest run: started_at, status, error, note."""
     return {r.check_name: r for r in conn.execute(sa.text(
-        "SELECT DISTINCT ON (check_name) check_name, started_at, status, error FROM fleet.check_runs "
+        "SELECT DISTINCT ON (check_name) check_name, started_at, status, error, note FROM fleet.check_runs "
         "ORDER BY check_name, started_at DESC"))}
 
 

@@ -25,7 +25,7 @@ def _check(name: str):
 
 
 CHECK_FIELDS = ("name", "pack", "schedule", "severity", "enabled", "states", "last_run_at", "last_status",
-                "last_error")
+                "last_error", "last_note")
 
 
 @checks_app.command("list")
@@ -47,7 +47,7 @@ def checks_list(json_out: Annotated[bool, typer.Option("--json", help="a JSON li
                         "severity": c.severity, "enabled": c.enabled,
                         "states": sorted(states[name].split(",")) if name in states else [],
                         "last_run_at": r.started_at if r else None, "last_status": r.status if r else None,
-                        "last_error": r.error if r else None})
+                        "last_error": r.error if r else None, "last_note": r.note if r else None})
     if json_out:
         emit_json(records)
         return
@@ -55,7 +55,8 @@ def checks_list(json_out: Annotated[bool, typer.Option("--json", help="a JSON li
     for r in records:
         t.add_row(r["name"] if r["enabled"] else f"[dim]{r['name']} (disabled)[/]", r["pack"] or "-", r["schedule"],
                   r["severity"], ",".join(r["states"]) or "-",
-                  r["last_run_at"].strftime("%Y-%m-%d %H:%M:%S") if r["last_run_at"] else "-", r["last_status"] or "-")
+                  r["last_run_at"].strftime("%Y-%m-%d %H:%M:%S") if r["last_run_at"] else "-",
+                  (r["last_status"] or "-") + (f" ({r['last_note']})" if r["last_note"] else ""))
     console.print(t)
 
 
