@@ -27,7 +27,7 @@ def test_config_readme_documents_every_check_job_and_routing_field():
     from worker.checks.spec import Check
     from worker.maintenance.spec import MaintenanceJob
     from worker.notify.inhibit import InhibitRule
-    from worker.notify.routing import Route, Routing
+    from worker.notify.routing import ChannelSpec, Route, Routing
     from worker.notify.timeintervals import NamedInterval, TimeInterval, TimeRange
 
     text = (REPO / "config" / "README.md").read_text()
@@ -36,7 +36,7 @@ def test_config_readme_documents_every_check_job_and_routing_field():
             key = field.alias or name
             assert f"`{key}`" in text, f"{model.__name__}.{key} is not in config/README.md"
     routing = text[text.index("## routing.yaml"):text.index("## maintenance.yaml")]
-    for model in (Route, Routing, InhibitRule, NamedInterval, TimeInterval, TimeRange):
+    for model in (ChannelSpec, Route, Routing, InhibitRule, NamedInterval, TimeInterval, TimeRange):
         for name, field in model.model_fields.items():
             key = field.alias or name
             assert f"{key}:" in routing or f"`{key}`" in routing, f"{model.__name__}.{key} is not in config/README.md"

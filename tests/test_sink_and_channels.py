@@ -544,7 +544,7 @@ def test_delivery_error_reasons_are_bounded():
 
 
 def test_registry_builds_channels_by_kind(sink):
-    assert set(CHANNELS) == {"email", "slack", "table"}
+    assert set(CHANNELS) == {"email", "slack", "table", "pagerduty", "webhook"}
     assert isinstance(get_channel("slack", webhook_url=sink.slack_webhook_url), SlackChannel)
     assert isinstance(
         get_channel(

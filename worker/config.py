@@ -8,6 +8,7 @@ no database.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -127,8 +128,10 @@ def _load_folder(cfg: FleetConfig, folder: Path, pack: str | None, base: Path) -
 
 def _without_disabled_channels(routing: Routing, enabled: dict[str, Any]) -> Routing:
     """A channel that names a pack (`pack: ace_engage`: seed 001's system_alerts) is left out, with its
-    place in every route, while that pack is not enabled."""
-    off = {name for name, ch in routing.channels.items() if ch.pack is not None and ch.pack not in enabled}
+    place in every route, while that pack is not enabled; one with `when_set: VARIABLE` while that
+    variable is empty (PagerDuty without PAGERDUTY_ROUTING_KEY)."""
+    off = {name for name, ch in routing.channels.items()
+           if (ch.pack is not None and ch.pack not in enabled) or (ch.when_set and not os.environ.get(ch.when_set))}
     if not off:
         return routing
     return routing.model_copy(update={

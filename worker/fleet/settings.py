@@ -41,7 +41,8 @@ DOCS: dict[str, str] = {
 
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+socket")
 BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "redis+socket", "memory")
-SECRET_FIELDS = ("resend_api_key", "alert_slack_webhook_url", "slack_bot_token", "flower_basic_auth")
+SECRET_FIELDS = ("resend_api_key", "alert_slack_webhook_url", "slack_bot_token", "flower_basic_auth",
+                 "pagerduty_routing_key", "alert_webhook_url")
 
 
 def _check_db_url(name: str, value: str | None) -> str | None:
@@ -70,6 +71,9 @@ class Settings(BaseSettings):
     slack_bot_token: str | None = None
     slack_channel: str | None = None
     slack_api_url: str | None = None
+    pagerduty_routing_key: str | None = None
+    pagerduty_api_url: str | None = None  # default https://events.pagerduty.com (a loopback fake in tests)
+    alert_webhook_url: str | None = None
     opsfleet_config_dir: Path = Field(default=REPO_CONFIG_DIR)
     flower_basic_auth: str | None = None
     log_format: str | None = None
@@ -93,6 +97,16 @@ class Settings(BaseSettings):
         scheme = urlsplit(v).scheme
         if scheme not in REDIS_SCHEMES:
             raise ValueError(f"REDIS_URL must be redis://host:6379/0 (or rediss://, unix://), got scheme {scheme!r}")
+        return v
+
+    @field_validator("pagerduty_api_url")
+    @classmethod
+    def _pagerduty_api_url(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        host = urlsplit(v).hostname or ""
+        if not (v.startswith("https://") or (v.startswith("http://") and host in ("127.0.0.1", "localhost", "::1"))):
+            raise ValueError(f"PAGERDUTY_API_URL must be https://... (http:// only on 127.0.0.1), got {v!r}")
         return v
 
     @field_validator("log_format")

@@ -61,11 +61,12 @@ def send(message: Message, kind: str, settings: Settings, routing: Routing | Non
          monitored: Engine | None, previous: dict | None = None, timeout: float = 10.0) -> DeliveryResult:
     """Send through the channel. `previous` is what the last message for this alert on this channel
     returned (Slack Web API: its ts and channel id), so repeats thread and resolved notices update."""
-    if kind not in ("email", "slack", "table"):
+    if kind not in ("email", "slack", "table", "pagerduty", "webhook"):
         raise DeliveryError(reason="invalid", permanent=True, message=f"channel kind {kind!r} cannot deliver")
     spec = routing.channels.get(message.channel) if routing else None
     channel = from_settings(kind, settings, recipients=spec.recipients if spec else None,
-                            slack_channel=spec.slack_channel if spec else None, monitored=monitored, timeout=timeout)
+                            slack_channel=spec.slack_channel if spec else None, monitored=monitored, timeout=timeout,
+                            spec=spec)
     if kind == "slack" and previous and previous.get("ts") and previous.get("channel_id") and settings.slack_bot_token:
         if message.status == "resolved":
             return channel.send(message, update_ts=previous["ts"], channel=previous["channel_id"])

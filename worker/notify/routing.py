@@ -16,10 +16,18 @@ from worker.notify.timeintervals import NamedInterval
 
 
 class ChannelSpec(Strict):
-    kind: Literal["email", "slack", "table", "digest"]
+    kind: Literal["email", "slack", "table", "digest", "pagerduty", "webhook"]
     # per-channel overrides of the environment (names of settings, never secrets inline)
     recipients: list[str] | None = None
     slack_channel: str | None = None
+    # pagerduty: the variable holding this channel's routing key (default PAGERDUTY_ROUTING_KEY)
+    routing_key_env: str | None = None
+    # webhook: the variable holding the URL (default ALERT_WEBHOOK_URL), and headers from variables
+    url_env: str | None = None
+    headers_env: dict[str, str] = Field(default_factory=dict)  # header name -> variable holding its value
+    # left out (with its place in every route) while this variable is empty: a channel that is only
+    # there once configured, e.g. PagerDuty on the critical route
+    when_set: str | None = None
     rate_limit: float | None = None  # messages per second for this provider target
     burst: int | None = None
     pack: str | None = None  # the pack this channel belongs to: left out while that pack is not enabled

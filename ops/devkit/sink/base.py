@@ -17,6 +17,8 @@ ROUTES = (
     "slack.chat.postMessage",
     "slack.chat.update",
     "slack.auth.test",
+    "pagerduty.enqueue",
+    "webhook",
 )
 @dataclass(frozen=True)
 class Reply:

@@ -64,6 +64,12 @@ def slack_api_default(status: int) -> Response:
 
 
 def default_error(route: str, status: int) -> Response:
+    if route == "pagerduty.enqueue":
+        from ops.devkit.sink.paging import pagerduty_error
+
+        return pagerduty_error(status)
+    if route == "webhook":
+        return Response(status, "internal error" if status >= 500 else f"HTTP {status}")
     if route.startswith("resend."):
         return resend_default(status)
     if route == "slack.webhook":

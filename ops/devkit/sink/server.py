@@ -17,14 +17,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ops.devkit.sink.base import ROUTES, RecordedRequest, Reply, Response, bearer, best_effort_body, redact
+from ops.devkit.sink.paging import PagingRoutes
 from ops.devkit.sink.ratelimits import RateLimits, parse_rate_limits
 from ops.devkit.sink.replies import default_error, resend_error
 from ops.devkit.sink.resend import IDEMPOTENCY_TTL, ResendRoutes
 from ops.devkit.sink.slack import DEFAULT_WEBHOOK_PATH, SlackRoutes, slack_channel_id
 
 
-class ProviderSink(ResendRoutes, SlackRoutes, RateLimits):
-    """Resend + Slack on 127.0.0.1. Thread-safe; start() before use, stop() after (or use `with`)."""
+class ProviderSink(ResendRoutes, SlackRoutes, PagingRoutes, RateLimits):
+    """Resend + Slack + PagerDuty's Events API + a webhook receiver on 127.0.0.1. Thread-safe; start() before use, stop() after (or use `with`)."""
 
     def __init__(
         self,
@@ -39,6 +40,7 @@ class ProviderSink(ResendRoutes, SlackRoutes, RateLimits):
         slack_channels: Iterable[str] | None = None,
         idempotency_ttl: float = IDEMPOTENCY_TTL,
         rate_limits: Mapping[str, float | tuple[float, int]] | None = None,
+        pagerduty_routing_keys: Iterable[str] | None = None,
     ) -> None:
         """`resend_api_keys` / `slack_tokens` / `slack_webhook_paths` / `slack_channels`: the valid
         values; None accepts any well-formed one (re_..., xox..., /services/A/B/C, any channel).
@@ -56,6 +58,7 @@ class ProviderSink(ResendRoutes, SlackRoutes, RateLimits):
             if channels is not None
             else None
         )
+        self.pagerduty_routing_keys = set(pagerduty_routing_keys) if pagerduty_routing_keys is not None else None
         self.idempotency_ttl = idempotency_ttl
         self.rate_limits = parse_rate_limits(rate_limits)
         self._lock = threading.RLock()
@@ -76,6 +79,7 @@ class ProviderSink(ResendRoutes, SlackRoutes, RateLimits):
         self._idempotency: dict[tuple[str, str], tuple[str, float, Response]] = {}
         self._buckets: dict[tuple[str, str], list[float]] = {}  # (provider, target) -> [tokens, at]
         self._ts_seq = 0
+        self._reset_paging()
 
 
     def start(self) -> ProviderSink:
@@ -202,6 +206,10 @@ class ProviderSink(ResendRoutes, SlackRoutes, RateLimits):
             return "resend.domains", None
         if method == "POST" and path.startswith("/services/"):
             return "slack.webhook", None
+        if method == "POST" and path == "/v2/enqueue":
+            return "pagerduty.enqueue", None
+        if method == "POST" and path.startswith("/hooks/"):
+            return "webhook", path[len("/hooks/") :]
         if path.startswith("/api/"):
             name = "slack." + path[len("/api/") :]
             return (name if name in ROUTES else None), path[len("/api/") :]
@@ -239,6 +247,10 @@ class ProviderSink(ResendRoutes, SlackRoutes, RateLimits):
             return resend_error(404, "not_found", "The requested endpoint does not exist.")
         if route.startswith("resend."):
             return self._resend(rec, raw, route, arg, token)
+        if route == "pagerduty.enqueue":
+            return self._pagerduty(rec, raw)
+        if route == "webhook":
+            return self._webhook(rec, raw)
         if route == "slack.webhook":
             return self._slack_webhook(rec, raw)
         return self._slack_api(rec, raw, route, token)
@@ -328,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"RESEND_API_URL={sink.resend_api_url}", flush=True)
     print(f"ALERT_SLACK_WEBHOOK_URL={sink.slack_webhook_url}", flush=True)
     print(f"SLACK_API_URL={sink.slack_api_url}", flush=True)
+    print(f"PAGERDUTY_API_URL={sink.pagerduty_api_url}", flush=True)
+    print(f"ALERT_WEBHOOK_URL={sink.webhook_url}", flush=True)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
