@@ -182,3 +182,18 @@ def test_a_sub_endpoint_runs_only_its_own_probes():
     fleet.probes("database")  # cached
     fleet.probes(None)
     assert asked == [{"database"}, None]
+
+
+def test_paging_channels_show_once_configured_and_are_never_probed_with_a_call_that_delivers(henv, sink):
+    _, doc = health(henv, "--probe")
+    assert not {"channel pagerduty", "channel webhook"} & set(states(doc))  # when_set: not configured, not there
+    env = {**henv, "PAGERDUTY_ROUTING_KEY": "R0UT1NGKEY0123456789ABCDEFGHIJKL", "PAGERDUTY_API_URL": sink.pagerduty_api_url,
+           "ALERT_WEBHOOK_URL": sink.webhook_url, "SLACK_BOT_TOKEN": "xoxb-test-token", "SLACK_CHANNEL": "#alerts",
+           "SLACK_API_URL": sink.slack_api_url}
+    _, doc = health(env, "--probe")
+    got = {p["name"]: p for p in doc["probes"]}
+    for kind in ("pagerduty", "webhook"):
+        assert got[f"channel {kind}"]["state"] == "ok", got[f"channel {kind}"]
+        assert got[f"channel {kind}"]["detail"].startswith(f"{kind} configured (not probed"), got[f"channel {kind}"]
+    assert not sink.requests_for("pagerduty.enqueue") and not sink.requests_for("webhook")
+    assert len(sink.requests_for("slack.auth.test")) == 1  # the Slack channel's own probe, not theirs

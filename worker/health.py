@@ -9,6 +9,7 @@ configured and not needed). The fleet is healthy when nothing fails.
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -132,6 +133,17 @@ def channel_problems(kind: str, settings: Settings, spec: Any = None) -> list[st
         if settings.slack_bot_token:
             return [] if (spec and spec.slack_channel) or settings.slack_channel else ["SLACK_CHANNEL not set"]
         return [] if settings.alert_slack_webhook_url else ["ALERT_SLACK_WEBHOOK_URL (or SLACK_BOT_TOKEN) not set"]
+    if kind == "pagerduty":
+        var = (spec and spec.routing_key_env) or "PAGERDUTY_ROUTING_KEY"
+        key = os.environ.get(var) if spec and spec.routing_key_env else settings.pagerduty_routing_key
+        return [] if key else [f"{var} not set"]
+    if kind == "webhook":
+        var = (spec and spec.url_env) or "ALERT_WEBHOOK_URL"
+        url = os.environ.get(var) if spec and spec.url_env else settings.alert_webhook_url
+        missing = [f"{var} not set"] if not url else []
+        missing += [f"{v} not set (header {h})" for h, v in ((spec and spec.headers_env) or {}).items()
+                    if not os.environ.get(v)]
+        return missing
     return []
 
 
@@ -189,8 +201,12 @@ def _channels(cfg: FleetConfig, settings: Settings, probe: bool, timeout: float,
                     ok = conn.execute(sa.text("SELECT to_regclass('system_alerts') IS NOT NULL")).scalar()
                 return ("ok", "system_alerts in the monitored database") if ok else \
                     ("fail", "the monitored database has no system_alerts table")
-            if probe:
-                return _probe_resend(settings, timeout) if spec.kind == "email" else _probe_slack(settings, timeout)
+            if probe and spec.kind == "email":
+                return _probe_resend(settings, timeout)
+            if probe and spec.kind == "slack":
+                return _probe_slack(settings, timeout)
+            if spec.kind in ("pagerduty", "webhook"):
+                return "ok", f"{spec.kind} configured (not probed: every call of its API delivers something)"
             return "ok", f"{spec.kind} configured (not probed: --probe makes a call that sends nothing)"
 
         got = _timed(label, one)
