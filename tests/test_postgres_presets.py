@@ -291,7 +291,8 @@ def test_without_pg_monitor_the_session_checks_have_no_data_and_say_why_once(ser
     try:
         with session(server, "BEGIN", "SELECT 1") as idle:
             now = datetime.now(UTC) + 10 * MIN
-            for name in ("db_idle_in_transaction", "db_blocked_sessions", "db_longest_transaction"):
+            for name in ("db_idle_in_transaction", "db_blocked_sessions", "db_longest_transaction",
+                         "db_long_running_queries"):
                 got = samples(watcher, name, now)
                 assert [(s.value, s.reason) for s in got] == [
                     (None, "role watcher cannot see other sessions: GRANT pg_monitor TO watcher")], name
