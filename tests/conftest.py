@@ -251,3 +251,19 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 60, **kw) -> 
         [sys.executable, "-m", "worker.cli", *args], env=env, capture_output=True, text=True, timeout=timeout,
         cwd=REPO, **kw,
     )
+
+
+# A test that uses one of these (directly or through another fixture) talks to a real server; every
+# other test is `unit` (the fast lane: `pytest -m unit`). Tests that start their own servers without a
+# fixture (tests/test_postgres_presets.py, tests/test_probes.py ...) say so with a module-level mark.
+E2E_FIXTURES = {"pg_admin_url", "fresh_database", "fleet_db", "app_db_url", "redis_url", "redis_client",
+                "rabbitmq_url", "broker", "broker_env", "env"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("e2e") is None and E2E_FIXTURES.isdisjoint(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.unit)
+        elif item.get_closest_marker("e2e") is None:
+            item.add_marker(pytest.mark.e2e)
+

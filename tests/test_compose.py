@@ -76,3 +76,7 @@ def test_compose_file_validates_with_docker_compose():
     no_db = subprocess.run(cmd, cwd=REPO, env={**base, "DATABASE_URL": "", "FLOWER_BASIC_AUTH": "ops:pw"},  # noqa: S603
                            capture_output=True, text=True)
     assert no_db.returncode != 0 and "set DATABASE_URL in .env" in no_db.stderr
+
+
+# starts its own servers or processes (no shared-server fixture says so): not the fast lane
+pytestmark = pytest.mark.e2e

@@ -10,6 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from ops.devkit.servers import port_open
 from tests.conftest import REPO
 
@@ -88,3 +90,7 @@ def test_ctrl_c_stops_the_demo_with_exit_130_and_its_messages_can_be_read_whole(
                            env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and re.match(r"(email|slack) 1 of \d+", shown.stdout), shown.stdout + shown.stderr
     shutil.rmtree(run_dir.parent, ignore_errors=True)
+
+
+# starts its own servers or processes (no shared-server fixture says so): not the fast lane
+pytestmark = pytest.mark.e2e

@@ -361,3 +361,7 @@ def test_checkpoints_requested_against_timed_from_the_servers_own_view(server, e
     timed, req = sql(server, view)[0]
     value = samples(engine, "db_checkpoints_requested")[0].value
     assert value == pytest.approx(100 * req / (timed + req), abs=0.01) and value > 20
+
+
+# starts its own servers or processes (no shared-server fixture says so): not the fast lane
+pytestmark = pytest.mark.e2e

@@ -288,3 +288,7 @@ def test_a_dead_redis_is_a_one_line_error_naming_the_check():
     with pytest.raises(CheckError) as exc:
         redis_value(redis_check(f"redis://127.0.0.1:{free_port()}/0", "connected_clients"))
     assert str(exc.value).startswith("check redis_test: redis INFO failed:") and "\n" not in str(exc.value)
+
+
+# starts its own servers or processes (no shared-server fixture says so): not the fast lane
+pytestmark = pytest.mark.e2e

@@ -45,3 +45,7 @@ def test_a_wrong_expectation_fails(tmp_path):
     (tmp_path / "t.yml").write_text(wrong)
     out = promtool("test", "rules", tmp_path / "t.yml")
     assert out.returncode != 0 and "weekly_ok" in out.stdout + out.stderr
+
+
+# starts its own servers or processes (no shared-server fixture says so): not the fast lane
+pytestmark = pytest.mark.e2e
