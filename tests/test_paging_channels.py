@@ -135,6 +135,25 @@ def test_without_a_routing_key_nothing_is_sent_and_it_says_which_variable(sink):
     assert not sink.requests_for("pagerduty.enqueue")
 
 
+def test_a_channel_naming_its_own_key_never_pages_with_the_default_one(sink, monkeypatch):
+    from worker.health import channel_problems
+
+    spec = Routing.model_validate({"channels": {"payments": {"kind": "pagerduty", "routing_key_env": "PAYMENTS_PD_KEY"}},
+                                   "routes": [{"channels": ["payments"]}]}).channels["payments"]
+    monkeypatch.delenv("PAYMENTS_PD_KEY", raising=False)
+    s = Settings(pagerduty_routing_key=KEY, pagerduty_api_url=sink.pagerduty_api_url)
+    with pytest.raises(DeliveryError) as info:
+        from_settings("pagerduty", s, spec=spec).send(message())
+    assert info.value.permanent and "PAYMENTS_PD_KEY is not set" in info.value.message
+    assert not sink.requests_for("pagerduty.enqueue")  # not the default service's key either
+    assert channel_problems("pagerduty", s, spec) == ["PAYMENTS_PD_KEY not set"]
+    other = "P" * 32
+    monkeypatch.setenv("PAYMENTS_PD_KEY", other)
+    from_settings("pagerduty", s, spec=spec).send(message())
+    assert sink.pagerduty_events[0]["event"]["routing_key"] == other
+    assert mask_text(f"key {other}") == "key ***"
+
+
 def test_the_client_logs_none_of_its_own_retry_decisions(sink, pd, caplog):
     sink.script("pagerduty.enqueue", [Reply(503)])
     with caplog.at_level(logging.DEBUG), pytest.raises(DeliveryError):

@@ -9,7 +9,6 @@ configured and not needed). The fleet is healthy when nothing fails.
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from worker.beat import BEAT_TICK_KEY
+from worker.channels.registry import configured, webhook_headers
 from worker.config import FleetConfig
 from worker.fleet import redisconn
 from worker.fleet.db import create, normalize_url, safe_url
@@ -133,16 +133,11 @@ def channel_problems(kind: str, settings: Settings, spec: Any = None) -> list[st
         if settings.slack_bot_token:
             return [] if (spec and spec.slack_channel) or settings.slack_channel else ["SLACK_CHANNEL not set"]
         return [] if settings.alert_slack_webhook_url else ["ALERT_SLACK_WEBHOOK_URL (or SLACK_BOT_TOKEN) not set"]
-    if kind == "pagerduty":
-        var = (spec and spec.routing_key_env) or "PAGERDUTY_ROUTING_KEY"
-        key = os.environ.get(var) if spec and spec.routing_key_env else settings.pagerduty_routing_key
-        return [] if key else [f"{var} not set"]
-    if kind == "webhook":
-        var = (spec and spec.url_env) or "ALERT_WEBHOOK_URL"
-        url = os.environ.get(var) if spec and spec.url_env else settings.alert_webhook_url
-        missing = [f"{var} not set"] if not url else []
-        missing += [f"{v} not set (header {h})" for h, v in ((spec and spec.headers_env) or {}).items()
-                    if not os.environ.get(v)]
+    if kind in ("pagerduty", "webhook"):
+        value, var = configured(kind, settings, spec)
+        missing = [] if value else [f"{var} not set"]
+        if kind == "webhook":
+            missing += [f"{spec.headers_env[h]} not set (header {h})" for h, v in webhook_headers(spec).items() if not v]
         return missing
     return []
 

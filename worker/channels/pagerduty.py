@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx2
 from pagerduty import EventsApiV2Client
@@ -27,6 +26,7 @@ from worker.channels.base import (
     header,
     parse_retry_after,
 )
+from worker.fleet.settings import is_loopback_http
 
 DEFAULT_API_URL = "https://events.pagerduty.com"
 # opsfleet's severities onto the Events API's four (critical, error, warning, info)
@@ -41,8 +41,9 @@ class PagerDutyChannel(Channel):
     kind = "pagerduty"
 
     def __init__(self, routing_key: str | None, *, api_url: str | None = None, timeout: float = 10.0,
-                 source: str = "opsfleet") -> None:
+                 source: str = "opsfleet", key_setting: str = "PAGERDUTY_ROUTING_KEY") -> None:
         self.routing_key = routing_key
+        self.key_setting = key_setting
         self.api_url = (api_url or DEFAULT_API_URL).rstrip("/")
         self.timeout = timeout
         self.source = source
@@ -50,7 +51,7 @@ class PagerDutyChannel(Channel):
     def _client(self) -> EventsApiV2Client:
         if self.api_url.startswith("https://"):
             client = EventsApiV2Client(self.routing_key or "", base_url=self.api_url)
-        elif is_loopback(self.api_url):
+        elif is_loopback_http(self.api_url):
             # the client insists on https://; a fake of the Events API on this machine speaks http
             client = EventsApiV2Client(self.routing_key or "")
             client._url = self.api_url  # noqa: SLF001 - the property's setter refuses http://
@@ -88,7 +89,7 @@ class PagerDutyChannel(Channel):
 
     def send(self, message: Message) -> DeliveryResult:
         if not self.routing_key:
-            raise DeliveryError("auth", "PAGERDUTY_ROUTING_KEY is not set", permanent=True)
+            raise DeliveryError("auth", f"{self.key_setting} is not set", permanent=True)
         event = self.event(message)
         payload = event.get("payload")
         if payload is not None:
@@ -103,12 +104,6 @@ class PagerDutyChannel(Channel):
         except httpx2.TransportError as exc:
             raise _transport_error(exc) from exc
         return DeliveryResult(provider_id=key, detail={"provider": "pagerduty", "action": event["event_action"]})
-
-
-def is_loopback(url: str) -> bool:
-    """http://127.0.0.1, http://localhost or http://[::1] (a fake on this machine)."""
-    host = urlsplit(url).hostname or ""
-    return url.startswith("http://") and host in ("127.0.0.1", "localhost", "::1")
 
 
 def map_http_error(exc: HttpError) -> DeliveryError:

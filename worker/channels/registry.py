@@ -32,6 +32,22 @@ def get_channel(kind: str, **options: Any) -> Channel:
     return cls(**options)
 
 
+def configured(kind: str, settings: Settings, spec: Any = None) -> tuple[str | None, str]:
+    """What a pagerduty (routing key) or webhook (URL) channel sends with, and the variable it comes
+    from: the one the routing.yaml channel names (routing_key_env, url_env), and only that one (a
+    second service's channel never falls back to the first's key), else PAGERDUTY_ROUTING_KEY /
+    ALERT_WEBHOOK_URL."""
+    field, default, own = {"pagerduty": ("routing_key_env", "PAGERDUTY_ROUTING_KEY", settings.pagerduty_routing_key),
+                           "webhook": ("url_env", "ALERT_WEBHOOK_URL", settings.alert_webhook_url)}[kind]
+    var = getattr(spec, field, None) if spec is not None else None
+    return (os.environ.get(var) or None, var) if var else (own, default)
+
+
+def webhook_headers(spec: Any) -> dict[str, str]:
+    """A webhook channel's headers, each from the variable headers_env names ("" where it is unset)."""
+    return {h: os.environ.get(var, "") for h, var in (spec.headers_env if spec is not None else {}).items()}
+
+
 def from_settings(kind: str, settings: Settings, *, recipients: list[str] | None = None,
                   slack_channel: str | None = None, monitored: Engine | None = None,
                   timeout: float = 10.0, spec: Any = None) -> Channel:
@@ -41,17 +57,15 @@ def from_settings(kind: str, settings: Settings, *, recipients: list[str] | None
     ALERT_WEBHOOK_URL for a webhook; `recipients` and `slack_channel` override the environment, and
     `spec` (the routing.yaml channel) may name other variables (routing_key_env, url_env, headers_env)."""
     if kind == "pagerduty":
-        key = os.environ.get(spec.routing_key_env) if spec is not None and spec.routing_key_env else None
+        key, var = configured(kind, settings, spec)
         register_secrets([key])
-        return PagerDutyChannel(key or settings.pagerduty_routing_key, api_url=settings.pagerduty_api_url,
-                                timeout=timeout)
+        return PagerDutyChannel(key, api_url=settings.pagerduty_api_url, timeout=timeout, key_setting=var)
     if kind == "webhook":
-        url_env = spec.url_env if spec is not None and spec.url_env else None
-        url = os.environ.get(url_env) if url_env else settings.alert_webhook_url
-        headers = {h: os.environ.get(var, "") for h, var in (spec.headers_env if spec is not None else {}).items()}
+        url, var = configured(kind, settings, spec)
+        headers = webhook_headers(spec)
         register_secrets([url, *headers.values()])  # a header from the environment is a credential
         return WebhookChannel(url, headers={h: v for h, v in headers.items() if v}, timeout=timeout,
-                              url_setting=url_env or "ALERT_WEBHOOK_URL")
+                              url_setting=var)
     if kind == "email":
         return EmailChannel(settings.resend_api_key, settings.from_email, settings.from_name,
                             recipients or settings.recipients, api_url=settings.resend_api_url, timeout=timeout)

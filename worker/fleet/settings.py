@@ -45,6 +45,12 @@ SECRET_FIELDS = ("resend_api_key", "alert_slack_webhook_url", "slack_bot_token",
                  "pagerduty_routing_key", "alert_webhook_url")
 
 
+def is_loopback_http(url: str) -> bool:
+    """http:// to 127.0.0.1, localhost or [::1]: a fake on this machine, the only place plain http is
+    accepted for a provider that requires https."""
+    return url.startswith("http://") and (urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
 def _check_db_url(name: str, value: str | None) -> str | None:
     if value is None or value == "":
         return None
@@ -104,8 +110,7 @@ class Settings(BaseSettings):
     def _pagerduty_api_url(cls, v: str | None) -> str | None:
         if v in (None, ""):
             return None
-        host = urlsplit(v).hostname or ""
-        if not (v.startswith("https://") or (v.startswith("http://") and host in ("127.0.0.1", "localhost", "::1"))):
+        if not (v.startswith("https://") or is_loopback_http(v)):
             raise ValueError(f"PAGERDUTY_API_URL must be https://... (http:// only on 127.0.0.1), got {v!r}")
         return v
 
