@@ -191,6 +191,17 @@ def redis_client(redis_url):
     client.close()
 
 
+def fresh_gauge(engine, columns: str = "v numeric", *values: float) -> None:
+    """Forget the fleet's alert state and make the `gauge` table the test checks read (`columns`),
+    with one row per value in `values`."""
+    with engine.begin() as conn:
+        clear_alert_state(conn)
+        conn.execute(sa.text("DROP TABLE IF EXISTS gauge"))
+        conn.execute(sa.text(f"CREATE TABLE gauge ({columns})"))
+        for v in values:
+            conn.execute(sa.text("INSERT INTO gauge (v) VALUES (:v)"), {"v": v})
+
+
 def clear_alert_state(conn) -> None:
     """Forget every check run, alert, notification, silence and held-back count (tests share fleet_db)."""
     conn.execute(sa.text("TRUNCATE fleet.check_runs, fleet.alerts, fleet.alert_events, fleet.notifications, "

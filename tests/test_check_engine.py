@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import clear_alert_state
+from tests.conftest import fresh_gauge
 from worker.checks.collect import CheckError
 from worker.checks.engine import run_check
 from worker.checks.spec import Check
@@ -30,10 +30,7 @@ ROUTING = Routing.model_validate({
 @pytest.fixture
 def db(fleet_db):
     engine = create(fleet_db)
-    with engine.begin() as conn:
-        clear_alert_state(conn)
-        conn.execute(sa.text("DROP TABLE IF EXISTS gauge"))
-        conn.execute(sa.text("CREATE TABLE gauge (name text, v numeric, at timestamptz)"))
+    fresh_gauge(engine, "name text, v numeric, at timestamptz")
     yield engine
     engine.dispose()
 

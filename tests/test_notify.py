@@ -11,7 +11,7 @@ import redis
 import sqlalchemy as sa
 
 from ops.devkit.sink import Reply
-from tests.conftest import clear_alert_state
+from tests.conftest import fresh_gauge
 from worker.checks.engine import run_check
 from worker.checks.spec import Check
 from worker.fleet.db import create
@@ -47,10 +47,7 @@ def check(severity="critical", name="gauge_high") -> Check:
 @pytest.fixture
 def db(fleet_db):
     engine = create(fleet_db)
-    with engine.begin() as conn:
-        clear_alert_state(conn)
-        conn.execute(sa.text("DROP TABLE IF EXISTS gauge"))
-        conn.execute(sa.text("CREATE TABLE gauge (name text, v numeric)"))
+    fresh_gauge(engine, "name text, v numeric")
     yield engine
     engine.dispose()
 

@@ -12,7 +12,7 @@ from celery import Celery
 
 from ops.devkit.process import start_worker
 from ops.devkit.sink import ProviderSink, Reply
-from tests.conftest import clear_alert_state, purge_fleet_queues
+from tests.conftest import fresh_gauge, purge_fleet_queues
 from worker.fleet.db import create
 
 CHECK = """\
@@ -59,11 +59,7 @@ def setup(fleet_db, broker, broker_env, tmp_path, redis_client):
     (cfg / "checks" / "test.yaml").write_text(CHECK)
     (cfg / "routing.yaml").write_text(ROUTING)
     engine = create(fleet_db)
-    with engine.begin() as conn:
-        clear_alert_state(conn)
-        conn.execute(sa.text("DROP TABLE IF EXISTS gauge"))
-        conn.execute(sa.text("CREATE TABLE gauge (v numeric)"))
-        conn.execute(sa.text("INSERT INTO gauge VALUES (50)"))
+    fresh_gauge(engine, "v numeric", 50)
     sink = ProviderSink().start()
     env = {**broker_env, "OPSFLEET_CONFIG_DIR": str(cfg), "OPSFLEET_PACKS": "", "RESEND_API_KEY": "re_test_key_0123456789",
            "RESEND_API_URL": sink.resend_api_url, "ALERT_SLACK_WEBHOOK_URL": sink.slack_webhook_url,

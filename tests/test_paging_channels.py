@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from ops.devkit.servers import free_port
 from ops.devkit.sink import ProviderSink, Reply
-from tests.conftest import clear_alert_state
+from tests.conftest import fresh_gauge
 from worker.channels.base import DeliveryError, Message
 from worker.channels.pagerduty import PagerDutyChannel
 from worker.channels.registry import from_settings
@@ -232,11 +232,7 @@ ROUTING = Routing.model_validate({
 @pytest.fixture
 def db(fleet_db):
     engine = create(fleet_db)
-    with engine.begin() as conn:
-        clear_alert_state(conn)
-        conn.execute(sa.text("DROP TABLE IF EXISTS gauge"))
-        conn.execute(sa.text("CREATE TABLE gauge (v numeric)"))
-        conn.execute(sa.text("INSERT INTO gauge VALUES (50)"))
+    fresh_gauge(engine, "v numeric", 50)
     yield engine
     engine.dispose()
 
