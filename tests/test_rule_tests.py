@@ -126,6 +126,8 @@ def test_a_converted_case_fails_when_its_value_is_wrong(runner, tmp_path):
     ("check: confirmation_backlog\ntests:\n  - name: x\n    evaluations:\n      - at: soon\n",
      ":5: 'soon' is not an offset like -3m, +1h, 0s"),
     ("check: confirmation_backlog\ntests: [\n", "malformed YAML"),
+    ("check: confirmation_backlog\ntests:\n  - name: x\n    expect: {}\n    evaluations: [{at: 0s}]\n",
+     ":3: tests.0: give `expect` for one evaluation at 0s, or `evaluations`, not both"),
 ])
 def test_a_bad_rule_test_file_is_one_line_naming_file_and_line(runner, tmp_path, text, says):
     path = tmp_path / "bad.yaml"

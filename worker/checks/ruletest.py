@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from sqlalchemy.engine import Engine
 
 from worker.checks.collect import CheckError, collect
@@ -89,6 +89,12 @@ class RuleTest(Strict):
     expect: Expect | None = None  # the one evaluation's expectations, when there is no `evaluations:`
     # the check's own config, changed for this test (e.g. {keep_firing_for: 10m})
     check_overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> RuleTest:
+        if self.evaluations is not None and self.expect is not None:
+            raise ValueError("give `expect` for one evaluation at 0s, or `evaluations`, not both")
+        return self
 
 
 class RuleTestFile(Strict):
@@ -161,8 +167,6 @@ class Runner:
             now = test.now or spec.now
             self._reset()
             self._insert(doc, ("tests", i, "rows"), test.rows, now)
-            if test.evaluations is not None and test.expect is not None:
-                raise doc.error(("tests", i, "expect"), "give `expect` for one evaluation at 0s, or `evaluations`")
             evaluations = test.evaluations if test.evaluations is not None else [Evaluation(expect=test.expect or Expect())]
             for j, ev in enumerate(evaluations):
                 result.evaluations += 1
