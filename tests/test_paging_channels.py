@@ -206,6 +206,16 @@ def test_webhook_statuses_follow_the_retry_table(sink, status, reason, permanent
         assert info.value.retry_after == 3
 
 
+def test_a_header_whose_variable_is_unset_is_named_and_nothing_is_sent(sink, monkeypatch):
+    monkeypatch.delenv("GATEWAY_AUTH", raising=False)
+    spec = Routing.model_validate({"channels": {"sms": {"kind": "webhook", "headers_env": {"Authorization": "GATEWAY_AUTH"}}},
+                                   "routes": [{"channels": ["sms"]}]}).channels["sms"]
+    with pytest.raises(DeliveryError) as info:
+        from_settings("webhook", Settings(alert_webhook_url=sink.webhook_url), spec=spec).send(message())
+    assert info.value.permanent and "GATEWAY_AUTH (header Authorization) not set" in info.value.message
+    assert not sink.requests_for("webhook")
+
+
 def test_webhook_timeout_refused_connection_and_no_url(sink):
     sink.script("webhook", [Reply(hang=5.0)])
     with pytest.raises(DeliveryError) as info:

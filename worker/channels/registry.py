@@ -65,7 +65,8 @@ def from_settings(kind: str, settings: Settings, *, recipients: list[str] | None
         headers = webhook_headers(spec)
         register_secrets([url, *headers.values()])  # a header from the environment is a credential
         return WebhookChannel(url, headers={h: v for h, v in headers.items() if v}, timeout=timeout,
-                              url_setting=var)
+                              url_setting=var, unset=[f"{spec.headers_env[h]} (header {h})"
+                                                      for h, v in headers.items() if not v])
     if kind == "email":
         return EmailChannel(settings.resend_api_key, settings.from_email, settings.from_name,
                             recipients or settings.recipients, api_url=settings.resend_api_url, timeout=timeout)

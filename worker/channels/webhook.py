@@ -35,8 +35,10 @@ class WebhookChannel(Channel):
     kind = "webhook"
 
     def __init__(self, url: str | None, *, headers: dict[str, str] | None = None, timeout: float = 10.0,
-                 external_url: str = "", url_setting: str = "ALERT_WEBHOOK_URL") -> None:
+                 external_url: str = "", url_setting: str = "ALERT_WEBHOOK_URL",
+                 unset: list[str] | None = None) -> None:
         self.url = url
+        self.unset = list(unset or [])  # "VAR (header H)": a header whose variable is empty
         self.headers = dict(headers or {})
         self.timeout = timeout
         self.external_url = external_url
@@ -70,6 +72,9 @@ class WebhookChannel(Channel):
     def send(self, message: Message) -> DeliveryResult:
         if not self.url:
             raise DeliveryError("invalid", f"{self.url_setting} is not set: the webhook channel has no URL", permanent=True)
+        if self.unset:  # sent without it, the receiver would answer 401 and hide why
+            raise DeliveryError("invalid", f"{', '.join(self.unset)} not set: the webhook channel's headers_env",
+                                permanent=True)
         headers = {"Content-Type": "application/json", "User-Agent": "opsfleet",
                    **self.headers, "Idempotency-Key": message.notification_id}
         try:
