@@ -49,21 +49,77 @@ class Message:
     runbook: str | None = None
     started_at: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    condition: str = ""  # the check's condition ("> 5"): what the value is measured against
+    ended_at: datetime | None = None  # a resolved notice: when the alert stopped firing
+    alerts: list[Message] = field(default_factory=list)  # a grouped message's alerts, worst first; else []
+    public_url: str | None = None  # OPSFLEET_PUBLIC_URL: where the status page links point
 
     def to_payload(self) -> dict[str, Any]:
         """JSON-safe dict (for the outbox row and Celery's JSON serializer)."""
         data = asdict(self)
         data["started_at"] = self.started_at.isoformat() if self.started_at else None
+        data["ended_at"] = self.ended_at.isoformat() if self.ended_at else None
+        data["alerts"] = [a.to_payload() for a in self.alerts]
         return data
 
     @classmethod
     def from_payload(cls, data: Mapping[str, Any]) -> Message:
         known = {f for f in cls.__dataclass_fields__}
         values = {k: v for k, v in data.items() if k in known}
-        started = values.get("started_at")
-        if isinstance(started, str):
-            values["started_at"] = datetime.fromisoformat(started)
+        for key in ("started_at", "ended_at"):
+            if isinstance(values.get(key), str):
+                values[key] = datetime.fromisoformat(values[key])
+        values["alerts"] = [cls.from_payload(a) for a in values.get("alerts") or []]
         return cls(**values)
+
+    @property
+    def rows(self) -> list[Message]:
+        """The alerts this message tells of, one row each: a grouped message's, else itself."""
+        return self.alerts or [self]
+
+    @property
+    def fired_for(self) -> str | None:
+        """A resolved notice's firing time, `1h 05m`; None when unknown."""
+        if self.status != "resolved" or self.started_at is None or self.ended_at is None:
+            return None
+        return human_duration((self.ended_at - self.started_at).total_seconds())
+
+    @property
+    def value_text(self) -> str | None:
+        """`7.5 (> 5)`: the value against its condition; None without a value."""
+        if self.value is None:
+            return None
+        value = f"{self.value:g}" if isinstance(self.value, float) else str(self.value)
+        return f"{value} ({self.condition})" if self.condition else value
+
+    def links(self) -> dict[str, str]:
+        """The status page's view of this alert and its silence form, when OPSFLEET_PUBLIC_URL is set."""
+        if not self.public_url or not self.fingerprint:
+            return {}
+        base = f"{self.public_url.rstrip('/')}/alerts/{self.fingerprint}"
+        return {"alert": base, "silence": f"{base}#silence"}
+
+    def runbook_link(self) -> str | None:
+        """The runbook: a URL as it is, a path under ops/runbooks/ served by the status page."""
+        if not self.runbook:
+            return None
+        if self.runbook.startswith(("http://", "https://")):
+            return self.runbook
+        if self.public_url and self.runbook.startswith("ops/runbooks/"):
+            return f"{self.public_url.rstrip('/')}/runbooks/{self.runbook.removeprefix('ops/runbooks/')}"
+        return None
+
+
+def human_duration(seconds: float) -> str:
+    """45s, 12m 05s, 3h 07m, 2d 04h."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600:02d}h"
 
 
 @dataclass

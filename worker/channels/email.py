@@ -22,12 +22,12 @@ How the SDK behaves (resend 2.52, read from its source):
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -127,25 +127,34 @@ def render(message: Message) -> RenderedEmail:
         accent, status_label = ACCENTS["info"], "TEST"
     else:
         accent, status_label = ACCENTS.get(message.severity, ACCENTS["info"]), "FIRING"
-    details_data: dict[str, Any] = {}
-    if message.labels:
-        details_data["labels"] = message.labels
-    if message.extra:
-        details_data["details"] = message.extra
-    details = json.dumps(details_data, indent=2, sort_keys=True, default=str) if details_data else ""
     context = {
         "m": message,
         "subject": subject,
         "accent": accent,
         "status_label": status_label,
-        "details": details,
-        "runbook_url": safe_url(message.runbook),
+        "rows": [alert_row(r) for r in message.rows],
     }
     return RenderedEmail(
         subject=subject,
         html=_env.get_template("alert.html.j2").render(context),
         text=_env.get_template("alert.txt.j2").render(context),
     )
+
+
+def alert_row(m: Message) -> dict[str, Any]:
+    """One alert of a message as the templates show it (already checked URLs; no internal field)."""
+    links = m.links()
+    if m.status == "resolved":
+        tag, accent = "RESOLVED", RESOLVED_ACCENT
+    else:
+        tag, accent = m.severity.upper(), ACCENTS.get(m.severity, ACCENTS["info"])
+    return {
+        "tag": tag, "accent": accent, "check": m.check, "title": m.title, "value": m.value_text,
+        "labels": ", ".join(f"{k}={v}" for k, v in sorted(m.labels.items())),
+        "since": m.started_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if m.started_at else None,
+        "fired_for": m.fired_for, "runbook": m.runbook, "runbook_url": safe_url(m.runbook_link()),
+        "alert_url": safe_url(links.get("alert")), "silence_url": safe_url(links.get("silence")),
+    }
 
 
 class TimeoutHTTPClient(resend.HTTPClient):

@@ -45,6 +45,7 @@ FIELD_TEXT_MAX = 2000
 MAX_FIELDS = 10
 CONTEXT_TEXT_MAX = 3000
 MAX_BLOCKS = 50
+MAX_ROWS = 40  # alerts shown one section each in a grouped message (header, body and a tail fit)
 TEXT_MAX = 40000
 FALLBACK_TEXT_MAX = 4000  # Slack's advice for the top-level text; we stay well under TEXT_MAX
 
@@ -148,16 +149,8 @@ def build_blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
     tag = {"resolved": "RESOLVED", "test": "TEST"}.get(message.status, message.severity.upper())
     title = message.title or message.check or "alert"
 
-    blocks: list[dict[str, Any]] = [
-        {
-            "type": "header",
-            "text": {
-                "type": "plain_text",
-                "text": fit(f"{emoji} {title}", HEADER_MAX, mrkdwn=False),
-                "emoji": True,
-            },
-        }
-    ]
+    blocks: list[dict[str, Any]] = [{"type": "header", "text": {
+        "type": "plain_text", "text": fit(f"{emoji} {title}", HEADER_MAX, mrkdwn=False), "emoji": True}}]
 
     body_parts = []
     if message.summary:
@@ -169,39 +162,47 @@ def build_blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
     body = "\n\n".join(body_parts) or _escape(title)
     blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(body, SECTION_TEXT_MAX)}})
 
-    fields: list[dict[str, Any]] = []
-    if message.value is not None:
-        value = f"{message.value:g}" if isinstance(message.value, float) else str(message.value)
-        fields.append({"type": "mrkdwn", "text": f"*Value*\n{fit(value, FIELD_TEXT_MAX - 10, mrkdwn=True)}"})
-    for key, val in sorted(message.labels.items()):
-        if len(fields) >= MAX_FIELDS:
-            break
-        key_text = fit(str(key), 200, mrkdwn=True)
-        val_text = fit(str(val), FIELD_TEXT_MAX - 210, mrkdwn=True)
-        fields.append({"type": "mrkdwn", "text": f"*{key_text}*\n{val_text}"})
-    if fields:
-        blocks.append({"type": "section", "fields": fields})
-
-    context = f"Severity: *{fit(message.severity, 50, mrkdwn=True)}* | Check: {fit(message.check, 500, mrkdwn=True)}"
-    if message.status != "firing":
-        context += f" | Status: {message.status}"
-    if message.started_at is not None:
-        context += f" | Since: {message.started_at.isoformat(timespec='seconds')}"
-    blocks.append(
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": _cut(context, CONTEXT_TEXT_MAX)}]}
-    )
-
-    if message.runbook:
-        runbook = link(message.runbook, "Runbook")
-        text = (
-            f":book: {runbook}" if runbook else f":book: Runbook: {fit(message.runbook, 2000, mrkdwn=True)}"
-        )
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(text, SECTION_TEXT_MAX)}})
+    rows = message.rows
+    for row in rows[:MAX_ROWS]:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(alert_row(row, len(rows) > 1),
+                                                                                  SECTION_TEXT_MAX)}})
+    if len(rows) > MAX_ROWS:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"and {len(rows) - MAX_ROWS} "
+                                                        "more alerts (see the status page)"}]})
+    if message.status == "test":
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": "Status: test"}]})
 
     fallback = f"{emoji} [{tag}] {title}"
     if message.summary:
         fallback += f": {message.summary}"
     return fit(fallback, FALLBACK_TEXT_MAX, mrkdwn=True), blocks[:MAX_BLOCKS]
+
+
+def alert_row(m: Message, grouped: bool) -> str:
+    """One alert as mrkdwn: severity and check, value against its condition, labels, since (or how
+    long it fired), runbook and the status page's links. Every piece of text is escaped."""
+    tag = "RESOLVED" if m.status == "resolved" else m.severity.upper()
+    head = f"{emoji_for(m)} *[{tag}] {fit(m.check, 500, mrkdwn=True)}*"
+    if grouped and m.title:
+        head += f" {fit(m.title, 500, mrkdwn=True)}"
+    facts = []
+    if m.value_text is not None:
+        facts.append(f"*Value* {fit(m.value_text, 200, mrkdwn=True)}")
+    labels = [f"`{fit(str(k), 100, mrkdwn=True)}={fit(str(v), 200, mrkdwn=True)}`" for k, v in sorted(m.labels.items())]
+    if labels:
+        facts.append(" ".join(labels[:MAX_FIELDS]))
+    if m.started_at is not None:
+        facts.append(f"*Since* {m.started_at.isoformat(timespec='seconds')}")
+    if m.fired_for:
+        facts.append(f"fired for {m.fired_for}")
+    links = []
+    if m.runbook:
+        links.append(link(m.runbook_link() or "", "Runbook") or f"Runbook: {fit(m.runbook, 500, mrkdwn=True)}")
+    for key, label in (("alert", "View alert"), ("silence", "Silence")):
+        if (url := m.links().get(key)) and (made := link(url, label)):
+            links.append(made)
+    text = head + ("\n" + " · ".join(facts) if facts else "")
+    return text + ("\n:book: " + " · ".join(links) if links else "")
 
 
 def _escape(text: str) -> str:

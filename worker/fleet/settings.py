@@ -35,13 +35,16 @@ DOCS: dict[str, str] = {
     "OPSFLEET_PACKS": "the packs to run, comma-separated, or all; default: the config folder's packs.yaml",
     "OPSFLEET_PACKS_DIR": "where the shipped packs are (the image: /opt/opsfleet/packs); default ./config",
     "FLOWER_BASIC_AUTH": "user:password for Flower (required by the compose file)",
+    "OPSFLEET_UI_AUTH": "user:password for the status page and /api/ of `opsfleet serve` (refused without it)",
+    "OPSFLEET_PUBLIC_URL": "the status page's address as people reach it (https://opsfleet.example.com): alert "
+                           "messages link to the alert and its silence form",
     "LOG_FORMAT": "json or console; default json when stderr is not a terminal",
     "LOG_LEVEL": "DEBUG, INFO, WARNING, ERROR; default INFO",
 }
 
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+socket")
 BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "redis+socket", "memory")
-SECRET_FIELDS = ("resend_api_key", "alert_slack_webhook_url", "slack_bot_token", "flower_basic_auth",
+SECRET_FIELDS = ("resend_api_key", "alert_slack_webhook_url", "slack_bot_token", "flower_basic_auth", "opsfleet_ui_auth",
                  "pagerduty_routing_key", "alert_webhook_url")
 
 
@@ -82,6 +85,8 @@ class Settings(BaseSettings):
     alert_webhook_url: str | None = None
     opsfleet_config_dir: Path = Field(default=REPO_CONFIG_DIR)
     flower_basic_auth: str | None = None
+    opsfleet_ui_auth: str | None = None
+    opsfleet_public_url: str | None = None
     log_format: str | None = None
     log_level: str = "INFO"
 
@@ -131,12 +136,19 @@ class Settings(BaseSettings):
             raise ValueError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {v!r}")
         return v
 
-    @field_validator("flower_basic_auth")
+    @field_validator("flower_basic_auth", "opsfleet_ui_auth")
     @classmethod
-    def _flower(cls, v: str | None) -> str | None:
-        if v and ":" not in v:
-            raise ValueError("FLOWER_BASIC_AUTH must be user:password")
+    def _basic_auth(cls, v: str | None, info) -> str | None:
+        if v and (":" not in v or not v.split(":", 1)[0] or not v.split(":", 1)[1]):
+            raise ValueError(f"{info.field_name.upper()} must be user:password")
         return v or None
+
+    @field_validator("opsfleet_public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v and (urlsplit(v).scheme not in ("http", "https") or not urlsplit(v).netloc):
+            raise ValueError(f"OPSFLEET_PUBLIC_URL must be an http(s) address, got {v!r}")
+        return v.rstrip("/") if v else None
 
     # -- derived ---------------------------------------------------------------------------------
     @property

@@ -45,15 +45,19 @@ def backoff(attempts: int, retry_after: float | None) -> float:
     return max(base, retry_after or 0.0)
 
 
-def build_message(row: Any) -> Message:
+def build_message(row: Any, public_url: str | None = None) -> Message:
     p = row.payload
+    status = p.get("status", "firing")
     return Message(
         notification_id=str(row.id), channel=row.channel, check=p.get("check", ""), severity=p.get("severity", "info"),
-        status=p.get("status", "firing"), title=p.get("title", ""), summary=p.get("summary", ""),
+        status=status, title=p.get("title", ""), summary=p.get("summary", ""),
         description=p.get("description", ""), labels=p.get("labels", {}), value=p.get("value"),
         fingerprint=p.get("fingerprint") or "", runbook=p.get("runbook"),
         started_at=datetime.fromisoformat(p["started_at"]) if p.get("started_at") else None,
         extra={"rendered": p["rendered"]} if p.get("rendered") else {},
+        condition=p.get("condition") or "",
+        ended_at=datetime.fromisoformat(p["at"]) if status == "resolved" and p.get("at") else None,
+        public_url=public_url,
     )
 
 
@@ -116,7 +120,7 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
         return Delivery(nid, "skipped")
     nid = str(row.id)
     kind = _kind(row, routing)
-    message = build_message(row)
+    message = build_message(row, settings.opsfleet_public_url)
 
     if row.transition != "test":
         held = outbox.suppress_if_held(fleet, row, message.labels, now, routing)
@@ -178,16 +182,19 @@ def _with_inhibited(fleet: Engine, row: Any, message: Message) -> Message:
 def _summary_message(first: Message, folded: list[Any]) -> Message:
     """One message standing for several: a group (one run, or a storm within group_wait), or a queue
     that waited behind the rate limit, sent as a summary instead of late one by one (or dropped, as
-    Alertmanager does with Slack's 429)."""
-    items = [first] + [build_message(f) for f in folded]
-    worst = min(items, key=lambda m: severity_rank(m.severity))
-    lines = [f"[{m.severity.upper()}] {'RESOLVED ' if m.status == 'resolved' else ''}{m.title}" for m in items]
+    Alertmanager does with Slack's 429). Its alerts are rows, worst first (firing before resolved)."""
+    items = [first] + [build_message(f, first.public_url) for f in folded]
+    items.sort(key=lambda m: (m.status == "resolved", severity_rank(m.severity), m.check))
+    worst = items[0]
+    checks = sorted({m.check for m in items})
+    firing = sum(m.status != "resolved" for m in items)
     return Message(
-        notification_id=first.notification_id, channel=first.channel, check="(several checks)"
-        if len({m.check for m in items}) > 1 else first.check, severity=worst.severity, status="firing",
-        title=f"{worst.title} (+{len(items) - 1} more)",
-        summary=f"{len(items)} alerts grouped into one message",
-        description="\n".join(lines), labels={}, fingerprint="", extra={"folded": len(folded)},
+        notification_id=first.notification_id, channel=first.channel,
+        check=first.check if len(checks) == 1 else ", ".join(checks), severity=worst.severity,
+        status="firing" if firing else "resolved", title=f"{worst.title} (+{len(items) - 1} more)",
+        summary=f"{len(items)} alerts firing" if firing == len(items) else f"{len(items)} alerts: {firing} firing, "
+                f"{len(items) - firing} resolved",
+        labels={}, fingerprint="", alerts=items, public_url=first.public_url,
     )
 
 
