@@ -1,18 +1,26 @@
-"""The fleet's own Prometheus metrics: bounded labels, failure series pre-created at zero."""
+"""The fleet's own Prometheus metrics and the checks' figures: bounded labels, failure series pre-created at
+zero, at most SERIES_PER_CHECK series per check (the rest counted)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
+from ops.sample_app.seed import seed
+from ops.sample_app.seed.common import FAILING_WEBHOOK
 from tests.conftest import REPO, clear_alert_state
+from worker.checks.engine import run_check
+from worker.checks.spec import Check
 from worker.config import load_config
 from worker.fleet.db import create
+from worker.fleet.errors import ConfigError
 from worker.fleet.timeutil import Schedule
-from worker.metrics import FleetCollector
+from worker.metrics import SERIES_PER_CHECK, FleetCollector
 
 
 def test_metrics_expose_zeros_for_every_channel_and_reason_and_count_what_exists(fleet_db):
@@ -60,3 +68,137 @@ def test_each_enabled_check_exports_its_schedules_longest_gap(fleet_db):
 ])
 def test_longest_gap_of_a_schedule(schedule, gap):
     assert Schedule.parse(schedule).longest_gap() == gap
+
+
+# -- the application's figures: opsfleet_check_value / opsfleet_check_state ------------------------------
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+def _scrape(engine, cfg) -> dict[str, list[Sample]]:
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(engine, cfg))
+    return {f.name: f.samples for f in text_string_to_metric_families(generate_latest(registry).decode())}
+
+
+def _of(samples: list[Sample], **labels: str) -> list[Sample]:
+    return [s for s in samples if all(s.labels.get(k) == v for k, v in labels.items())]
+
+
+@pytest.fixture(scope="module")
+def seeded(app_db_url):
+    """The sample app seeded at NOW (its planted problems: a failing webhook, a backlog, a failed and slow
+    cleanup run, failed reservations), in the module's own database that holds the fleet schema too."""
+    engine = create(app_db_url)
+    seed(engine, 300, now=NOW)
+    yield engine
+    engine.dispose()
+
+
+RUN = ("webhook_error_rate_high", "confirmation_backlog", "reservation_cleanup_job_health", "reservation_top_errors")
+
+
+def test_check_runs_publish_each_instances_value_and_state_with_the_exported_labels_only(seeded):
+    cfg = load_config(REPO / "config")
+    with seeded.begin() as conn:
+        clear_alert_state(conn)
+    for name in RUN:
+        assert run_check(cfg.checks[name], monitored=seeded, fleet=seeded, now=NOW, routing=None).status == "ok"
+    with seeded.connect() as conn:  # the seed's own queries, not the checks'
+        rates = {r.webhook_name: float(r.rate) for r in conn.execute(sa.text(
+            """SELECT webhook_name, 100.0 * COUNT(*) FILTER (WHERE status_code != 200) / COUNT(*) AS rate
+               FROM webhook_logs WHERE created_at > :now - interval '1 hour' AND created_at <= :now
+               GROUP BY webhook_name HAVING COUNT(*) >= 20"""), {"now": NOW})}
+        backlog = conn.execute(sa.text(
+            """SELECT COUNT(*) FROM registrations WHERE status = 'completed' AND payment_status = 'completed'
+               AND confirmation_number IS NULL AND updated_at <= :now"""), {"now": NOW}).scalar()
+        messages = conn.execute(sa.text(
+            """SELECT COUNT(DISTINCT LEFT(error_message, 200)) FROM seat_reservation_audit_log
+               WHERE event_type = 'failed' AND created_at > :now - interval '24 hours' AND created_at <= :now"""),
+            {"now": NOW}).scalar()
+    got = _scrape(seeded, cfg)
+    value, state = got["opsfleet_check_value"], got["opsfleet_check_state"]
+
+    webhooks = _of(value, check="webhook_error_rate_high")
+    assert {s.labels["webhook_name"]: round(s.value, 2) for s in webhooks} == {k: round(v, 2) for k, v in rates.items()}
+    assert all(set(s.labels) == {"check", "severity", "webhook_name"} for s in webhooks)  # `system` is not exported
+    assert _of(state, check="webhook_error_rate_high", webhook_name=FAILING_WEBHOOK, state="firing")[0].value == 1
+    assert _of(state, check="webhook_error_rate_high", webhook_name=FAILING_WEBHOOK, state="inactive")[0].value == 0
+    assert len(_of(state, check="webhook_error_rate_high", state="inactive")) == len(rates)  # 4 states each
+
+    [one] = _of(value, check="confirmation_backlog")
+    assert one.labels == {"check": "confirmation_backlog", "severity": "warning"} and one.value == backlog > 20
+    assert {s.labels["state"]: s.value for s in _of(state, check="confirmation_backlog")} == {
+        "pending": 1, "firing": 0, "inactive": 0, "resolved": 0}  # `for: 15m`: pending after one run
+
+    problems = {s.labels["problem"]: s.labels["state"] for s in _of(state, check="reservation_cleanup_job_health")
+                if s.value == 1}
+    assert problems == {"no_run_10m": "firing", "failed_run": "firing", "slow_run": "firing"}
+
+    # several instances, none of their labels exported: their states are counted, no value is published
+    assert messages > 1 and not _of(value, check="reservation_top_errors")
+    assert {s.labels["state"]: s.value for s in _of(state, check="reservation_top_errors")}["firing"] == messages
+    # a check that has not run yet shows zeros, not gaps
+    assert _of(state, check="confirmation_rate_low", state="firing")[0].value == 0
+    assert not _of(value, check="confirmation_rate_low")
+    assert all(s.value == 0 for s in got["opsfleet_check_series_dropped"])
+
+
+def test_series_beyond_the_cap_are_dropped_and_counted_firing_ones_kept(fleet_db):
+    cfg = load_config(REPO / "config")
+    wide = Check.model_validate({
+        "name": "wide_check", "description": "60 instances", "schedule": "1m", "database": "fleet",
+        "query": "SELECT n::text AS shard, n AS value FROM generate_series(1, 60) AS n", "condition": "> 55",
+        "severity": "info", "summary": "x", "export_labels": ["shard"]})
+    cfg.checks["wide_check"] = wide
+    engine = create(fleet_db)
+    with engine.begin() as conn:
+        clear_alert_state(conn)
+    run_check(wide, monitored=engine, fleet=engine, now=NOW, routing=None)
+    got = _scrape(engine, cfg)
+    engine.dispose()
+    values = _of(got["opsfleet_check_value"], check="wide_check")
+    assert len(values) == SERIES_PER_CHECK == 50
+    assert len(_of(got["opsfleet_check_state"], check="wide_check")) == 50 * 4
+    assert _of(got["opsfleet_check_series_dropped"], check="wide_check")[0].value == 10
+    kept = {int(s.labels["shard"]) for s in values}
+    assert set(range(56, 61)) <= kept  # the firing instances are never the ones dropped
+
+
+BAD_CHECK = """\
+checks:
+  - name: exported
+    description: bad export_labels
+    schedule: 1m
+    {kind}
+    condition: "> 0"
+    severity: info
+    labels: {{system: x}}
+    export_labels: {export}
+    summary: fine
+"""
+SQL = "query: SELECT 'a' AS shard, 1 AS value"
+HTTP = "kind: http\n    probe: {url: 'http://127.0.0.1:9/health'}"
+
+
+@pytest.mark.parametrize(("kind", "export", "needle"), [
+    (SQL, "[webhook-name]", "'webhook-name' is not a Prometheus label name"),
+    (SQL, "[__name__]", "'__name__' is not a Prometheus label name"),
+    (SQL, "[state]", "'state' collides with a label the exporter sets itself"),
+    (SQL, "[check]", "'check' collides with a label the exporter sets itself"),
+    (SQL, "[value]", "'value' collides"),
+    (SQL, "[shard, shard]", "'shard' is named twice"),
+    (HTTP, "[region]", "'region' is not a label of this http check"),
+])
+def test_a_bad_export_labels_is_refused_naming_the_file_and_why(tmp_path, kind, export, needle):
+    (tmp_path / "checks").mkdir()
+    (tmp_path / "checks" / "bad.yaml").write_text(BAD_CHECK.format(kind=kind, export=export))
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path, packs=[])
+    assert "bad.yaml" in str(err.value) and needle in str(err.value), str(err.value)
+
+
+def test_a_probe_may_export_its_static_labels():
+    check = Check.model_validate({"name": "p", "description": "d", "schedule": "1m", "kind": "http",
+                                  "probe": {"url": "http://x/health"}, "condition": "< 0", "severity": "info",
+                                  "labels": {"system": "x"}, "summary": "s", "export_labels": ["system"]})
+    assert check.export_labels == ["system"]

@@ -50,6 +50,11 @@ ConditionField = Annotated[Condition, BeforeValidator(Condition.parse), PlainSer
 
 
 # -- checks ----------------------------------------------------------------------------------------
+PROM_LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# what worker/metrics.py sets on every check series itself, and the query columns that are never labels
+RESERVED_EXPORT_LABELS = frozenset({"check", "severity", "state", "value", "no_data_reason"})
+
+
 class HttpProbe(Strict):
     url: str
     expect_status: int = 200
@@ -82,6 +87,7 @@ class Check(Strict):
     keep_firing_for: Duration = timedelta(0)  # Prometheus's: stays firing this long after the condition stops
     severity: Literal[SEVERITIES]
     labels: dict[str, str] = Field(default_factory=dict)
+    export_labels: list[str] = Field(default_factory=list)  # label columns on /metrics (worker/metrics.py)
     summary: Template
     details: Template | None = None
     runbook: str | None = None
@@ -103,6 +109,11 @@ class Check(Strict):
         elif self.kind == "redis":
             if not isinstance(self.probe, RedisProbe):
                 raise ValueError("a redis check needs `probe: {metric: keyspace_hit_ratio}`")
+        if self.kind != "sql":
+            unknown = [k for k in self.export_labels if k not in self.labels]
+            if unknown:
+                raise ValueError(f"export_labels: {unknown[0]!r} is not a label of this {self.kind} check (a probe has "
+                                 "no label columns; name one of `labels`)")
         if self.timeout.total_seconds() <= 0 or self.timeout.total_seconds() > 300:
             raise ValueError("timeout must be between 1s and 5m")
         return self
@@ -134,6 +145,21 @@ class Check(Strict):
         for k in v:
             if not IDENT_RE.match(k):
                 raise ValueError(f"label name {k!r} must be an identifier")
+        return v
+
+
+    @field_validator("export_labels")
+    @classmethod
+    def _export_labels(cls, v: list[str]) -> list[str]:
+        for k in v:
+            if not PROM_LABEL_RE.match(k) or k.startswith("__"):
+                raise ValueError(f"export_labels: {k!r} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, "
+                                 "not starting with __)")
+            if k in RESERVED_EXPORT_LABELS:
+                raise ValueError(f"export_labels: {k!r} collides with a label the exporter sets itself or a column "
+                                 f"that is no label ({', '.join(sorted(RESERVED_EXPORT_LABELS))})")
+        if len(set(v)) != len(v):
+            raise ValueError(f"export_labels: {next(k for k in v if v.count(k) > 1)!r} is named twice")
         return v
 
 
