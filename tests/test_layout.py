@@ -4,7 +4,7 @@ breaks one fails here instead of in a reviewer's head:
 - no import cycle between the project's modules (a cycle hidden behind a function-level import is
   still a cycle);
 - worker/fleet/ is leaf infrastructure: it imports no domain package, no CLI, no Celery app;
-- a domain package (checks, notify, channels, maintenance, backlog) never imports the CLI, the
+- a domain package (checks, notify, channels, maintenance, backlog, reports) never imports the CLI, the
   Celery app, the config loader, the tasks or ops/;
 - production code (worker/, tasks/) imports ops/ (the devkit and the sample app) only from the CLI's
   dev commands, inside the command function;
@@ -26,7 +26,8 @@ import pytest
 from tests.conftest import REPO
 
 PACKAGES = ("worker", "tasks", "ops")
-DOMAINS = ("worker.checks", "worker.notify", "worker.channels", "worker.maintenance", "worker.backlog")
+DOMAINS = ("worker.checks", "worker.notify", "worker.channels", "worker.maintenance", "worker.backlog",
+           "worker.reports")
 COMPOSERS = ("worker.app", "worker.config", "worker.packs", "worker.beat", "worker.metrics", "worker.startup",
              "worker.health", "worker.web", "worker.cli", "tasks", "ops")
 

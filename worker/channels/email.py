@@ -293,7 +293,8 @@ class EmailChannel(Channel):
 
     def params(self, message: Message) -> dict[str, Any]:
         # A message rendered elsewhere (the daily digest) carries its own parts; still escaped at the source.
-        pre = message.extra.get("rendered") if message.extra else None
+        pre = dict(message.extra.get("rendered") or {}) if message.extra else {}
+        attachments = pre.pop("attachments", None)  # a report's charts: Resend attachments with content_id
         rendered = RenderedEmail(**pre) if pre else render(message)
         params: dict[str, Any] = {
             "from": self.sender,
@@ -307,6 +308,8 @@ class EmailChannel(Channel):
                 {"name": "status", "value": _tag_value(message.status)},
             ],
         }
+        if attachments:
+            params["attachments"] = attachments
         # Let mail clients thread the firing and resolved mails of one alert together.
         if message.fingerprint:
             ref = f"<{_tag_value(message.fingerprint)}@opsfleet>"

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from worker.cli import checks, dev, fleet, jobs, notify
+from worker.cli import checks, dev, fleet, jobs, notify, report
 from worker.cli.common import VERBOSITY, err
 from worker.fleet.errors import OpsfleetError, ServiceUnavailable
 
@@ -32,6 +32,7 @@ app.add_typer(notify.silence_app, name="silence")
 app.add_typer(notify.notify_app, name="notify")
 app.add_typer(notify.digest_app, name="digest")
 app.add_typer(jobs.backlog_app, name="backlog")
+app.add_typer(report.report_app, name="report")
 app.add_typer(fleet.task_app, name="task")
 app.command("test")(dev.rule_test)
 app.command()(fleet.ping)

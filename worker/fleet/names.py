@@ -24,6 +24,8 @@ KNOWN_TASKS = frozenset({
     "notify.sweep",
     "maintenance.run",
     "digest.daily_summary",
+    "digest.weekly_report",
+    "digest.monthly_growth",
     "backlog.reprocess_confirmations",
     "backlog.resend_failed_emails",
 })

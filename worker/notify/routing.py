@@ -1,5 +1,6 @@
 """config/routing.yaml: the channels and the routes that pick them by labels (seed 001's severity
-table), inhibit rules, time intervals for muting, and the daily digest's schedule."""
+table), inhibit rules, time intervals for muting, and the schedules of the daily digest and the weekly
+and monthly reports."""
 
 from __future__ import annotations
 
@@ -72,6 +73,10 @@ class Route(Strict):
 class Digest(Strict):
     schedule: ScheduleField = Field(default_factory=lambda: Schedule.parse("0 8 * * *"))
     channel: str = "email"
+    # seed 000's weekly performance review and monthly growth analysis (worker/reports), on `channel`;
+    # null turns one off
+    weekly_schedule: ScheduleField | None = Field(default_factory=lambda: Schedule.parse("0 8 * * 1"))
+    monthly_schedule: ScheduleField | None = Field(default_factory=lambda: Schedule.parse("0 8 1 * *"))
 
 
 class Routing(Strict):
@@ -121,10 +126,17 @@ class Routing(Strict):
 
 
 def beat_entries(routing: Routing | None) -> dict[str, dict[str, Any]]:
-    """The outbox sweeper (re-enqueues what is due or whose lease expired) and the daily digest."""
+    """The outbox sweeper (re-enqueues what is due or whose lease expired), the daily digest and the
+    weekly and monthly reports."""
     if routing is None:
         return {}
     sched = {"notify:sweep": beat_entry("notify.sweep", routing.sweep_interval.total_seconds(), expires=60)}
-    if routing.digest is not None:
-        sched["digest:daily_summary"] = beat_entry("digest.daily_summary", routing.digest.schedule.celery_schedule())
+    digest = routing.digest
+    if digest is not None:
+        sched["digest:daily_summary"] = beat_entry("digest.daily_summary", digest.schedule.celery_schedule())
+        if digest.weekly_schedule is not None:
+            sched["digest:weekly_report"] = beat_entry("digest.weekly_report", digest.weekly_schedule.celery_schedule())
+        if digest.monthly_schedule is not None:
+            sched["digest:monthly_growth"] = beat_entry("digest.monthly_growth",
+                                                        digest.monthly_schedule.celery_schedule())
     return sched

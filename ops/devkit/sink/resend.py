@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import re
@@ -17,6 +19,7 @@ from ops.devkit.sink.replies import resend_default, resend_error
 IDEMPOTENCY_TTL = 24 * 3600.0  # Resend keeps idempotency keys for 24 hours
 RESEND_MAX_BATCH = 100
 RESEND_MAX_RECIPIENTS = 50
+RESEND_MAX_ATTACHMENT_BYTES = 40 * 1024 * 1024
 _EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 
 
@@ -60,6 +63,43 @@ def _check_email(data: Any) -> Response | None:
         return resend_error(422, "validation_error", "The `subject` field must be a `string`.")
     if not any(data.get(k) for k in ("html", "text", "react", "template")):
         return resend_error(422, "validation_error", "Missing `html` or `text` field.")
+    return _check_attachments(data.get("attachments"))
+
+
+def _check_attachments(items: Any) -> Response | None:
+    """Resend's attachments: a list of objects, each with a `filename` and either `content` (base64, or
+    the SDK's list of byte values) or a remote `path`; `content_id` (or `inline_content_id`) makes one
+    inline for `cid:` references; 40 MB per email at most."""
+    if items is None:
+        return None
+    if not isinstance(items, list):
+        return resend_error(422, "validation_error", "The `attachments` field must be an `array`.")
+    total = 0
+    for i, item in enumerate(items):
+        where = f"`attachments[{i}]`"
+        if not isinstance(item, dict):
+            return resend_error(422, "validation_error", f"{where} must be an `object`.")
+        if not isinstance(item.get("filename"), str) or not item["filename"].strip():
+            return resend_error(422, "missing_required_field", f"Missing `filename` field in {where}.")
+        content, path = item.get("content"), item.get("path")
+        if content is None and not path:
+            return resend_error(422, "missing_required_field", f"{where} needs `content` or `path`.")
+        if isinstance(content, list):
+            if not all(isinstance(b, int) and 0 <= b <= 255 for b in content):
+                return resend_error(422, "validation_error", f"{where}.content must be bytes.")
+            total += len(content)
+        elif content is not None:
+            try:
+                total += len(base64.b64decode(content, validate=True)) if isinstance(content, str) else -1
+            except (binascii.Error, ValueError):
+                return resend_error(422, "validation_error", f"{where}.content is not valid base64.")
+            if total < 0:
+                return resend_error(422, "validation_error", f"{where}.content must be a base64 `string`.")
+        for key in ("content_type", "content_id", "inline_content_id", "path"):
+            if item.get(key) is not None and not isinstance(item[key], str):
+                return resend_error(422, "validation_error", f"{where}.{key} must be a `string`.")
+    if total > RESEND_MAX_ATTACHMENT_BYTES:
+        return resend_error(422, "validation_error", "Attachments exceed the 40 MB limit per email.")
     return None
 
 
@@ -163,6 +203,7 @@ class ResendRoutes:
             "text": data.get("text"),
             "headers": data.get("headers"),
             "tags": data.get("tags"),
+            "attachments": data.get("attachments") or [],  # as sent (validated: base64 content, a filename)
             "last_event": "delivered",
             "idempotency_key": idem_key,
             "batch": batch,
@@ -172,3 +213,4 @@ class ResendRoutes:
         self._emails_by_id[email_id] = record
         self._capture("email", record)
         return email_id
+
