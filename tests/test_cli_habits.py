@@ -40,10 +40,11 @@ def _json(args: list[str], env: dict[str, str]):
 
 
 def test_every_list_takes_json_with_its_documented_fields(env, fleet):
-    from worker.cli.checks import ALERT_FIELDS, CHECK_FIELDS, EVENT_FIELDS
+    from worker.cli.checks import ALERT_FIELDS, CHECK_FIELDS, HISTORY_FIELDS
     from worker.cli.jobs import JOB_FIELDS
     from worker.cli.notify import SILENCE_FIELDS
     from worker.config import load_config
+    from worker.notify import history as history_fields
 
     now = datetime.now(UTC)
     with fleet.begin() as conn:
@@ -59,7 +60,9 @@ def test_every_list_takes_json_with_its_documented_fields(env, fleet):
     alerts = _json(["alerts", "list"], env)
     assert [list(a) for a in alerts] == [list(ALERT_FIELDS)] and alerts[0]["labels"] == {"k": "v"}
     history = _json(["alerts", "history", "--since", "1h"], env)
-    assert [list(e) for e in history] == [list(EVENT_FIELDS)] and history[0]["to_state"] == "firing"
+    assert list(history) == ["entries", "sent", "held_back"]
+    assert [list(e) for e in history["entries"]] == [list(HISTORY_FIELDS)] and history["entries"][0]["what"] == "pending -> firing"
+    assert list(HISTORY_FIELDS) == list(history_fields.FIELDS)
     assert _json(["silence", "list"], env) == []
     jobs = _json(["maintenance", "list"], env)
     assert len(jobs) == 7 and all(list(j) == list(JOB_FIELDS) for j in jobs)

@@ -142,7 +142,8 @@ def checks_backtest(
 
 ALERT_FIELDS = ("check", "severity", "state", "since", "value", "labels", "summary", "fingerprint", "acked_at",
                 "acked_by", "ack_comment", "keep_firing_since")
-EVENT_FIELDS = ("at", "check", "severity", "labels", "from_state", "to_state", "value")
+HISTORY_FIELDS = ("at", "kind", "check", "severity", "labels", "fingerprint", "what", "value", "channel", "status",
+                  "detail")  # worker.notify.history.FIELDS
 
 
 @alerts_app.command("list")
@@ -208,27 +209,40 @@ def alerts_history(
     since: Annotated[str, typer.Option(help="how far back, e.g. 24h, 7d")] = "24h",
     check: Annotated[str | None, typer.Option(help="one check only")] = None,
     limit: Annotated[int, typer.Option(min=1, max=100_000)] = 1000,
-    json_out: Annotated[bool, typer.Option("--json", help="a JSON list: " + ", ".join(EVENT_FIELDS))] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="a JSON object: entries (each " + ", ".join(HISTORY_FIELDS)
+                                           + "), sent (channel -> status -> n), held_back (reason -> channel -> n)")]
+    = False,
 ) -> None:
-    """Every transition (pending, firing, resolved, ...) since then, newest first."""
-    from worker.checks import store
+    """Every transition (pending, firing, resolved, ...) and every notification decided for it (sent to
+    which channel, or held back and why) since then, newest first; then what was held back in all."""
+    from worker.config import get_config
     from worker.fleet.db import fleet_engine
     from worker.fleet.timeutil import parse_duration
+    from worker.notify import history
 
     settings()
+    if check is not None and check not in get_config().checks:
+        raise OpsfleetError(f"--check {check!r}: no such check (see `opsfleet checks list`)")
     try:
         start = datetime.now(UTC) - parse_duration(since)
     except ValueError as exc:
         raise OpsfleetError(f"--since: {exc}") from None
     with fleet_engine().connect() as conn:
-        records = [{"at": r.at, "check": r.check_name, "severity": r.severity, "labels": r.labels,
-                    "from_state": r.from_state, "to_state": r.to_state, "value": r.value}
-                   for r in store.history(conn, start, check, limit)]
+        entries = history.timeline(conn, start, check, limit)
+        sent, held = history.sent_per_channel(conn, start, check), history.held_back(conn, start, check)
     if json_out:
-        emit_json(records)
+        emit_json({"entries": entries, "sent": sent, "held_back": held})
         return
-    t = table("at", "check", "severity", "transition", "value", "labels", title=f"transitions since {since} ago")
-    for r in records:
-        t.add_row(r["at"].strftime("%Y-%m-%d %H:%M:%S"), r["check"], r["severity"], f"{r['from_state']} -> {r['to_state']}",
-                  "-" if r["value"] is None else f"{r['value']:g}", labels_text(r["labels"]))
+    t = table("at", "check", "labels", "what", "value", "channel", "outcome", title=f"history since {since} ago")
+    for e in entries:
+        outcome = e["status"] or ""
+        if e["detail"]:
+            outcome = f"{outcome}: {e['detail']}" if outcome else e["detail"]
+        t.add_row(e["at"].strftime("%Y-%m-%d %H:%M:%S"), e["check"], labels_text(e["labels"]),
+                  e["what"] if e["kind"] == "transition" else f"notice ({e['what']})",
+                  "-" if e["value"] is None else f"{e['value']:g}", e["channel"] or "", outcome)
     console.print(t)
+    for channel, counts in sent.items():
+        console.print(f"{channel}: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
+    for reason, counts in held.items():
+        console.print(f"held back ({reason}): " + ", ".join(f"{n} on {ch}" for ch, n in counts.items()))

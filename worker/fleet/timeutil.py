@@ -84,6 +84,18 @@ class Schedule:
             t -= timedelta(minutes=1)
         return now.replace(second=0, microsecond=0)
 
+    def next_slot(self, now: datetime) -> datetime:
+        """The first scheduled instant after `now` (when beat sends the next run)."""
+        if self.interval is not None:
+            return self.slot(now) + self.interval
+        c, t = self.cron, now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+        for _ in range(60 * 24 * 400):
+            if (t.minute in c.minute and t.hour in c.hour and t.day in c.day_of_month
+                    and t.month in c.month_of_year and (t.isoweekday() % 7) in c.day_of_week):
+                return t
+            t += timedelta(minutes=1)
+        return t
+
     def period(self, now: datetime) -> timedelta:
         """Time between the slot of `now` and the slot before it (for staleness and backtests)."""
         if self.interval is not None:
