@@ -49,6 +49,11 @@ class FleetConfig:
         loc = ("jobs", i, *(int(p) if p.isdigit() else p for p in field_name.split(".")))
         return f"{doc.where(loc)}: jobs.{i}.{field_name}"
 
+    def runbooks(self) -> dict[str, Path]:
+        """Each runbook a check names (its path as written, `ops/runbooks/x.md`) -> the file."""
+        return {c.runbook: self._bases.get(n, self.root.parent) / c.runbook
+                for n, c in self.checks.items() if c.runbook}
+
     def check_field(self, check: str) -> str:
         """`file:line: checks.N (name)` of a check."""
         return f"{self.check_files.get(check, 'check')} ({check})"

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
+import socket
 import sys
 import textwrap
 import time
@@ -80,6 +82,18 @@ def _broker(stack: contextlib.ExitStack, run_dir: Path) -> str:
     return server.url
 
 
+def _free_port(preferred: int) -> int:
+    """`preferred` if nothing listens there, else a free port the system picks."""
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free port for the status page")
+
+
 def _spawn(stack: contextlib.ExitStack, args: list[str], env: dict[str, str], log: Path) -> Proc:
     proc = Proc(args, env, log)
     stack.callback(proc.stop)
@@ -122,6 +136,8 @@ def run_demo(*, duration: float | None, scale: int, run_dir: Path | None) -> int
                 "LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1",
             }
             env.pop("SLACK_BOT_TOKEN", None)
+            port, password = _free_port(8080), secrets.token_urlsafe(9)
+            env.update(OPSFLEET_UI_AUTH=f"demo:{password}", OPSFLEET_PUBLIC_URL=f"http://127.0.0.1:{port}")
             # Replay each check's `for` window in-process, so rules with `for: 15m` can fire within a minute.
             for check in cfg.checks.values():
                 if check.enabled and check.for_.total_seconds() > 0 and check.kind == "sql":
@@ -134,6 +150,10 @@ def run_demo(*, duration: float | None, scale: int, run_dir: Path | None) -> int
                    env, run_dir / "worker.log")
             _spawn(stack, [*celery, "beat", "-l", "INFO", "-s", str(run_dir / "beat-schedule")], env,
                    run_dir / "beat.log")
+            _spawn(stack, [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)], env,
+                   run_dir / "serve.log")
+            console.print(f"[bold]status page:[/] http://127.0.0.1:{port}/  (user [bold]demo[/], password "
+                          f"[bold]{password}[/]; API at /api/status, metrics at /metrics)", soft_wrap=True)
             _kick(env, cfg)
             _watch(engine, sink, duration, started)
         except (KeyboardInterrupt, _Stop):

@@ -160,7 +160,8 @@ def health(json_out: Annotated[bool, typer.Option("--json", help="one JSON docum
 def serve(port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
           host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1") -> None:
     """Serve /health (and /health/database, /redis, /broker, /workers, /email, /slack) for load balancers
-    and uptime checkers, and /metrics for Prometheus."""
+    and uptime checkers, /metrics for Prometheus, and the status page (/) with its JSON API (/api/),
+    behind OPSFLEET_UI_AUTH."""
     from prometheus_client import CollectorRegistry
 
     from worker.config import get_config
@@ -171,9 +172,13 @@ def serve(port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
     s = settings()
     cfg = get_config()
     registry = CollectorRegistry()
-    registry.register(FleetCollector(fleet_engine(), cfg))
-    server = make_server(Fleet(s, cfg, registry), host, port)
-    console.print(f"serving http://{host}:{server.server_address[1]}/health and /metrics", soft_wrap=True)
+    engine = fleet_engine()
+    registry.register(FleetCollector(engine, cfg))
+    server = make_server(Fleet(s, cfg, registry, engine=engine), host, port)
+    base = f"http://{host}:{server.server_address[1]}"
+    console.print(f"serving {base}/health and /metrics; the status page at {base}/ "
+                  + ("(basic auth: OPSFLEET_UI_AUTH)" if s.opsfleet_ui_auth else "(off: set OPSFLEET_UI_AUTH=user:password)"),
+                  soft_wrap=True)
     try:
         server.serve_forever(poll_interval=0.5)
     finally:

@@ -1,5 +1,7 @@
 """`opsfleet serve`: /health (seed 003's shape), /health/database, /health/redis, /health/broker,
-/health/email, /health/slack, and /metrics (Prometheus), on one small threaded HTTP server.
+/health/email, /health/slack, /metrics (Prometheus), and the status page with its JSON API
+(worker/web/ui.py: `/`, `/api/`, behind basic auth), on one small threaded HTTP server. /health and
+/metrics stay open for load balancers and Prometheus; they tell no alert text.
 
 A health answer is 200 while nothing fails (healthy or degraded) and 503 when something does, so a
 load balancer or an uptime checker needs no parsing. Probes run at most every `cache_s` seconds,
@@ -13,13 +15,15 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from worker import health
 from worker.config import FleetConfig
+from worker.fleet.logs import get_logger, mask_text
 from worker.fleet.settings import Settings
+from worker.web.ui import MAX_BODY, UI, Answer
 
 # the probe groups each sub-endpoint runs (worker.health.GROUPS), and the probes of them it shows
 GROUPS = {"database": {"database"}, "redis": {"redis"}, "broker": {"broker"}, "workers": {"workers"},
@@ -38,8 +42,10 @@ class Fleet:
     """What the server answers from: settings, config, a metrics registry, cached probes."""
 
     def __init__(self, settings: Settings, cfg: FleetConfig, registry: CollectorRegistry | None = None,
-                 cache_s: float = 10.0, probe: Callable[[], list[health.Probe]] | None = None) -> None:
+                 cache_s: float = 10.0, probe: Callable[[], list[health.Probe]] | None = None,
+                 engine: Any = None) -> None:
         self.settings, self.cfg, self.registry, self.cache_s = settings, cfg, registry, cache_s
+        self.engine = engine  # the fleet database (the status page); None: /health and /metrics only
         self._probe = probe or (lambda groups: health.run_all(settings, cfg, timeout=2.0, groups=groups))
         self._lock = threading.Lock()
         self._cached: dict[str, tuple[float, list[health.Probe]]] = {}
@@ -55,6 +61,9 @@ class Fleet:
             return cached[1]
 
 
+log = get_logger(__name__)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "opsfleet"
@@ -63,8 +72,12 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-        path = urlsplit(self.path).path.rstrip("/") or "/"
+        parts = urlsplit(self.path)
+        path = parts.path.rstrip("/") or "/"
         fleet = self.server.fleet
+        if fleet.engine is not None and not (path == "/metrics" or path == "/health" or path.startswith("/health/")):
+            self._ui(lambda ui: ui.get(path, parse_qs(parts.query)))
+            return
         if path == "/metrics" and fleet.registry is not None:
             self._send(200, generate_latest(fleet.registry), CONTENT_TYPE_LATEST)
             return
@@ -82,7 +95,46 @@ class _Handler(BaseHTTPRequestHandler):
                 doc["status"] = "not_configured"
             self._json(503 if doc["status"] == "unhealthy" else 200, doc)
             return
-        self._json(404, {"error": f"no such page {path}", "known": ["/health", "/metrics"]})
+        self._json(404, {"error": f"no such page {path}", "known": ["/health", "/metrics", "/", "/api/status"]})
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        path = urlsplit(self.path).path.rstrip("/") or "/"
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            self._send(413, b"request body too large\n", "text/plain; charset=utf-8")
+            return
+        body = self.rfile.read(length) if length > 0 else b""
+        self._ui(lambda ui: ui.post(path, body, self.headers.get("Content-Type") or ""))
+
+    def do_DELETE(self) -> None:  # noqa: N802 - stdlib naming
+        path = urlsplit(self.path).path.rstrip("/") or "/"
+        self._ui(lambda ui: ui.delete(path))
+
+    def _ui(self, answer: Callable[[UI], Answer]) -> None:
+        fleet = self.server.fleet
+        if fleet.engine is None:
+            self._json(404, {"error": "no status page here (serve without a fleet database)"})
+            return
+        ui = UI(fleet)
+        got = ui.refuse(self.headers.get("Authorization"))
+        if got is None:
+            try:
+                got = answer(ui)
+            except Exception as exc:  # a database that went away: one line, the server keeps serving
+                log.warning("status_page_error", path=self.path[:200], error=mask_text(str(exc).splitlines()[0]
+                                                                                      if str(exc) else type(exc).__name__))
+                got = Answer(503, b"the fleet database does not answer; see /health\n", "text/plain; charset=utf-8")
+        self.send_response(got.status)
+        for k, v in (got.headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Type", got.ctype)
+        self.send_header("Content-Length", str(len(got.body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+                                                    "form-action 'self'; frame-ancestors 'none'")
+        self.end_headers()
+        self.wfile.write(got.body)
 
     def _json(self, status: int, doc: dict[str, Any]) -> None:
         self._send(status, json.dumps(doc, indent=2).encode(), "application/json; charset=utf-8")
