@@ -115,9 +115,8 @@ def test_the_api_tells_the_firing_alert_and_takes_and_expires_a_silence(served):
     # one alert, with its history: the transition and the email sent for it
     _, body, _ = call(served["url"] + f"/api/alerts/{alert['fingerprint']}")
     hist = json.loads(body)["history"]
-    assert [(e["kind"], e["what"], e["status"]) for e in hist][-2:] == [
-        ("notification", "firing", "sent"), ("transition", "inactive -> firing", None)] or \
-        ("transition", "inactive -> firing", None) in [(e["kind"], e["what"], e["status"]) for e in hist]
+    assert [(e["kind"], e["what"], e["channel"], e["status"]) for e in hist] == [
+        ("notification", "firing", "email", "sent"), ("transition", "inactive -> firing", None, None)]
     # a silence through the API, refused with a clear message when it names no known check
     bad = call(served["url"] + "/api/silences", method="POST", data=b'{"check": "nope", "author": "me"}',
                ctype="application/json")
@@ -194,5 +193,11 @@ def test_in_a_browser_the_page_lists_the_alert_and_a_silence_added_by_the_form_h
         row = conn.execute(sa.text("SELECT status, suppressed_reason, transition FROM fleet.notifications "
                                    "WHERE id = :id"), {"id": outcome[0].notification_id}).one()
     assert tuple(row) == ("suppressed", "silenced", "repeat")
+    # the history tells it: the notice held back, by which silence; sent and held back per channel
+    doc = json.loads(call(served["url"] + "/api/history?since=1h&check=gauge_high")[1])
+    held = [e for e in doc["entries"] if e["status"] == "suppressed"]
+    assert [(e["what"], e["channel"]) for e in held] == [("repeat", "email")]
+    assert held[0]["detail"].startswith("silenced by silence ")
+    assert doc["sent"] == {"email": {"sent": 1, "suppressed": 1}} and doc["held_back"] == {"silenced": {"email": 1}}
     if os.environ.get("OPSFLEET_SCREENSHOT") == "1":
         (REPO / "docs" / "status-page-phone.png").write_bytes((tmp_path / "phone.png").read_bytes())

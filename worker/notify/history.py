@@ -25,9 +25,12 @@ _TIMELINE = sa.text("""
                n.payload->>'severity', COALESCE(n.payload->'labels', '{}'::jsonb), n.fingerprint, n.transition,
                CAST(n.payload->>'value' AS double precision), n.channel, n.status,
                CASE WHEN n.folded_into IS NOT NULL THEN 'folded into ' || left(CAST(n.folded_into AS text), 8)
-                    WHEN n.status = 'suppressed' THEN COALESCE(n.suppressed_reason, 'silenced')
-                         || COALESCE(' by ' || left(n.suppressed_detail, 40),
-                                     ' by silence ' || left(CAST(n.suppressed_by AS text), 8), '')
+                    WHEN n.status = 'suppressed' AND COALESCE(n.suppressed_reason, 'silenced') = 'silenced'
+                         THEN 'silenced by silence '
+                              || left(COALESCE(CAST(n.suppressed_by AS text), n.suppressed_detail, '?'), 8)
+                    WHEN n.status = 'suppressed' AND n.suppressed_reason = 'inhibited'
+                         THEN 'inhibited by alert ' || left(COALESCE(n.suppressed_detail, '?'), 12)
+                    WHEN n.status = 'suppressed' THEN n.suppressed_reason || COALESCE(' by ' || n.suppressed_detail, '')
                     WHEN n.status = 'sent' THEN 'sent ' || to_char(n.sent_at AT TIME ZONE 'UTC', 'HH24:MI:SS')
                     WHEN n.status IN ('dead', 'retrying') THEN left(n.last_error, 300)
                END, 0
