@@ -61,6 +61,37 @@ def test_demo_runs_for_a_duration_and_leaves_no_process_behind():
     shutil.rmtree(run_dir.parent, ignore_errors=True)
 
 
+def _status_page_answers(out: str) -> int:
+    """The status page the demo printed answers with its password (and refuses without); its port."""
+    import base64
+    import json
+    import time
+    import urllib.error
+    import urllib.request
+
+    m = re.search(r"status page: http://127\.0\.0\.1:(\d+)/\s+\(user demo, password (\S+?);", out)
+    assert m, out[-3000:]
+    url = f"http://127.0.0.1:{m.group(1)}/api/status"
+    auth = "Basic " + base64.b64encode(f"demo:{m.group(2)}".encode()).decode()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": auth}),  # noqa: S310
+                                        timeout=20) as resp:
+                doc = json.loads(resp.read())
+            break
+        except (urllib.error.URLError, ConnectionError):
+            assert time.monotonic() < deadline, "the demo's status page does not answer"
+            time.sleep(0.5)
+    assert len(doc["checks"]) > 50 and "alerts" in doc
+    try:
+        urllib.request.urlopen(url, timeout=20)  # noqa: S310
+        raise AssertionError("the status page answered without credentials")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401
+    return int(m.group(1))
+
+
 def test_ctrl_c_stops_the_demo_with_exit_130_and_its_messages_can_be_read_whole():
     import signal
     import time
@@ -79,12 +110,14 @@ def test_ctrl_c_stops_the_demo_with_exit_130_and_its_messages_can_be_read_whole(
                     not (run_dir / "captured.jsonl").read_text().strip():
                 assert proc.poll() is None, out_path.read_text()[-3000:]
                 time.sleep(0.5)
+            page = _status_page_answers(out_path.read_text())  # while the demo runs, its status page is up
             os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends to the foreground group
             assert proc.wait(120) == 130, out_path.read_text()[-3000:]
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
     text = out_path.read_text()
+    assert not port_open("127.0.0.1", page)  # and down once it stopped
     assert "Traceback" not in text and "stopping..." in text and "opsfleet demo-show N" in text
     shown = subprocess.run([sys.executable, "-m", "worker.cli", "demo-show", "1", "--run-dir", str(run_dir)],  # noqa: S603
                            env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
