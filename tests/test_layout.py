@@ -28,7 +28,7 @@ from tests.conftest import REPO
 PACKAGES = ("worker", "tasks", "ops")
 DOMAINS = ("worker.checks", "worker.notify", "worker.channels", "worker.maintenance", "worker.backlog",
            "worker.reports")
-COMPOSERS = ("worker.app", "worker.config", "worker.packs", "worker.beat", "worker.metrics", "worker.startup",
+COMPOSERS = ("worker.app", "worker.config", "worker.packs", "worker.beat", "worker.metrics", "worker.heartbeat", "worker.startup",
              "worker.health", "worker.web", "worker.cli", "tasks", "ops")
 
 

@@ -20,6 +20,7 @@ from worker.fleet import redisconn
 from worker.fleet.errors import ConfigError
 from worker.fleet.logs import get_logger
 from worker.fleet.settings import get_settings
+from worker.heartbeat import beat_entries as heartbeat_beat
 from worker.maintenance.spec import beat_entries as maintenance_beat
 from worker.notify.routing import beat_entries as notify_beat
 from worker.startup import beat_findings
@@ -31,7 +32,7 @@ log = get_logger(__name__)
 def build_schedule(cfg: FleetConfig) -> dict[str, dict[str, Any]]:
     """Entry name -> celery beat entry: what each domain declares for its part of the config."""
     return {**checks_beat(cfg.checks.values()), **maintenance_beat(cfg.maintenance.values()),
-            **backlog_beat(cfg.backlogs.values()), **notify_beat(cfg.routing)}
+            **backlog_beat(cfg.backlogs.values()), **notify_beat(cfg.routing), **heartbeat_beat(get_settings())}
 
 
 class Scheduler(RedBeatScheduler):

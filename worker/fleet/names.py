@@ -22,6 +22,7 @@ KNOWN_TASKS = frozenset({
     "checks.run",
     "notify.deliver",
     "notify.sweep",
+    "notify.heartbeat",
     "maintenance.run",
     "digest.daily_summary",
     "digest.weekly_report",
@@ -29,7 +30,7 @@ KNOWN_TASKS = frozenset({
     "backlog.reprocess_confirmations",
     "backlog.resend_failed_emails",
 })
-TASK_MODULES = ["tasks.checks", "tasks.notify", "tasks.maintenance", "tasks.digest", "tasks.backlog"]
+TASK_MODULES = ["tasks.checks", "tasks.notify", "tasks.maintenance", "tasks.digest", "tasks.backlog", "tasks.heartbeat"]
 
 
 def queue_of(task_name: str) -> str:

@@ -11,6 +11,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.fleet.errors import SettingsError
+from worker.fleet.timeutil import parse_duration
 
 REPO_CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 
@@ -38,6 +39,11 @@ DOCS: dict[str, str] = {
     "OPSFLEET_UI_AUTH": "user:password for the status page and /api/ of `opsfleet serve` (refused without it)",
     "OPSFLEET_PUBLIC_URL": "the status page's address as people reach it (https://opsfleet.example.com): alert "
                            "messages link to the alert and its silence form",
+    "HEARTBEAT_URL": "a dead-man's switch (healthchecks.io, Cronitor, ...): pinged every HEARTBEAT_INTERVAL only "
+                     "while the fleet is well, so its silence pages someone",
+    "HEARTBEAT_INTERVAL": "how often the heartbeat runs; default 1m (set the receiver's period to it)",
+    "HEARTBEAT_FAIL": "true: when unwell, POST the reasons to HEARTBEAT_URL/fail (healthchecks.io's signal) "
+                      "instead of staying silent; default true for hc-ping.com",
     "LOG_FORMAT": "json or console; default json when stderr is not a terminal",
     "LOG_LEVEL": "DEBUG, INFO, WARNING, ERROR; default INFO",
 }
@@ -45,7 +51,7 @@ DOCS: dict[str, str] = {
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+socket")
 BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "redis+socket", "memory")
 SECRET_FIELDS = ("resend_api_key", "alert_slack_webhook_url", "slack_bot_token", "flower_basic_auth", "opsfleet_ui_auth",
-                 "pagerduty_routing_key", "alert_webhook_url")
+                 "heartbeat_url", "pagerduty_routing_key", "alert_webhook_url")
 
 
 def is_loopback_http(url: str) -> bool:
@@ -87,6 +93,9 @@ class Settings(BaseSettings):
     flower_basic_auth: str | None = None
     opsfleet_ui_auth: str | None = None
     opsfleet_public_url: str | None = None
+    heartbeat_url: str | None = None
+    heartbeat_interval: str = "1m"
+    heartbeat_fail: bool | None = None
     log_format: str | None = None
     log_level: str = "INFO"
 
@@ -143,6 +152,20 @@ class Settings(BaseSettings):
             raise ValueError(f"{info.field_name.upper()} must be user:password")
         return v or None
 
+    @field_validator("heartbeat_url")
+    @classmethod
+    def _heartbeat_url(cls, v: str | None) -> str | None:
+        if v and (urlsplit(v).scheme not in ("http", "https") or not urlsplit(v).netloc):
+            raise ValueError("HEARTBEAT_URL must be an http(s) address (https://hc-ping.com/<uuid>)")
+        return v.rstrip("/") if v else None
+
+    @field_validator("heartbeat_interval")
+    @classmethod
+    def _heartbeat_interval(cls, v: str) -> str:
+        if parse_duration(v).total_seconds() < 1:
+            raise ValueError("HEARTBEAT_INTERVAL must be at least 1s")
+        return v
+
     @field_validator("opsfleet_public_url")
     @classmethod
     def _public_url(cls, v: str | None) -> str | None:
@@ -151,6 +174,16 @@ class Settings(BaseSettings):
         return v.rstrip("/") if v else None
 
     # -- derived ---------------------------------------------------------------------------------
+    @property
+    def heartbeat_seconds(self) -> float:
+        return parse_duration(self.heartbeat_interval).total_seconds()
+
+    @property
+    def heartbeat_signals_fail(self) -> bool:
+        if self.heartbeat_fail is not None:
+            return self.heartbeat_fail
+        return bool(self.heartbeat_url) and urlsplit(self.heartbeat_url).hostname in ("hc-ping.com", "hchk.io")
+
     @property
     def recipients(self) -> list[str]:
         return [r.strip() for r in self.alert_email_recipients.split(",") if r.strip()]
