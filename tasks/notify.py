@@ -22,17 +22,19 @@ log = structlog.get_logger(__name__)
 
 DELIVER_ACCEPTS = {"notification_id": "an outbox row's id (a UUID)",
                    "channel": "a channel of routing.yaml, for a follow-up at its next token; default none"}
-SWEEP_ACCEPTS = {"limit": "how many due rows to re-enqueue at most, a whole number >= 1; default 500"}
+SWEEP_ACCEPTS = {"limit": "how many due rows to re-enqueue at most, a whole number from 1 to 100000; default 500"}
 
 
 @task("notify.deliver", ignore_result=True, accepts=DELIVER_ACCEPTS)
 def deliver(notification_id: str, channel: str | None = None) -> dict:
     """Deliver one outbox row (`channel`: a follow-up at the channel's next token, see below)."""
-    try:
-        uuid.UUID(str(notification_id))
-    except ValueError:
+    try:  # canonical text: an int of 32 digits or "urn:uuid:..." is a UUID to Python, not to Postgres
+        notification_id = str(uuid.UUID(notification_id))
+    except (ValueError, TypeError, AttributeError):
         raise calls.rejected("notify.deliver", [f"notification_id={notification_id!r} is not a UUID"],
                              DELIVER_ACCEPTS) from None
+    if channel is not None and not isinstance(channel, str):
+        raise calls.rejected("notify.deliver", [f"channel={channel!r} is not a channel name"], DELIVER_ACCEPTS)
     structlog.contextvars.bind_contextvars(notification_id=notification_id)
     settings = get_settings()
     client = _redis()
@@ -79,7 +81,7 @@ def _redis():
 
 @task("notify.sweep", ignore_result=True, accepts=SWEEP_ACCEPTS)
 def sweep(limit: int = 500) -> dict:
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 100_000:
         raise calls.rejected("notify.sweep", [f"limit={limit!r} is invalid"], SWEEP_ACCEPTS)
     ids = due(fleet_engine(), datetime.now(UTC), limit)
     for nid in ids:

@@ -16,6 +16,7 @@ from celery import Celery
 import tasks.backlog
 import tasks.checks
 import tasks.digest
+import tasks.heartbeat  # noqa: F401 - registers notify.heartbeat
 import tasks.maintenance
 import tasks.notify
 from ops.devkit.process import CELERY, start_worker

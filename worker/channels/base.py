@@ -9,6 +9,7 @@ A channel turns a `Message` into one provider call. It returns a `DeliveryResult
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -213,7 +214,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         if when is None:
             return None
         seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds:  # NaN
+    if not math.isfinite(seconds):  # NaN, and "inf" / "1e400": no wait (found by tests/reliability)
         return None
     return max(0.0, seconds)
 

@@ -237,6 +237,9 @@ def _transport_error(exc: BaseException) -> DeliveryError | None:
         return DeliveryError("timeout", f"Slack request timed out: {exc}", permanent=False)
     if isinstance(exc, URLError | OSError | http.client.HTTPException):
         return DeliveryError("connection", f"Slack connection failed: {exc}", permanent=False)
+    if isinstance(exc, ValueError):  # an answer the SDK cannot decode (bytes not UTF-8): found by tests/reliability
+        return DeliveryError("server_error", f"Slack answered a body that cannot be read: {str(exc)[:200]}",
+                             permanent=False)
     return None
 
 
@@ -381,6 +384,9 @@ class SlackChannel(Channel):
             if err is None:
                 raise
             raise err from exc
+        if not isinstance(resp.data, dict):  # a 200 whose body is not a JSON object (found by tests/reliability)
+            raise DeliveryError("server_error", f"Slack API answered HTTP {resp.status_code} with a body that is not "
+                                "a JSON object", permanent=False, status=resp.status_code)
         ts = resp.get("ts")
         return DeliveryResult(
             provider_id=str(ts) if ts else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from worker.checks.templates import Template
 from worker.fleet.db import psycopg_text
 from worker.fleet.fields import IDENT_RE, SEVERITIES, Duration, Name, ScheduleField, Strict
 from worker.fleet.names import beat_entry
-from worker.fleet.sqltext import second_statement
+from worker.fleet.sqltext import code_only, second_statement
 
 # -- conditions ------------------------------------------------------------------------------------
 _COND = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(-?\d+(?:\.\d+)?)\s*$")
@@ -36,7 +37,10 @@ class Condition:
         m = _COND.match(str(v))
         if not m:
             raise ValueError(f"{v!r} is not a condition: use an operator and a number, e.g. '> 20' or '< 95.5'")
-        return cls(m.group(1), float(m.group(2)))
+        threshold = float(m.group(2))
+        if not math.isfinite(threshold):  # 400 digits read as inf (found by tests/reliability)
+            raise ValueError(f"{v!r} is not a condition: its number is too large")
+        return cls(m.group(1), threshold)
 
     def holds(self, value: float) -> bool:
         return _OPS[self.op](value, self.threshold)
@@ -53,6 +57,12 @@ ConditionField = Annotated[Condition, BeforeValidator(Condition.parse), PlainSer
 PROM_LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 # what worker/metrics.py sets on every check series itself, and the query columns that are never labels
 RESERVED_EXPORT_LABELS = frozenset({"check", "severity", "state", "value", "no_data_reason"})
+
+
+# functions a READ ONLY transaction still lets a query call, with effects outside it (tests/reliability
+# shows each on a real server): refused in a check's query, called like a function, outside literals
+SIDE_EFFECTS = re.compile(r"\b(pg_terminate_backend|pg_cancel_backend|pg_reload_conf|pg_(?:try_)?advisory_\w+|"
+                          r"lo_\w+|dblink\w*)\s*\(", re.IGNORECASE)
 
 
 class HttpProbe(Strict):
@@ -127,6 +137,16 @@ class Check(Strict):
         if line is not None:
             raise ValueError(f"the query holds a second SQL statement (line {line} of the query); a check runs "
                              "one statement, READ ONLY")
+        code = code_only(v)
+        first = re.match(r"\s*\(*\s*(\w+)", code)
+        if first is None or first.group(1).lower() not in ("select", "with", "values", "table"):
+            raise ValueError(f"the query starts with {(first.group(1) if first else code.strip()[:20])!r}: a check "
+                             "runs one SELECT (or WITH ... SELECT), READ ONLY")
+        side = SIDE_EFFECTS.search(code)
+        if side:
+            raise ValueError(f"the query calls {side.group(1)}(), which acts even in a READ ONLY transaction "
+                             "(signals backends, reloads the server, takes session locks, reads or writes server "
+                             "files, or writes through another connection); a check only reads")
         unknown = sorted(set(psycopg_text(v)[1]) - {"now"})
         if unknown:
             raise ValueError(f"unknown bind parameter :{unknown[0]} (only :now is bound; write `::` for a cast)")

@@ -12,8 +12,8 @@ from worker.fleet.timeutil import Schedule, parse_duration
 
 # Worst first (seed 001's Alert Types table): routing, message ordering and metrics use this order.
 SEVERITIES = ("critical", "high", "warning", "medium", "info")
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")  # \Z: `$` would let "name\n" through
+IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 
 
 def severity_rank(severity: str) -> int:
@@ -33,14 +33,16 @@ def _schedule(v: Any) -> Schedule:
     return Schedule.parse(v)
 
 
-def _name(v: str) -> str:
-    if not NAME_RE.match(v):
+def _name(v: Any) -> str:
+    if not isinstance(v, str) or not NAME_RE.match(v):
         raise ValueError(f"{v!r} must be snake_case: lowercase letters, digits and _, starting with a letter")
     return v
 
 
-def _identifier(v: str) -> str:
+def _identifier(v: Any) -> str:
     """A SQL identifier from config: optionally schema-qualified, validated before it is ever quoted."""
+    if not isinstance(v, str):
+        raise ValueError(f"{v!r} is not a valid SQL identifier (letters, digits, _; optionally schema.table)")
     parts = v.split(".")
     if len(parts) > 2 or not all(IDENT_RE.match(p) for p in parts):
         raise ValueError(f"{v!r} is not a valid SQL identifier (letters, digits, _; optionally schema.table)")

@@ -12,14 +12,17 @@ _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
 def parse_duration(text: str | int | float) -> timedelta:
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return timedelta(seconds=text)
-    s = str(text).strip().replace(" ", "")
-    m = _DURATION.match(s)
-    if not s or not m or not any(m.groups()):
-        raise ValueError(f"{text!r} is not a duration: use forms like 30s, 5m, 1h30m, 7d")
-    d, h, mi, se = (int(g or 0) for g in m.groups())
-    return timedelta(days=d, hours=h, minutes=mi, seconds=se)
+    try:
+        if isinstance(text, (int, float)) and not isinstance(text, bool):
+            return timedelta(seconds=text)
+        s = str(text).strip().replace(" ", "")
+        m = _DURATION.match(s)
+        if not s or not m or not any(m.groups()):
+            raise ValueError(f"{text!r} is not a duration: use forms like 30s, 5m, 1h30m, 7d")
+        d, h, mi, se = (int(g or 0) for g in m.groups())
+        return timedelta(days=d, hours=h, minutes=mi, seconds=se)
+    except OverflowError:  # "99999999999d", 1e300: past timedelta's range (found by tests/reliability)
+        raise ValueError(f"{text!r} is too long a duration (at most 999999999 days)") from None
 
 
 def format_duration(td: timedelta) -> str:

@@ -14,13 +14,27 @@ Loc = tuple[str | int, ...]
 
 
 class _Loader(yaml.SafeLoader):
-    pass
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """A value its tag cannot read (`!!int abc`, a date 2001-13-40) is a YAML error at its line, not
+        the constructor's ValueError (found by tests/reliability)."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            if isinstance(exc, yaml.YAMLError):
+                raise
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {node.tag.rsplit(':', 1)[-1]} value {str(node.value)[:60]!r}", node.start_mark
+            ) from None
 
 
 def _reject_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict[Any, yaml.Node] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value, not a list or a mapping", key_node.start_mark
+            )
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r} (first at line {seen[key].start_mark.line + 1})", key_node.start_mark
@@ -32,17 +46,20 @@ def _reject_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _reject_duplicates)
 
 
-def _lines(node: yaml.Node, loc: Loc, out: dict[Loc, int]) -> None:
+def _lines(node: yaml.Node, loc: Loc, out: dict[Loc, int], within: frozenset[int] = frozenset()) -> None:
     out[loc] = node.start_mark.line + 1
+    if id(node) in within:  # an alias of a node that holds it (`a: &x [*x]`): its lines are known
+        return
+    within = within | {id(node)}
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
             key = k.value
             out[(*loc, key)] = k.start_mark.line + 1
-            _lines(v, (*loc, key), out)
+            _lines(v, (*loc, key), out, within)
             out[(*loc, key)] = k.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _lines(item, (*loc, i), out)
+            _lines(item, (*loc, i), out, within)
 
 
 class YamlDoc:
@@ -97,6 +114,8 @@ def load_yaml(path: Path) -> YamlDoc:
         raise ConfigError(f"{path}:{line}: malformed YAML: {exc.problem or exc.context}{context}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}:1: malformed YAML: nested too deeply") from None
     lines: dict[Loc, int] = {}
     if node is not None:
         _lines(node, (), lines)

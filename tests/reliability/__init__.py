@@ -1,0 +1,1 @@
+"""Reliability: real faults injected, fuzzed inputs, the README's promises proven (`pytest -m reliability`)."""
