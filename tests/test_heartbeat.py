@@ -163,3 +163,52 @@ def test_through_a_real_worker_and_beat_the_pings_stop_within_two_intervals_of_b
     finally:
         beat.kill()
         worker.kill()
+
+
+@pytest.mark.slow  # a worker and a beat for about 20 s
+def test_no_worker_on_the_checks_queue_and_checks_missed_is_delivered_by_email(env, fleet, sink, tmp_path):
+    """The evaluation ledger end to end: beat records its schedule, nobody consumes the checks queue,
+    and checks_missed (a fleet check, run by the notify worker) names the check and its queue by email."""
+    import shutil
+
+    import yaml
+
+    cfg_dir = tmp_path / "config"
+    (cfg_dir / "app").mkdir(parents=True)
+    shutil.copytree(REPO / "config" / "fleet", cfg_dir / "fleet", ignore=shutil.ignore_patterns("tests"))
+    fleet_checks = yaml.safe_load((cfg_dir / "fleet" / "checks.yaml").read_text())
+    for c in fleet_checks["checks"]:
+        c["schedule"] = "2s" if c["name"] == "checks_missed" else "1h"  # the ledger often, the rest out of the way
+        c.pop("runbook", None)  # relative to the shipped config, not this copy
+    (cfg_dir / "fleet" / "checks.yaml").write_text(yaml.safe_dump(fleet_checks))
+    (cfg_dir / "packs.yaml").write_text("enabled: [fleet, app]\n")
+    (cfg_dir / "app" / "pack.yaml").write_text("description: a test app\n")
+    (cfg_dir / "app" / "checks.yaml").write_text(yaml.safe_dump({"checks": [{
+        "name": "tick", "description": "seed 000: a check every 2 s", "schedule": "2s", "query": "SELECT 1 AS value",
+        "condition": "> 5", "severity": "warning", "summary": "never fires"}]}))
+    (cfg_dir / "routing.yaml").write_text(yaml.safe_dump({
+        "channels": {"email": {"kind": "email"}}, "routes": [{"match": {}, "channels": ["email"], "group_wait": "0s"}]}))
+    env = {**env, "OPSFLEET_CONFIG_DIR": str(cfg_dir), "OPSFLEET_PACKS": "fleet,app", "OPSFLEET_PACKS_DIR": str(cfg_dir),
+           "RESEND_API_KEY": "re_test_key_0123456789", "RESEND_API_URL": sink.resend_api_url,
+           "ALERT_EMAIL_RECIPIENTS": "ops@example.com"}
+    worker = start_worker(env, tmp_path, queues="notify", name="ledger")  # no consumer of the checks queue
+    beat = start_beat(env, tmp_path, "ledgerbeat")
+    try:
+        if not wait_until(lambda: any("Check tick has not run" in e["subject"] for e in sink.emails), timeout=60):
+            with fleet.connect() as conn:
+                state = [dict(r._mapping) for r in conn.execute(sa.text(
+                    "SELECT check_name, state, last_value FROM fleet.alerts WHERE check_name = 'checks_missed'"))]
+                sched = [tuple(r) for r in conn.execute(sa.text("SELECT * FROM fleet.check_schedule"))]
+            raise AssertionError(f"no checks_missed email: alerts {state}, schedule {sched}, {len(sink.emails)} "
+                                 f"emails\n{worker.output()[-1500:]}")
+        mail = next(e for e in sink.emails if "Check tick has not run" in e["subject"])
+        assert mail["subject"].startswith("[HIGH]") and "checks queue" in mail["subject"]
+        assert "[HIGH] checks_missed" in mail["text"] and "check_name=tick, queue=checks" in mail["text"]
+        with fleet.connect() as conn:
+            queues = dict(conn.execute(sa.text("SELECT check_name, queue FROM fleet.check_schedule")).all())
+            ran = {r[0] for r in conn.execute(sa.text("SELECT DISTINCT check_name FROM fleet.check_runs"))}
+        assert queues["tick"] == "checks" and queues["checks_missed"] == "notify"
+        assert "tick" not in ran and "checks_missed" in ran  # the ledger ran where the stuck queue could not starve it
+    finally:
+        beat.kill()
+        worker.kill()

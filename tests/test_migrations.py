@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from tests.conftest import REPO, run_cli
 from worker.fleet.db import normalize_url
 
-TABLES = {"check_runs", "alerts", "alert_events", "notifications", "silences", "job_runs", "held_back",
+TABLES = {"check_runs", "alerts", "alert_events", "notifications", "silences", "job_runs", "held_back", "check_schedule",
           "alembic_version"}
 
 
@@ -28,7 +28,7 @@ def test_upgrade_is_idempotent(fresh_database, env):
     for _ in range(2):
         proc = run_cli(["db", "upgrade"], {**env, "DATABASE_URL": url})
         assert proc.returncode == 0, proc.stderr
-        assert "revision 0004" in proc.stdout
+        assert "revision 0005" in proc.stdout
     assert _tables(url) == TABLES
 
 

@@ -40,7 +40,7 @@ def test_the_shipped_default_enables_postgres_and_fleet_and_all_means_every_pack
     assert "dashboard" not in default.routing.channels
     assert all("dashboard" not in r.channels for r in default.routing.routes)
     everything = load_config(REPO / "config", packs="all")
-    assert set(everything.packs) == SEED_PACKS | {"postgres", "fleet"} and len(everything.checks) == 79
+    assert set(everything.packs) == SEED_PACKS | {"postgres", "fleet"} and len(everything.checks) == 80
     assert "dashboard" in everything.routing.channels and len(everything.backlogs) == 2
     monkeypatch.setenv("OPSFLEET_PACKS", "postgres,ticketing")
     assert list(load_config(REPO / "config").packs) == ["postgres", "ticketing"]
@@ -68,7 +68,7 @@ def test_a_first_deploy_against_any_postgres_runs_every_default_check_without_an
     finally:
         engine.dispose()
     errors = {n: o.error for n, o in outcomes.items() if o.status == "error"}
-    assert errors == {} and len(outcomes) == 26
+    assert errors == {} and len(outcomes) == 27
 
 
 def _refusal_lines(proc: subprocess.CompletedProcess) -> list[str]:

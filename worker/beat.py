@@ -8,17 +8,21 @@ import os
 import socket
 import sys
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
+import sqlalchemy as sa
 from redbeat import RedBeatScheduler
 
 from worker.backlog.spec import beat_entries as backlog_beat
+from worker.checks import store
 from worker.checks.spec import beat_entries as checks_beat
 from worker.config import FleetConfig, get_config
 from worker.fleet import redisconn
-from worker.fleet.errors import ConfigError
-from worker.fleet.logs import get_logger
+from worker.fleet.db import fleet_engine
+from worker.fleet.errors import ConfigError, SettingsError
+from worker.fleet.logs import get_logger, mask_text
 from worker.fleet.settings import get_settings
 from worker.heartbeat import beat_entries as heartbeat_beat
 from worker.maintenance.spec import beat_entries as maintenance_beat
@@ -27,6 +31,16 @@ from worker.startup import beat_findings
 
 BEAT_TICK_KEY = "opsfleet:beat:tick"  # read by worker.health
 log = get_logger(__name__)
+
+
+def record_schedule(cfg: FleetConfig) -> None:
+    """What this beat schedules, in fleet.check_schedule (checks_missed reads it). A fleet database
+    that does not answer is logged, not fatal: the beat's own work needs only Redis."""
+    try:
+        with fleet_engine().begin() as conn:
+            store.record_schedule(conn, cfg.checks.values(), datetime.now(UTC))
+    except (sa.exc.SQLAlchemyError, SettingsError) as exc:
+        log.warning("check_schedule_not_recorded", error=mask_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
 
 
 def build_schedule(cfg: FleetConfig) -> dict[str, dict[str, Any]]:
@@ -46,10 +60,12 @@ class Scheduler(RedBeatScheduler):
                 sys.stderr.write(f"opsfleet beat: {line}\n")
             raise SystemExit(2)
         try:
-            self.app.conf.beat_schedule = build_schedule(get_config())
+            cfg = get_config()
+            self.app.conf.beat_schedule = build_schedule(cfg)
         except ConfigError as exc:
             sys.stderr.write(f"opsfleet beat: {exc}\n")
             raise SystemExit(2) from None
+        record_schedule(cfg)
         super().setup_schedule()
 
     def tick(self, *args: Any, **kwargs: Any) -> float:

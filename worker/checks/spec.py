@@ -187,7 +187,15 @@ class ChecksFile(Strict):
     checks: list[Check] = Field(default_factory=list)
 
 
+def queue_for(check: Check) -> str:
+    """Where a check's runs go: the fleet's own checks (database: fleet) to the notify queue, whose
+    workers must be up for anything to be told, so a stuck or unconsumed checks queue cannot starve
+    the checks that tell of it (checks_missed); every other check to the checks queue."""
+    return "notify" if check.database == "fleet" else "checks"
+
+
 def beat_entries(checks: Iterable[Check]) -> dict[str, dict[str, Any]]:
-    """One checks.run per enabled check, on its schedule (stale runs expire instead of piling up)."""
-    return {f"check:{c.name}": beat_entry("checks.run", c.schedule.celery_schedule(), {"name": c.name}, expires=300)
+    """One checks.run per enabled check, on its schedule and queue (stale runs expire instead of piling up)."""
+    return {f"check:{c.name}": beat_entry("checks.run", c.schedule.celery_schedule(), {"name": c.name}, expires=300,
+                                          queue=queue_for(c))
             for c in checks if c.enabled}

@@ -1,16 +1,18 @@
 """The checks' tables, and their one writer: fleet.check_runs (one row per check and slot),
-fleet.alerts (each instance's state) and fleet.alert_events (every transition). Also the reads the
-CLI, the metrics and the demo show."""
+fleet.alerts (each instance's state), fleet.alert_events (every transition) and fleet.check_schedule
+(what the running beat schedules). Also the reads the CLI, the metrics and the demo show."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from worker.checks.spec import Check, queue_for
 from worker.checks.state import Instance, Step
 
 
@@ -114,6 +116,17 @@ def acknowledge(conn: Connection, given: str, *, author: str, comment: str, now:
         raise ValueError(f"no firing alert is {key!r} (a check name, or 6+ characters of a fingerprint from "
                          f"`opsfleet alerts list`; {firing} alert(s) firing)")
     return rows
+
+
+def record_schedule(conn: Connection, checks: Iterable[Check], now: datetime) -> None:
+    """The schedule a beat runs (its checks, queues and gaps) in fleet.check_schedule, replacing what
+    was there: `checks_missed` compares each check's last run with it."""
+    conn.execute(sa.text("DELETE FROM fleet.check_schedule"))
+    rows = [{"c": c.name, "q": queue_for(c), "g": c.schedule.longest_gap().total_seconds(), "e": c.enabled, "at": now}
+            for c in checks]
+    if rows:
+        conn.execute(sa.text("""INSERT INTO fleet.check_schedule (check_name, queue, longest_gap_s, enabled, recorded_at)
+                                VALUES (:c, :q, :g, :e, :at)"""), rows)
 
 
 # -- reads -------------------------------------------------------------------------------------------

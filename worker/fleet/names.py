@@ -39,12 +39,14 @@ def queue_of(task_name: str) -> str:
 
 
 def beat_entry(task_name: str, schedule: float | object, kwargs: dict[str, Any] | None = None,
-               expires: float | None = None) -> dict[str, Any]:
-    """A celery beat entry for a known task, sent to its family's queue (`expires`: a run not started
-    by then is dropped instead of piling up)."""
+               expires: float | None = None, queue: str | None = None) -> dict[str, Any]:
+    """A celery beat entry for a known task, sent to its family's queue or `queue` (`expires`: a run not
+    started by then is dropped instead of piling up)."""
     if task_name not in KNOWN_TASKS:
         raise ValueError(f"task {task_name!r} is not in worker.fleet.names.KNOWN_TASKS")
-    options: dict[str, Any] = {"queue": queue_of(task_name)}
+    if queue is not None and queue not in QUEUES:
+        raise ValueError(f"queue {queue!r} is not one of {', '.join(QUEUES)}")
+    options: dict[str, Any] = {"queue": queue or queue_of(task_name)}
     if expires is not None:
         options["expires"] = expires
     return {"task": task_name, "schedule": schedule, "kwargs": dict(kwargs or {}), "options": options}
