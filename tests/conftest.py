@@ -278,3 +278,19 @@ def pytest_collection_modifyitems(config, items):
         elif item.get_closest_marker("e2e") is None:
             item.add_marker(pytest.mark.e2e)
 
+
+
+class Clock:
+    """An injectable clock (seconds since the epoch, e.g. the rate-limit buckets'), advanced by hand
+    instead of sleeping until time has passed."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds

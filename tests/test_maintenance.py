@@ -115,20 +115,23 @@ def test_archive_under_concurrent_inserts_loses_nothing_and_doubles_nothing(engi
 def test_a_second_concurrent_run_of_the_same_job_skips_and_never_doubles(engine):
     with engine.begin() as conn:
         add_webhook_logs(conn, 3000, days_old=100)
-    slow = job("archive_webhook_logs", batch_size=100, pause=timedelta(milliseconds=20))
+    slow = job("archive_webhook_logs", batch_size=100, pause=timedelta(0))
+    holding, second_done = threading.Event(), threading.Event()
     results = []
-    start = threading.Barrier(2)
 
-    def go(delay: float):
-        start.wait()
-        time.sleep(delay)
-        results.append(run(slow, engine))
+    def first_batch_then_wait(rows: int, batches: int) -> None:  # the first run, mid-job, holding its lock
+        holding.set()
+        second_done.wait(30)
 
-    threads = [threading.Thread(target=go, args=(d,)) for d in (0.0, 0.2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    first = threading.Thread(target=lambda: results.append(
+        run_job(slow, monitored=engine, fleet=engine, now=datetime.now(UTC), progress=first_batch_then_wait)))
+    first.start()
+    try:
+        assert holding.wait(30)
+        results.append(run(slow, engine))  # while the first run is between two batches
+    finally:
+        second_done.set()
+        first.join(60)
     assert sorted(r.status for r in results) == ["ok", "skipped"]
     skipped = next(r for r in results if r.status == "skipped")
     assert "in progress" in skipped.error

@@ -11,7 +11,7 @@ import redis
 import sqlalchemy as sa
 
 from ops.devkit.sink import Reply
-from tests.conftest import fresh_gauge
+from tests.conftest import Clock, fresh_gauge
 from worker.checks.engine import run_check
 from worker.checks.spec import Check
 from worker.fleet.db import create
@@ -159,23 +159,22 @@ def test_silenced_notification_is_recorded_as_suppressed(db, sink):
 
 
 def test_empty_bucket_folds_the_queue_into_one_summary_instead_of_dropping(db, sink, redis_client):
+    clock = Clock()
     r = routing(rate_limit=0.5, burst=1)
     s = settings_for(sink)
     first = fire(db, items=("a",), severity="warning", routes=r)
-    assert deliver(first[0], fleet=db, settings=s, routing=r, now=T0, redis_client=redis_client).status == "sent"
+    assert deliver(first[0], fleet=db, settings=s, routing=r, now=T0, redis_client=redis_client, clock=clock).status == "sent"
     # four more alerts right behind it: the bucket (burst 1, 0.5/s) is empty
     ids = fire(db, items=("a", "b", "c", "d", "e"), severity="warning", routes=r, at=T0 + timedelta(minutes=1))
     assert len(ids) == 4
     statuses = [deliver(nid, fleet=db, settings=s, routing=r, now=T0 + timedelta(minutes=1),
-                        redis_client=redis_client).status for nid in ids]
+                        redis_client=redis_client, clock=clock).status for nid in ids]
     assert statuses == ["throttled"] * 4
     assert len(sink.slack_messages) == 1
-    import time
-
-    time.sleep(2.1)  # the bucket refills at 0.5/s
+    clock.advance(2.1)  # the bucket refills at 0.5/s
     pending = due(db, T0 + timedelta(minutes=2))
     assert len(pending) == 4
-    result = deliver(pending[0], fleet=db, settings=s, routing=r, now=T0 + timedelta(minutes=2), redis_client=redis_client)
+    result = deliver(pending[0], fleet=db, settings=s, routing=r, now=T0 + timedelta(minutes=2), redis_client=redis_client, clock=clock)
     assert result.status == "sent"
     assert len(sink.slack_messages) == 2  # one summary for the four that waited, none dropped
     assert "4 alerts" in sink.slack_messages[1]["text"]
@@ -319,19 +318,18 @@ def test_markup_in_alert_text_is_escaped_in_html_and_in_slack(db, sink):
 
 
 def test_follow_up_at_the_next_token_delivers_what_waits_even_if_its_own_row_went_out(db, sink, redis_client):
+    clock = Clock()
     r = routing(rate_limit=0.5, burst=1)
     s = settings_for(sink)
     first = fire(db, items=("a",), severity="warning", routes=r)
-    assert deliver(first[0], fleet=db, settings=s, routing=r, now=T0, redis_client=redis_client).status == "sent"
+    assert deliver(first[0], fleet=db, settings=s, routing=r, now=T0, redis_client=redis_client, clock=clock).status == "sent"
     waiting = fire(db, items=("a", "b"), severity="warning", routes=r, at=T0 + timedelta(minutes=1))
     assert deliver(waiting[0], fleet=db, settings=s, routing=r, now=T0 + timedelta(minutes=1),
-                   redis_client=redis_client).status == "throttled"
-    import time
-
-    time.sleep(2.1)
+                   redis_client=redis_client, clock=clock).status == "throttled"
+    clock.advance(2.1)  # the bucket refills at 0.5/s
     # the follow-up names a row that is no longer due (it was the one already sent): the channel's
     # oldest throttled row goes instead
-    out = deliver(first[0], fleet=db, settings=s, routing=r, now=T0 + timedelta(minutes=2), redis_client=redis_client,
+    out = deliver(first[0], fleet=db, settings=s, routing=r, now=T0 + timedelta(minutes=2), redis_client=redis_client, clock=clock,
                   channel_hint="slack")
     assert out.status == "sent" and out.notification_id == waiting[0]
     assert len(sink.slack_messages) == 2
@@ -381,15 +379,16 @@ def test_requests_leave_spaced_at_the_rate_whatever_happened_between_admission_a
 def test_follow_up_takes_a_pending_row_that_has_no_task_of_its_own(db, sink, redis_client):
     """A storm's last runs leave pending rows behind a busy bucket with no task of their own (one
     task per run and channel, the rest wait to be folded): the follow-up sends them, not the sweeper."""
+    clock = Clock()
     r = routing(rate_limit=0.5, burst=1)
     s = settings_for(sink)
     first = fire(db, items=("a",), severity="warning", routes=r)
-    out = deliver(first[0], fleet=db, settings=s, routing=r, now=T0, redis_client=redis_client)
+    out = deliver(first[0], fleet=db, settings=s, routing=r, now=T0, redis_client=redis_client, clock=clock)
     assert out.status == "sent" and not out.more_waiting
     later = fire(db, items=("a", "b", "c"), severity="warning", routes=r, at=T0 + timedelta(minutes=1))
     assert len(later) == 2 and {note(db, n).status for n in later} == {"pending"}
-    time.sleep(2.1)
-    out = deliver(first[0], fleet=db, settings=s, routing=r, now=T0 + timedelta(minutes=1), redis_client=redis_client,
+    clock.advance(2.1)  # the bucket refills at 0.5/s
+    out = deliver(first[0], fleet=db, settings=s, routing=r, now=T0 + timedelta(minutes=1), redis_client=redis_client, clock=clock,
                   channel_hint="slack")
     assert out.status == "sent" and out.notification_id in later
     assert {note(db, n).status for n in later} == {"sent"}  # the other one folded into the same message

@@ -10,7 +10,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 
 import pytest
@@ -136,13 +135,11 @@ def test_same_idempotency_key_with_another_body_is_a_permanent_conflict(sink):
 
 def test_hung_request_times_out_and_the_retry_records_one_email(sink):
     channel = email_channel(sink, timeout=0.5)
-    sink.script("resend.emails", [Reply(hang=3.0)])
+    sink.script("resend.emails", [Reply(hang=60.0)])  # answers when the sink stops (teardown)
 
-    started = time.monotonic()
     err = send_error(channel, make_message())
-    elapsed = time.monotonic() - started
     assert (err.reason, err.permanent) == ("timeout", False)
-    assert elapsed < 1.5
+    assert sink.resend_in_flight() == 1  # cut by the client's timeout: the provider has not answered yet
 
     retried = channel.send(make_message())  # the provider had accepted it: the key replays the answer
     assert len(sink.emails) == 1
@@ -353,11 +350,9 @@ def test_slack_webhook_unknown_service_is_permanent():
 
 
 def test_slack_webhook_timeout_is_transient(sink):
-    sink.script("slack.webhook", [Reply(hang=3.0)])
-    started = time.monotonic()
+    sink.script("slack.webhook", [Reply(hang=60.0)])  # without the client's timeout this send would succeed
     err = send_error(SlackChannel(webhook_url=sink.slack_webhook_url, timeout=0.5), make_message())
     assert (err.reason, err.permanent) == ("timeout", False)
-    assert time.monotonic() - started < 1.5
     assert len(sink.requests_for("slack.webhook")) == 1  # the SDK's connection retry is off
 
 

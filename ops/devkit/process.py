@@ -70,3 +70,26 @@ def start_worker(env: dict[str, str], tmp: Path, queues: str = "checks,notify,ma
 
 def start_beat(env: dict[str, str], tmp: Path, name: str) -> Proc:
     return Proc([*CELERY, "beat", "-l", "DEBUG", "-s", str(tmp / f"{name}-schedule")], env, tmp / f"{name}.log")
+
+
+def start_app_worker(app: str, env: dict[str, str], tmp: Path, queues: str, concurrency: int = 1,
+                     name: str | None = None) -> Proc:
+    """A worker of another Celery app module (`celery -A app`), e.g. a test's app built on worker.app."""
+    name = name or f"w{uuid.uuid4().hex[:6]}"
+    proc = Proc([sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queues, "-c", str(concurrency),
+                 "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "-l", "INFO"], env, tmp / f"{name}.log")
+    if not proc.wait_for("ready", 60):
+        out = proc.output()
+        proc.kill()
+        raise RuntimeError(f"worker did not start:\n{out[-3000:]}")
+    return proc
+
+
+def wait_until(fn, timeout: float = 60.0, every: float = 0.1) -> bool:
+    """Poll `fn` until it is true (a condition, not a sleep standing in for one)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fn():
+            return True
+        time.sleep(every)
+    return bool(fn())

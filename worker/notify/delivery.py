@@ -7,6 +7,8 @@ outbox's (worker/notify/outbox.py).
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -95,7 +97,7 @@ def _bucket_target(kind: str, channel: str, settings: Settings) -> str:
 
 
 def bucket_for(kind: str, channel: str, settings: Settings, routing: Routing | None,
-               redis_client: Any) -> ratelimit.TokenBucket | None:
+               redis_client: Any, clock: Callable[[], float] = time.time) -> ratelimit.TokenBucket | None:
     """The provider target's token buckets (email and Slack), at the route's rate or the default."""
     if redis_client is None or kind not in ("email", "slack"):
         return None
@@ -103,16 +105,17 @@ def bucket_for(kind: str, channel: str, settings: Settings, routing: Routing | N
     rate, burst = ratelimit.DEFAULTS[kind]
     if spec and spec.rate_limit:
         rate, burst = spec.rate_limit, spec.burst or max(1, int(spec.rate_limit))
-    return ratelimit.TokenBucket(redis_client, _bucket_target(kind, channel, settings), rate, burst)
+    return ratelimit.TokenBucket(redis_client, _bucket_target(kind, channel, settings), rate, burst, clock)
 
 
 def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | None, now: datetime,
             monitored: Engine | None = None, redis_client: Any = None, timeout: float = 10.0,
-            channel_hint: str | None = None) -> Delivery:
+            channel_hint: str | None = None, clock: Callable[[], float] = time.time) -> Delivery:
     """Lease -> silence? -> rate-limit token -> (fold what waits behind the bucket) -> send -> record.
 
     With `channel_hint` (a follow-up scheduled at the bucket's next token), a row already folded
-    into another message gives way to the oldest row of that channel waiting to be folded."""
+    into another message gives way to the oldest row of that channel waiting to be folded. `clock`
+    is the rate-limit buckets' (tests inject one)."""
     row = outbox.lease(fleet, nid, now)
     if row is None and channel_hint:
         row = outbox.lease_next_waiting(fleet, channel_hint, now)
@@ -130,7 +133,7 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
         if row.fingerprint and routing is not None and routing.inhibit_rules:
             message = _with_inhibited(fleet, row, message)
 
-    bucket = bucket_for(kind, row.channel, settings, routing, redis_client)
+    bucket = bucket_for(kind, row.channel, settings, routing, redis_client, clock)
     if bucket is not None:
         wait = bucket.take()
         if wait > 0:

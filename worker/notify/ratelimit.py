@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -41,10 +42,12 @@ class TokenBucket:
     notification is sent now or waits (throttled, to be folded); `wait_turn()`, right before the
     provider call, decides when the request leaves: whatever happens between the two (folding the
     rows that wait, rendering, a slow database) cannot put two requests closer than the provider
-    allows."""
+    allows. `clock` (seconds since the epoch, shared by every worker) is injectable for tests."""
 
-    def __init__(self, client: redis.Redis, target: str, rate: float, burst: int) -> None:
+    def __init__(self, client: redis.Redis, target: str, rate: float, burst: int,
+                 clock: Callable[[], float] = time.time) -> None:
         self.client = client
+        self.clock = clock
         self.key = "opsfleet:bucket:" + hashlib.sha256(target.encode()).hexdigest()[:16]
         self.wire_key = self.key + ":wire"
         self.rate, self.burst = rate, burst
@@ -52,7 +55,7 @@ class TokenBucket:
 
     def penalize(self, seconds: float) -> None:
         """The provider said 429 with Retry-After: no token for anyone until it has passed."""
-        now_ms = int(time.time() * 1000)
+        now_ms = int(self.clock() * 1000)
         with self.client.pipeline(transaction=False) as pipe:
             for key in (self.key, self.wire_key):
                 pipe.hset(key, mapping={"tokens": 1 - seconds * self.rate, "ts": now_ms})
@@ -61,7 +64,7 @@ class TokenBucket:
 
     def take(self) -> float:
         """Take one token; return 0.0, or the seconds to wait before one is available."""
-        wait_ms = self._take(keys=[self.key], args=[self.rate, self.burst, int(time.time() * 1000)])
+        wait_ms = self._take(keys=[self.key], args=[self.rate, self.burst, int(self.clock() * 1000)])
         return int(wait_ms) / 1000.0
 
     def wait_turn(self, max_wait: float = 5.0, sleep=time.sleep) -> float:
@@ -69,7 +72,7 @@ class TokenBucket:
         anyway: a 429 is handled). Returns the seconds slept."""
         slept = 0.0
         while True:
-            wait_ms = int(self._take(keys=[self.wire_key], args=[self.rate, self.burst, int(time.time() * 1000)]))
+            wait_ms = int(self._take(keys=[self.wire_key], args=[self.rate, self.burst, int(self.clock() * 1000)]))
             if wait_ms == 0 or slept >= max_wait:
                 return slept
             pause = min(wait_ms / 1000.0, max_wait - slept)

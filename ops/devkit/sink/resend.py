@@ -1,5 +1,10 @@
 """Resend's API on the sink: POST /emails, POST /emails/batch (strict or permissive validation, at most
-100), GET /emails/{id}; API keys, Idempotency-Key replay (409 for another body under the same key)."""
+100), GET /emails/{id}; API keys, Idempotency-Key replay (409 for another body under the same key).
+
+`sink.resend_concurrent_mode = True` answers as real Resend does while the first request under a key
+is still in flight (its handler has not answered yet, e.g. a `Reply(hang=...)`): 409
+`concurrent_idempotent_requests` instead of replaying. Off by default: the key is recorded before the
+answer, so a retry while the first is in flight replays it."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import binascii
 import hashlib
 import json
 import re
+import threading
 import time
 import uuid
 from email.utils import parseaddr
@@ -107,6 +113,19 @@ def _check_attachments(items: Any) -> Response | None:
 class ResendRoutes:
     """ProviderSink's Resend routes (a mixin: the state lives on the sink)."""
 
+    #: answer 409 concurrent_idempotent_requests to a retry whose original is still in flight
+    resend_concurrent_mode: bool = False
+
+    def _resend_handlers(self) -> dict[tuple[str, str], threading.Thread]:
+        """(route, Idempotency-Key) -> the thread answering the request that recorded it (HTTP/1.0: one
+        request per handler thread, alive until its answer is written)."""
+        return self.__dict__.setdefault("_resend_handler_threads", {})
+
+    def resend_in_flight(self) -> int:
+        """How many accepted Resend requests with an Idempotency-Key have not been answered yet."""
+        with self._lock:
+            return sum(t.is_alive() for t in self._resend_handlers().values())
+
     def _resend(
         self, rec: RecordedRequest, raw: bytes, route: str, arg: str | None, key: str | None
     ) -> Response:
@@ -142,6 +161,10 @@ class ResendRoutes:
             if stored is not None and time.time() - stored[1] < self.idempotency_ttl:
                 if stored[0] != digest:
                     return resend_default(409)
+                first = self._resend_handlers().get((route, idem_key))
+                if self.resend_concurrent_mode and first is not None and first.is_alive():
+                    return resend_error(409, "concurrent_idempotent_requests",
+                                        "Same idempotency key used while original request is still in progress.")
                 rec.replayed = True
                 return Response(stored[2].status, stored[2].body, dict(stored[2].headers))
 
@@ -154,6 +177,7 @@ class ResendRoutes:
             resp = self._resend_batch(rec, data, idem_key)
         if idem_key is not None and resp.status == 200:
             self._idempotency[(route, idem_key)] = (digest, time.time(), resp)
+            self._resend_handlers()[(route, idem_key)] = threading.current_thread()
         return resp
 
     def _resend_batch(self, rec: RecordedRequest, data: Any, idem_key: str | None) -> Response:

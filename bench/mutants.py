@@ -1,0 +1,127 @@
+"""Mutation probe: each hand-made mutant breaks one promise of the README in a copy of the repository;
+the tests that prove that promise must fail. Prints per mutant "caught by <test>" or "SURVIVED"; exit 1
+if any survives.
+
+    .venv/bin/python bench/mutants.py            # every mutant
+    .venv/bin/python bench/mutants.py -k beat    # the mutants whose name contains "beat"
+
+Each mutant runs its test files against the copy (`pytest -x -n 3` when pytest-xdist is there), in
+turn; the copy shares this checkout's .venv and the test servers (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PY = REPO / ".venv" / "bin" / "python"
+R = "tests/reliability/"
+
+
+@dataclass
+class Mutant:
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: list[str]
+    regex: bool = False
+
+
+MUTANTS = [
+    # the five of issue 14, section 0
+    Mutant("visibility timeout deleted", "worker/app.py",
+           '    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},\n', "",
+           [R + "test_promise_redelivery.py", "tests/test_celery_fleet.py::test_every_task_is_routed_to_its_family_queue"]),
+    Mutant("redbeat_lock_timeout 50", "worker/app.py", "redbeat_lock_timeout=30,", "redbeat_lock_timeout=50,",
+           [R + "test_promise_beat_takeover.py"]),
+    Mutant("MAX_ATTEMPTS 10**6", "worker/notify/delivery.py", "MAX_ATTEMPTS = 8\n", "MAX_ATTEMPTS = 10**6\n",
+           [R + "test_promise_dead_letters.py"]),
+    Mutant("concurrent_idempotent_requests branch disabled", "worker/channels/email.py",
+           'if name == "concurrent_idempotent_requests":', "if False:", [R + "test_promise_dead_letters.py"]),
+    Mutant("remediate a no-op", "tasks/checks.py",
+           "        app.send_task(check.remediate.task, kwargs=dict(check.remediate.kwargs))\n", "        pass\n",
+           [R + "test_promise_remediation.py"]),
+    Mutant("maintenance PROGRESS a no-op", "tasks/maintenance.py",
+           '        self.update_state(state="PROGRESS", meta={"job": job, "rows": rows, "batches": batches})\n',
+           "        pass\n", [R + "test_promise_remediation.py"]),
+    Mutant("backlog PROGRESS a no-op", "tasks/backlog.py",
+           '        self.update_state(state="PROGRESS", meta={"job": job, **p.as_meta()})\n', "        pass\n",
+           [R + "test_promise_remediation.py"]),
+    # ours
+    Mutant("429 counted as an attempt", "worker/notify/outbox.py", "CASE WHEN :throttled THEN 1 ELSE 0 END",
+           "CASE WHEN :throttled THEN 0 ELSE 0 END", [R + "test_promise_dead_letters.py"]),
+    Mutant("log masking off", "worker/fleet/logs.py", "def mask_text(text: str) -> str:\n",
+           "def mask_text(text: str) -> str:\n    return text\n", [R + "test_promise_secret_masking.py"]),
+    Mutant("no Redis buckets unless the broker is Redis", "tasks/notify.py",
+           "    return redisconn.client(get_settings().redis())\n",
+           '    s = get_settings()\n    return redisconn.client(s.redis()) if s.broker_url().startswith("redis") else None\n',
+           [R + "test_promise_rabbitmq_rate_limit.py"]),
+    Mutant("resend fake: concurrent mode ignored", "ops/devkit/sink/resend.py",
+           "if self.resend_concurrent_mode and first is not None", "if False and first is not None",
+           [R + "test_promise_dead_letters.py"]),
+]
+
+
+def copy_repo(dest: Path) -> None:
+    ignore = shutil.ignore_patterns(".venv", ".git", "__pycache__", ".pytest_cache", ".ruff_cache", ".opsfleet-demo",
+                                    "*.egg-info")
+    shutil.copytree(REPO, dest, ignore=ignore, symlinks=True)
+
+
+def apply(root: Path, m: Mutant) -> None:
+    f = root / m.path
+    text = f.read_text()
+    if (m.regex and not re.search(m.old, text)) or (not m.regex and m.old not in text):
+        raise SystemExit(f"mutant {m.name!r}: its text is no longer in {m.path}; update bench/mutants.py")
+    f.write_text(re.sub(m.old, m.new, text, count=1) if m.regex else text.replace(m.old, m.new, 1))
+
+
+def run_tests(root: Path, tests: list[str]) -> tuple[list[str], float]:
+    """Run the tests against the copy; return the failed test ids."""
+    xdist = subprocess.run([str(PY), "-c", "import xdist"], capture_output=True).returncode == 0  # noqa: S603
+    args = [str(PY), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf", *tests]
+    if xdist and len(tests) > 1:
+        args += ["-n", str(min(3, len(tests)))]
+    started = time.monotonic()
+    proc = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=600)  # noqa: S603
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", proc.stdout, re.M)
+    if proc.returncode not in (0, 1) and not failed:
+        failed = [f"(pytest exit {proc.returncode}: {proc.stdout.strip().splitlines()[-1:]})"]
+    return failed, time.monotonic() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-k", default="", help="only the mutants whose name contains this")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTANTS if args.k.lower() in m.name.lower()]
+    survived = 0
+    with tempfile.TemporaryDirectory(prefix="opsfleet-mutants-") as tmp:
+        base = Path(tmp) / "base"
+        copy_repo(base)
+        for m in chosen:
+            root = Path(tmp) / "m"
+            shutil.rmtree(root, ignore_errors=True)
+            shutil.copytree(base, root, symlinks=True)
+            apply(root, m)
+            failed, took = run_tests(root, m.tests)
+            if failed:
+                print(f"{m.name}: caught by {', '.join(failed)} ({took:.0f} s)", flush=True)
+            else:
+                survived += 1
+                print(f"{m.name}: SURVIVED ({', '.join(m.tests)} all pass, {took:.0f} s)", flush=True)
+    print(f"{len(chosen) - survived} of {len(chosen)} mutants caught")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
