@@ -53,6 +53,12 @@ def test_demo_runs_for_a_duration_and_leaves_no_process_behind():
     assert captured and int(captured.group(1)) + int(captured.group(2)) >= 1, out[-3000:]
     assert "confirmation_backlog" in out
     assert (run_dir / "captured.jsonl").read_text().strip()
+    # no configured secret in any log line of the run nor in what the providers received
+    password = re.search(r"password (\S+?);", out).group(1)
+    for path in [*run_dir.glob("*.log"), run_dir / "captured.jsonl"]:
+        text = path.read_text(errors="replace")
+        for secret in ("re_demo_local_sink_key", password):
+            assert secret not in text, f"{secret[:6]}... in {path.name}"
 
     # and it leaves nothing running: no server on its ports, no process that was given its database
     assert not port_open("127.0.0.1", int(pg_port))
