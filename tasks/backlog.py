@@ -16,7 +16,7 @@ from worker.app import task
 from worker.backlog.arguments import ReprocessArgs, ResendArgs, parse_args
 from worker.backlog.confirmations import confirmation_channel, require_channel
 from worker.backlog.runs import Progress, RunResult, reprocess, resend_failed
-from worker.fleet.db import fleet_engine, monitored_engine
+from worker.fleet.db import fleet_engine, maintenance_engine
 from worker.fleet.errors import ArgumentError, ServiceUnavailable
 from worker.fleet.logs import get_logger
 from worker.fleet.settings import get_settings
@@ -75,7 +75,7 @@ def reprocess_confirmations(self, **kwargs: Any) -> dict:
     channel = None if args.dry_run else _channel("reprocess_confirmations")
     if channel is None and not args.dry_run:
         return _skipped("reprocess_confirmations")
-    result = reprocess(monitored_engine(), fleet_engine(), channel,
+    result = reprocess(maintenance_engine(), fleet_engine(), channel,
                        limit=args.limit, batch_size=args.batch_size, dry_run=args.dry_run,
                        older_than=parse_duration(args.older_than), stale_after=parse_duration(args.stale_after),
                        progress=_progress(self, "reprocess_confirmations"), task_id=self.request.id)
@@ -91,7 +91,7 @@ def resend_failed_emails(self, **kwargs: Any) -> dict:
     channel = None if args.dry_run else _channel("resend_failed_emails")
     if channel is None and not args.dry_run:
         return _skipped("resend_failed_emails")
-    result = resend_failed(monitored_engine(), fleet_engine(), channel,
+    result = resend_failed(maintenance_engine(), fleet_engine(), channel,
                            limit=args.limit, batch_size=args.batch_size, dry_run=args.dry_run,
                            max_attempts=args.max_attempts, progress=_progress(self, "resend_failed_emails"),
                            task_id=self.request.id)

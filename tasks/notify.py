@@ -11,7 +11,7 @@ import structlog
 from worker.app import app, task
 from worker.config import get_config
 from worker.fleet import calls, redisconn
-from worker.fleet.db import fleet_engine, monitored_engine
+from worker.fleet.db import fleet_engine, maintenance_engine
 from worker.fleet.settings import get_settings
 from worker.notify.delivery import BROKER_RETRY_LIMIT
 from worker.notify.delivery import deliver as deliver_one
@@ -39,7 +39,7 @@ def deliver(notification_id: str, channel: str | None = None) -> dict:
     settings = get_settings()
     client = _redis()
     result = deliver_one(notification_id, fleet=fleet_engine(), settings=settings, routing=get_config().routing,
-                         now=datetime.now(UTC), monitored=monitored_engine(), redis_client=client,
+                         now=datetime.now(UTC), monitored=maintenance_engine(), redis_client=client,
                          channel_hint=channel)
     key = _followup_key(result.channel)
     chained = False

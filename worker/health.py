@@ -24,7 +24,7 @@ from worker.beat import BEAT_TICK_KEY
 from worker.channels.registry import configured, webhook_headers
 from worker.config import FleetConfig
 from worker.fleet import redisconn
-from worker.fleet.db import create, normalize_url, safe_url
+from worker.fleet.db import checks_role_warnings, create, normalize_url, safe_url
 from worker.fleet.logs import mask_text
 from worker.fleet.names import QUEUES
 from worker.fleet.settings import Settings
@@ -69,6 +69,16 @@ def _database(url: str, what: str) -> tuple[str, str]:
         return "ok", f"{what} {safe_url(url)}"
     finally:
         engine.dispose()
+
+
+def _checks_role(url: str) -> tuple[str, str]:
+    """The role the checks run as: a superuser or one that may write the application is a warning."""
+    engine = create(url, pool_size=1)
+    try:
+        found = checks_role_warnings(engine)
+    finally:
+        engine.dispose()
+    return ("warn", found[0]) if found else ("ok", "read-only: cannot write the application's tables")
 
 
 def _broker(settings: Settings) -> tuple[str, str]:
@@ -277,6 +287,8 @@ def run_all(settings: Settings, cfg: FleetConfig, *, probe: bool = False, timeou
     if "database" in want or {"channels", "state"} & want:
         out += [_timed("database", lambda: _database(settings.require_database_url(), "monitored")),
                 _timed("fleet database", lambda: _database(settings.require_fleet_database_url(), "fleet"))]
+        if "database" in want and out[0].state == "ok":
+            out.append(_timed("checks role", lambda: _checks_role(settings.require_database_url())))
     if "broker" in want:
         out.append(_timed("broker", lambda: _broker(settings)))
     if "redis" in want:

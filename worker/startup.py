@@ -120,7 +120,22 @@ def worker_findings(queues: Iterable[str]) -> Findings:
                               "each run meets its own errors")
         return found
     found.errors += errors
+    if "checks" in queues and not errors:
+        found.warnings += _role_warnings(settings)
     return found
+
+
+def _role_warnings(settings: Settings) -> list[str]:
+    """The checks' role: a superuser or one that may write is worth one warning at start, not a refusal."""
+    from worker.fleet.db import checks_role_warnings, create
+
+    engine = create(settings.require_database_url(), pool_size=1)
+    try:
+        return checks_role_warnings(engine)
+    except sa.exc.DBAPIError:
+        return []
+    finally:
+        engine.dispose()
 
 
 FIX_HINT = ("disable the pack in config/packs.yaml (or the job or check: enabled: false), or point DATABASE_URL "
@@ -150,7 +165,7 @@ def catalog_problems(cfg: Any, settings: Settings, *, checks: bool = True, maint
                                       {"monitored": monitored, "fleet": fleet}, where=cfg.check_field)
         if maintenance:
             jobs = [j for n, j in cfg.maintenance.items() if cfg.job_pack.get(n) not in short]
-            problems += check_catalog_at(settings.require_database_url(), jobs, where=cfg.job_field)
+            problems += check_catalog_at(settings.require_maintenance_database_url(), jobs, where=cfg.job_field)
     finally:
         monitored.dispose()
         fleet.dispose()

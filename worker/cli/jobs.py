@@ -18,14 +18,14 @@ backlog_app = typer.Typer(no_args_is_help=True, help="Backlog reprocessing: paid
 def maintenance_run(job: str) -> None:
     """Run one maintenance job now, in this process."""
     from worker.config import get_config
-    from worker.fleet.db import fleet_engine, monitored_engine
+    from worker.fleet.db import fleet_engine, maintenance_engine
     from worker.maintenance.jobs import run_job
 
     settings()
     spec = get_config().maintenance.get(job)
     if spec is None:
         raise OpsfleetError(f"unknown maintenance job {job!r}; known: {', '.join(sorted(get_config().maintenance))}")
-    r = run_job(spec, monitored=monitored_engine(), fleet=fleet_engine(), now=datetime.now(UTC))
+    r = run_job(spec, monitored=maintenance_engine(), fleet=fleet_engine(), now=datetime.now(UTC))
     console.print(f"{job}: {r.status}, {r.rows} rows in {r.batches} batches" + (f" ({r.error})" if r.error else ""))
     if r.status == "error":
         raise typer.Exit(1)
@@ -103,7 +103,7 @@ def backlog_reprocess(
 
     from worker.backlog.confirmations import confirmation_channel
     from worker.backlog.runs import reprocess
-    from worker.fleet.db import fleet_engine, monitored_engine
+    from worker.fleet.db import fleet_engine, maintenance_engine
     from worker.fleet.timeutil import parse_duration
 
     s = settings()
@@ -119,7 +119,7 @@ def backlog_reprocess(
             bar.update(task_id, completed=p.done, total=p.total or None, rate=f"{p.rate:,.0f}/s")
 
         try:
-            result = reprocess(monitored_engine(), fleet_engine(), None if dry_run else confirmation_channel(s),
+            result = reprocess(maintenance_engine(), fleet_engine(), None if dry_run else confirmation_channel(s),
                                limit=limit, batch_size=batch_size, dry_run=dry_run, older_than=age, progress=report)
         except ValueError as exc:
             raise OpsfleetError(str(exc)) from None

@@ -97,7 +97,7 @@ def notify_test(channel: Annotated[str | None, typer.Option(help="one channel fr
     import uuid
 
     from worker.config import get_config
-    from worker.fleet.db import fleet_engine, monitored_engine
+    from worker.fleet.db import fleet_engine, maintenance_engine
     from worker.notify import outbox
     from worker.notify.delivery import deliver
 
@@ -121,7 +121,7 @@ def notify_test(channel: Annotated[str | None, typer.Option(help="one channel fr
         with fleet.begin() as conn:
             nid = outbox.insert(conn, channel=n, check="system_test", transition="test", payload=payload,
                                 dedup_key=f"test:{n}:{uuid.uuid4()}", due=now)
-        r = deliver(nid, fleet=fleet, settings=s, routing=routing, now=now, monitored=monitored_engine())
+        r = deliver(nid, fleet=fleet, settings=s, routing=routing, now=now, monitored=maintenance_engine())
         failed |= r.status != "sent"
         t.add_row(n, r.status, r.provider_id or r.error or "")
     console.print(t)

@@ -52,8 +52,43 @@ def create(url: str, *, application_name: str = "opsfleet", pool_size: int = 5, 
 
 @lru_cache(maxsize=1)
 def monitored_engine() -> Engine:
-    """The monitored database for maintenance jobs, the backlog and the CLI (checks: checks_engine)."""
+    """The monitored database as DATABASE_URL's role, for what only reads it (the digest, the reports,
+    the CLI's status; checks: checks_engine)."""
     return create(get_settings().require_database_url(), application_name="opsfleet")
+
+
+@lru_cache(maxsize=1)
+def maintenance_engine() -> Engine:
+    """The monitored database as MAINTENANCE_DATABASE_URL's role (default DATABASE_URL), for what writes
+    to it: maintenance jobs, backlogs, the system_alerts channel."""
+    return create(get_settings().require_maintenance_database_url(), application_name="opsfleet-maintenance")
+
+
+_ROLE = sa.text("""
+    SELECT current_user AS role, r.rolsuper AS superuser,
+           (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'fleet')
+              AND n.nspname NOT LIKE 'pg_toast%'
+              AND has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')) AS writable
+    FROM pg_roles r WHERE r.rolname = current_user""")
+
+
+def checks_role_warnings(engine: Engine) -> list[str]:
+    """What is wrong with the role checks run as (DATABASE_URL): a superuser, or one that may write the
+    application's tables. A READ ONLY transaction does not stop pg_terminate_backend, advisory locks,
+    large objects or dblink; only a role that cannot do harm does."""
+    with engine.connect() as conn:
+        r = conn.execute(_ROLE).one()
+    out = []
+    if r.superuser:
+        out.append(f"checks run as {r.role}, a superuser (DATABASE_URL): a query could still signal backends or "
+                   "write through dblink; give DATABASE_URL a monitoring role (README, Least privilege) and "
+                   "MAINTENANCE_DATABASE_URL the role that writes")
+    elif r.writable:
+        out.append(f"checks run as {r.role} (DATABASE_URL), which may write {r.writable} table(s) of the application: "
+                   "give DATABASE_URL a read-only monitoring role (README, Least privilege) and "
+                   "MAINTENANCE_DATABASE_URL the role that writes")
+    return out
 
 
 @lru_cache(maxsize=1)

@@ -19,6 +19,9 @@ REPO_CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 DOCS: dict[str, str] = {
     "DATABASE_URL": "the monitored application's Postgres (postgresql://user:pass@host:5432/db)",
     "FLEET_DATABASE_URL": "where the fleet keeps its state (schema fleet); default DATABASE_URL",
+    "MAINTENANCE_DATABASE_URL": "the monitored database as a role that may write, for maintenance jobs, backlogs and "
+                                "the system_alerts table; default DATABASE_URL (which checks use: make it a "
+                                "read-only monitoring role)",
     "CELERY_BROKER_URL": "the broker; default redis://127.0.0.1:6379/0",
     "CELERY_RESULT_BACKEND": "results of progress-reporting tasks; default REDIS_URL",
     "REDIS_URL": "Redis itself (RedBeat's lock, rate-limit buckets, follow-up keys, redis checks); default "
@@ -74,6 +77,7 @@ class Settings(BaseSettings):
 
     database_url: str | None = None
     fleet_database_url: str | None = None
+    maintenance_database_url: str | None = None
     celery_broker_url: str = "redis://127.0.0.1:6379/0"
     celery_result_backend: str | None = None
     redis_url: str | None = None
@@ -108,6 +112,11 @@ class Settings(BaseSettings):
     @classmethod
     def _fleet_database_url(cls, v: str | None) -> str | None:
         return _check_db_url("FLEET_DATABASE_URL", v)
+
+    @field_validator("maintenance_database_url")
+    @classmethod
+    def _maintenance_database_url(cls, v: str | None) -> str | None:
+        return _check_db_url("MAINTENANCE_DATABASE_URL", v)
 
     @field_validator("redis_url")
     @classmethod
@@ -223,11 +232,15 @@ class Settings(BaseSettings):
     def require_fleet_database_url(self) -> str:
         return self.fleet_database_url or self.require_database_url()
 
+    def require_maintenance_database_url(self) -> str:
+        """The monitored database for what writes to it (maintenance, backlogs, system_alerts)."""
+        return self.maintenance_database_url or self.require_database_url()
+
     def secret_values(self) -> list[str]:
         """Exact secret strings to mask in logs, besides the patterns logging knows."""
         values = [getattr(self, f) for f in SECRET_FIELDS]
-        for url in (self.database_url, self.fleet_database_url, self.celery_broker_url, self.celery_result_backend,
-                    self.redis_url):
+        for url in (self.database_url, self.fleet_database_url, self.maintenance_database_url, self.celery_broker_url,
+                    self.celery_result_backend, self.redis_url):
             if url:
                 pw = urlsplit(url).password
                 if pw:
