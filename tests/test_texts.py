@@ -31,7 +31,7 @@ def test_the_citation_of_a_description_is_left_out_of_the_message():
     assert public_text(text) == ('A failed reservation in the last 5 minutes (Key Metrics: "should never happen").')
 
 
-@pytest.mark.parametrize("args", [[], ["checks"], ["backlog"], ["notify"], ["silence"], ["maintenance"],
+@pytest.mark.parametrize("args", [[], ["checks"], ["backlog"], ["notify"], ["silence"], ["maintenance"], ["report"], ["alerts", "history"],
                                   ["checks", "run"], ["notify", "test"], ["backlog", "reprocess"], ["health"]])
 def test_the_clis_help_names_no_internals(env, args):
     out = run_cli([*args, "--help"], env)

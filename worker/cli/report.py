@@ -12,7 +12,7 @@ import typer
 from worker.cli.common import settings
 from worker.fleet.logs import get_logger
 
-report_app = typer.Typer(no_args_is_help=True, help="Seed 000's reports (weekly performance, monthly growth) as files.")
+report_app = typer.Typer(no_args_is_help=True, help="The confirmation system's reports (weekly performance, monthly growth) as HTML files.")
 log = get_logger("worker.cli.report")
 
 
@@ -50,11 +50,11 @@ def _write(kind: str, out: Path | None, now: datetime | None) -> None:
 
 @report_app.command("weekly")
 def weekly(out: OutOption = None, now: NowOption = None) -> None:
-    """Seed 000's weekly performance review with its charts, as one HTML file."""
+    """The weekly performance review with its charts, as one HTML file."""
     _write("weekly", out, now)
 
 
 @report_app.command("monthly")
 def monthly(out: OutOption = None, now: NowOption = None) -> None:
-    """Seed 000's monthly growth analysis with its chart, as one HTML file."""
+    """The monthly growth analysis with its chart, as one HTML file."""
     _write("monthly", out, now)
