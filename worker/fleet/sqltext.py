@@ -9,45 +9,51 @@ extended-protocol execution refuses it again at run time.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 _DOLLAR = re.compile(r"\$([A-Za-z_\x80-\uffff][A-Za-z_0-9\x80-\uffff]*)?\$")
 
 
-def second_statement(sql: str) -> int | None:
-    """The 1-based line of the query where a second statement starts, or None when there is one."""
+def _pieces(sql: str) -> Iterator[tuple[str, int, int]]:
+    """(kind, start, end) over `sql`: `literal` ('...', E'...', $tag$...$tag$), `quoted` (a "name",
+    `quoted_open` when it never closes), `comment` (-- to the end of the line, nested /* */), or `code`
+    (one character). An unclosed literal or comment runs to the end."""
     i, n = 0, len(sql)
-    ended_at: int | None = None  # offset of a top-level `;`
     while i < n:
         c = sql[i]
-        if ended_at is not None and not c.isspace() and c != ";" and not sql.startswith(("--", "/*"), i):
-            return sql.count("\n", 0, i) + 1
         if c == "'" or (c in "eE" and sql.startswith("'", i + 1) and (i == 0 or not _ident_char(sql[i - 1]))):
             backslash = c != "'"
-            i += 2 if backslash else 1
-            while i < n:
-                if backslash and sql[i] == "\\":
-                    i += 2
+            j = i + (2 if backslash else 1)
+            while j < n:
+                if backslash and sql[j] == "\\":
+                    j += 2
                     continue
-                if sql[i] == "'":
-                    if sql.startswith("'", i + 1):
-                        i += 2
+                if sql[j] == "'":
+                    if sql.startswith("'", j + 1):
+                        j += 2
                         continue
                     break
-                i += 1
-            i += 1
+                j += 1
+            yield "literal", i, min(j + 1, n)
+            i = j + 1
         elif c == '"':
             end = sql.find('"', i + 1)
             while end != -1 and sql.startswith('"', end + 1):
                 end = sql.find('"', end + 2)
+            yield ("quoted_open", i, n) if end == -1 else ("quoted", i, end + 1)
             i = n if end == -1 else end + 1
         elif c == "$" and (m := _DOLLAR.match(sql, i)) and (i == 0 or not _ident_char(sql[i - 1])):
             end = sql.find(m.group(0), m.end())
-            i = n if end == -1 else end + len(m.group(0))
+            end = n if end == -1 else end + len(m.group(0))
+            yield "literal", i, end
+            i = end
         elif sql.startswith("--", i):
             end = sql.find("\n", i)
-            i = n if end == -1 else end + 1
+            end = n if end == -1 else end
+            yield "comment", i, end
+            i = end
         elif sql.startswith("/*", i):
-            depth, i = 1, i + 2
+            start, depth, i = i, 1, i + 2
             while i < n and depth:
                 if sql.startswith("/*", i):
                     depth, i = depth + 1, i + 2
@@ -55,10 +61,21 @@ def second_statement(sql: str) -> int | None:
                     depth, i = depth - 1, i + 2
                 else:
                     i += 1
+            yield "comment", start, i
         else:
-            if c == ";":
-                ended_at = i
+            yield "code", i, i + 1
             i += 1
+
+
+def second_statement(sql: str) -> int | None:
+    """The 1-based line of the query where a second statement starts, or None when there is one."""
+    ended = False  # a top-level `;` was seen
+    for kind, start, _ in _pieces(sql):
+        c = sql[start]
+        if ended and kind != "comment" and not (kind == "code" and (c.isspace() or c == ";")):
+            return sql.count("\n", 0, start) + 1
+        if kind == "code" and c == ";":
+            ended = True
     return None
 
 
@@ -75,50 +92,14 @@ def code_only(sql: str) -> str:
     """`sql` with string literals ('...', E'...', $tag$...$tag$) and comments blanked out and double
     quotes dropped from quoted identifiers: what is left is what the server would run as names and
     keywords (for a word-boundary search that a literal mentioning a name cannot trip)."""
-    out, i, n = [], 0, len(sql)
-    while i < n:
-        c = sql[i]
-        if c == "'" or (c in "eE" and sql.startswith("'", i + 1) and (i == 0 or not _ident_char(sql[i - 1]))):
-            backslash = c != "'"
-            j = i + (2 if backslash else 1)
-            while j < n:
-                if backslash and sql[j] == "\\":
-                    j += 2
-                    continue
-                if sql[j] == "'":
-                    if sql.startswith("'", j + 1):
-                        j += 2
-                        continue
-                    break
-                j += 1
+    out = []
+    for kind, start, end in _pieces(sql):
+        if kind == "literal":
             out.append(" '' ")
-            i = j + 1
-        elif c == '"':
-            end = sql.find('"', i + 1)
-            while end != -1 and sql.startswith('"', end + 1):
-                end = sql.find('"', end + 2)
-            end = n if end == -1 else end
-            out.append(sql[i + 1:end].replace('""', '"'))
-            i = end + 1
-        elif c == "$" and (m := _DOLLAR.match(sql, i)) and (i == 0 or not _ident_char(sql[i - 1])):
-            end = sql.find(m.group(0), m.end())
-            out.append(" '' ")
-            i = n if end == -1 else end + len(m.group(0))
-        elif sql.startswith("--", i):
-            end = sql.find("\n", i)
+        elif kind == "comment":
             out.append(" ")
-            i = n if end == -1 else end
-        elif sql.startswith("/*", i):
-            depth, i = 1, i + 2
-            while i < n and depth:
-                if sql.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif sql.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    i += 1
-            out.append(" ")
+        elif kind in ("quoted", "quoted_open"):
+            out.append(sql[start + 1:end - 1 if kind == "quoted" else end].replace('""', '"'))
         else:
-            out.append(c)
-            i += 1
+            out.append(sql[start])
     return "".join(out)
