@@ -14,6 +14,7 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 from redbeat import RedBeatScheduler
+from redis.exceptions import LockError
 
 from worker.backlog.spec import beat_entries as backlog_beat
 from worker.checks import store
@@ -30,6 +31,7 @@ from worker.notify.routing import beat_entries as notify_beat
 from worker.startup import beat_findings
 
 BEAT_TICK_KEY = "opsfleet:beat:tick"  # read by worker.health
+REDIS_RETRY_S = 2.0  # how soon a beat whose Redis does not answer tries again
 log = get_logger(__name__)
 
 
@@ -70,15 +72,35 @@ class Scheduler(RedBeatScheduler):
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """RedBeat's tick (only the leader ticks: standbys wait on the lock), then the leader's last
-        tick for `opsfleet health`: who leads, and when it last ticked."""
-        interval = super().tick(*args, **kwargs)
+        tick for `opsfleet health`: who leads, and when it last ticked.
+
+        A Redis that stops answering, or restarts empty, must not end the beat (RedBeat lets the
+        error through and beat exits, found by bench/soak.py): while Redis does not answer the beat
+        waits and tries again; a lock it no longer owns (Redis lost it, or a standby took over) is
+        waited for again like a standby at start; a schedule Redis lost is written again."""
         try:
-            if self._tick_client is None:
-                self._tick_client = redisconn.client(get_settings().redis(), socket_timeout=2)
-            self._tick_client.set(BEAT_TICK_KEY, json.dumps({"at": time.time(), "host": socket.gethostname(),
+            if self.lock is not None and not self.lock.owned():
+                log.warning("beat_lock_lost", detail="waiting for the lock again, as a standby")
+                self.lock.acquire()  # blocks, like a standby at start
+                log.info("beat_lock_reacquired")
+            if not self._redis().exists(self.app.redbeat_conf.schedule_key):
+                log.warning("beat_schedule_rewritten", detail="Redis no longer held the schedule (restarted empty?)")
+                super().setup_schedule()
+            interval = super().tick(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError, LockError) as exc:
+            log.warning("beat_redis_unavailable", error=mask_text(str(exc).splitlines()[0] if str(exc)
+                                                                  else type(exc).__name__), retry_in=REDIS_RETRY_S)
+            return REDIS_RETRY_S
+        try:
+            self._redis().set(BEAT_TICK_KEY, json.dumps({"at": time.time(), "host": socket.gethostname(),
                                                              "pid": os.getpid()}), ex=300)
         except redis.RedisError as exc:
             log.warning("beat_tick_not_recorded", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return interval
 
     _tick_client: Any = None
+
+    def _redis(self) -> Any:
+        if self._tick_client is None:
+            self._tick_client = redisconn.client(get_settings().redis(), socket_timeout=2)
+        return self._tick_client
