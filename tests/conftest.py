@@ -208,6 +208,18 @@ def clear_alert_state(conn) -> None:
                          "fleet.silences, fleet.held_back CASCADE"))
 
 
+@pytest.fixture
+def clean_fleet(fleet_db):
+    """An engine on fleet_db with the alert state cleared first (clear_alert_state)."""
+    from worker.fleet.db import create
+
+    engine = create(fleet_db)
+    with engine.begin() as conn:
+        clear_alert_state(conn)
+    yield engine
+    engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def fleet_db(fresh_database):
     """A database with the fleet schema migrated (shared by the session; tests clean what they write)."""

@@ -13,10 +13,9 @@ import pytest
 import sqlalchemy as sa
 
 from ops.devkit.process import start_beat, start_worker, wait_until
-from tests.conftest import REPO, clear_alert_state
+from tests.conftest import REPO
 from worker.beat import build_schedule
 from worker.config import load_config
-from worker.fleet.db import create
 from worker.fleet.settings import Settings
 from worker.heartbeat import Verdict, beat_entries, ping, verdict
 
@@ -58,12 +57,8 @@ def receiver():
 
 
 @pytest.fixture
-def fleet(fleet_db):
-    engine = create(fleet_db)
-    with engine.begin() as conn:
-        clear_alert_state(conn)
-    yield engine
-    engine.dispose()
+def fleet(clean_fleet):
+    return clean_fleet
 
 
 def run_at(conn, check: str, at: datetime) -> None:

@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import clear_alert_state, run_cli
+from tests.conftest import run_cli
 from worker.checks import store
 from worker.checks.collect import Sample
 from worker.checks.engine import evaluate
 from worker.checks.spec import Check
 from worker.checks.state import Instance, advance
 from worker.config import load_config
-from worker.fleet.db import create
 from worker.fleet.settings import Settings
 from worker.notify import digest
 from worker.notify.delivery import deliver
@@ -51,12 +50,8 @@ def routing(**route) -> Routing:
 
 
 @pytest.fixture
-def db(fleet_db):
-    engine = create(fleet_db)
-    with engine.begin() as conn:
-        clear_alert_state(conn)
-    yield engine
-    engine.dispose()
+def db(clean_fleet):
+    return clean_fleet
 
 
 def run(db, check, value, at, routes=None, labels=None) -> list[str]:

@@ -8,8 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from ops.devkit.sink import Reply
-from tests.conftest import clear_alert_state, run_cli
-from worker.fleet.db import create
+from tests.conftest import run_cli
 
 
 @pytest.fixture
@@ -19,12 +18,8 @@ def cli_env(env, sink):
 
 
 @pytest.fixture
-def fleet(fleet_db):
-    engine = create(fleet_db)
-    with engine.begin() as conn:
-        clear_alert_state(conn)
-    yield engine
-    engine.dispose()
+def fleet(clean_fleet):
+    return clean_fleet
 
 
 def test_silence_add_list_expire(cli_env, fleet):
@@ -40,7 +35,7 @@ def test_silence_add_list_expire(cli_env, fleet):
 
 @pytest.mark.parametrize(("args", "needle"), [
     (["--check", "no_such_check", "--comment", "x"], "no such check"),
-    (["--check", "confirmation_backlog"], "needs a --comment"),
+    (["--check", "confirmation_backlog"], "needs a comment"),
     (["--label", "nokey", "--comment", "x"], "use key=value"),
     (["--check", "confirmation_backlog", "--for", "forever", "--comment", "x"], "not a duration"),
 ])

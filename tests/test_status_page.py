@@ -137,6 +137,20 @@ def test_the_api_tells_the_firing_alert_and_takes_and_expires_a_silence(served):
     assert status == 400 and "stale" in body
     assert json.loads(call(served["url"] + "/api/silences")[1]) == []
     assert call(served["url"] + "/api/history?since=soon")[0] == 400
+    # other bad input: one clear answer each, nothing written, the server still serving
+    for data, needle in ((b"[1, 2]", "must be a JSON object"), (b"{not json", "not JSON"),
+                         (b'{"check": "gauge_high", "author": "a", "comment": "c", "duration": "soon"}', "duration"),
+                         (b'{"check": "gauge_high", "author": "a", "comment": ""}', "needs a comment")):
+        status, body, _ = call(served["url"] + "/api/silences", method="POST", data=data, ctype="application/json")
+        assert status == 400 and needle in body, (data, status, body)
+    raw = urllib.request.Request(served["url"] + "/silences", data=b"x", method="POST",
+                                 headers={"Content-Length": "lots", "Authorization": "Basic " + base64.b64encode(
+                                     ":".join(AUTH).encode()).decode()})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(raw, timeout=20)  # noqa: S310 - loopback test server
+    assert err.value.code == 400 and b"Content-Length" in err.value.read()
+    assert json.loads(call(served["url"] + "/api/silences")[1]) == []
+    assert call(served["url"] + "/api/status")[0] == 200
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="install Debian's chromium (apt-get install chromium) for the "

@@ -24,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from worker.checks import store
 from worker.config import FleetConfig
 from worker.fleet.logs import get_logger, mask_text
 from worker.fleet.names import beat_entry
@@ -50,8 +51,7 @@ def verdict(fleet: Engine, cfg: FleetConfig, now: datetime, interval_s: float) -
     grace = max(timedelta(seconds=2 * interval_s), MIN_GRACE)
     out = Verdict()
     with fleet.connect() as conn:
-        last = dict(conn.execute(sa.text(
-            "SELECT check_name, max(started_at) FROM fleet.check_runs GROUP BY check_name")).all())
+        last = {name: r.started_at for name, r in store.last_runs(conn).items()}
         first = conn.execute(sa.text("SELECT min(started_at) FROM fleet.check_runs")).scalar()
         stuck = conn.execute(sa.text(
             """SELECT count(*) FROM fleet.notifications WHERE status IN ('pending', 'retrying', 'sending')

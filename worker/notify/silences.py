@@ -16,9 +16,9 @@ from sqlalchemy.engine import Connection, Engine
 def add(fleet: Engine, *, check: str | None, labels: dict[str, str], duration: timedelta, comment: str,
         author: str, now: datetime) -> str:
     if not check and not labels:
-        raise ValueError("a silence needs --check or at least one --label")
+        raise ValueError("a silence needs a check or at least one label")
     if not comment.strip():
-        raise ValueError("a silence needs a --comment saying why")
+        raise ValueError("a silence needs a comment saying why")
     matchers = {"check": check, "labels": labels}
     with fleet.begin() as conn:
         return str(conn.execute(
@@ -46,14 +46,20 @@ def expire(fleet: Engine, silence_id: str, now: datetime) -> bool:
     return n > 0
 
 
+def matches(check_sql: str, labels_sql: str) -> str:
+    """The one predicate of "silence `s` is active at :now and matches this check and these labels", as
+    SQL over two expressions of the caller's (bind parameters, or an alert's columns): matching() below
+    and the status page's "silenced by" share it."""
+    return (f"s.starts_at <= :now AND s.ends_at > :now "
+            f"AND (s.matchers->>'check' IS NULL OR s.matchers->>'check' = {check_sql}) "
+            f"AND {labels_sql} @> COALESCE(s.matchers->'labels', '{{}}'::jsonb)")
+
+
 def matching(conn: Connection, check: str | None, labels: dict[str, str], now: datetime) -> str | None:
     """The id of an active silence matching this check and labels, if any."""
     row = conn.execute(
-        sa.text("""SELECT id FROM fleet.silences
-                   WHERE starts_at <= :now AND ends_at > :now
-                     AND (matchers->>'check' IS NULL OR matchers->>'check' = :check)
-                     AND CAST(:labels AS jsonb) @> COALESCE(matchers->'labels', '{}'::jsonb)
-                   ORDER BY ends_at DESC LIMIT 1"""),
+        sa.text(f"SELECT s.id FROM fleet.silences s WHERE {matches(':check', 'CAST(:labels AS jsonb)')} "  # noqa: S608
+                "ORDER BY s.ends_at DESC LIMIT 1"),
         {"now": now, "check": check, "labels": json.dumps(labels)},
     ).first()
     return str(row.id) if row else None

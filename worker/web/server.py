@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import sqlalchemy as sa
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from worker import health
@@ -99,7 +100,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
         path = urlsplit(self.path).path.rstrip("/") or "/"
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._send(400, b"a Content-Length that is a whole number, please\n", "text/plain; charset=utf-8")
+            return
         if length > MAX_BODY:
             self._send(413, b"request body too large\n", "text/plain; charset=utf-8")
             return
@@ -120,10 +127,14 @@ class _Handler(BaseHTTPRequestHandler):
         if got is None:
             try:
                 got = answer(ui)
-            except Exception as exc:  # a database that went away: one line, the server keeps serving
-                log.warning("status_page_error", path=self.path[:200], error=mask_text(str(exc).splitlines()[0]
-                                                                                      if str(exc) else type(exc).__name__))
+            except sa.exc.SQLAlchemyError as exc:  # a database that went away: one line, the server keeps serving
+                log.warning("status_page_database_error", path=self.path[:200],
+                            error=mask_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
                 got = Answer(503, b"the fleet database does not answer; see /health\n", "text/plain; charset=utf-8")
+            except Exception:  # our bug, not the database's: logged with its stack, one line to the browser
+                log.exception("status_page_failed", path=self.path[:200])
+                got = Answer(500, b"the status page failed on this request; see the server's log\n",
+                             "text/plain; charset=utf-8")
         self.send_response(got.status)
         for k, v in (got.headers or {}).items():
             self.send_header(k, v)

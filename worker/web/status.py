@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 from worker.checks import store
 from worker.config import FleetConfig
 from worker.fleet.fields import SEVERITIES, severity_rank
-from worker.notify import history
+from worker.notify import history, silences
 
 OUTBOX_ERRORS = 20  # the latest dead or retrying notifications shown with their errors
 
@@ -35,14 +35,11 @@ def _alert(r: Any, cfg: FleetConfig, now: datetime) -> dict[str, Any]:
     }
 
 
-_ACTIVE = sa.text("""
-    SELECT a.*, (SELECT CAST(s.id AS text) FROM fleet.silences s
-                 WHERE s.starts_at <= :now AND s.ends_at > :now
-                   AND (s.matchers->>'check' IS NULL OR s.matchers->>'check' = a.check_name)
-                   AND a.labels @> COALESCE(s.matchers->'labels', '{}'::jsonb)
+_ACTIVE = sa.text(f"""
+    SELECT a.*, (SELECT CAST(s.id AS text) FROM fleet.silences s WHERE {silences.matches("a.check_name", "a.labels")}
                  ORDER BY s.ends_at DESC LIMIT 1) AS silenced_by
     FROM fleet.alerts a WHERE (CAST(:fp AS text) IS NULL AND a.state IN ('pending', 'firing'))
-                           OR a.fingerprint = :fp""")
+                           OR a.fingerprint = :fp""")  # noqa: S608 - the predicate is our own constant SQL
 
 
 def alerts(conn: Connection, cfg: FleetConfig, now: datetime) -> list[dict[str, Any]]:

@@ -193,10 +193,11 @@ class UI:
                     data = json.loads(body or b"{}")
                 except ValueError as exc:
                     raise BadRequest(f"the body is not JSON: {exc}") from None
-                if path == "/api/silences" and isinstance(data, dict):
-                    sid = self._add_silence(data, now)
-                    return _json(201, {"id": sid})
-                return _json(404, {"error": f"cannot POST {path}"})
+                if path != "/api/silences":
+                    return _json(404, {"error": f"cannot POST {path}"})
+                if not isinstance(data, dict):
+                    raise BadRequest("the body must be a JSON object: {check, labels, duration, author, comment}")
+                return _json(201, {"id": self._add_silence(data, now)})
             form = {k: v[0] for k, v in parse_qs(body.decode(errors="replace"), keep_blank_values=True).items()}
             if not hmac.compare_digest(form.get("token", ""), self.token()):
                 raise BadRequest("the form is stale or not from this page: reload it and submit again")
@@ -250,8 +251,7 @@ class UI:
             return silences.add(self.fleet.engine, check=check, labels=labels, duration=duration,
                                 comment=str(data.get("comment") or ""), author=author[:200], now=now)
         except ValueError as exc:
-            raise BadRequest(str(exc).replace("--check", "a check").replace("--label", "label")
-                             .replace("--comment", "comment")) from None
+            raise BadRequest(str(exc)) from None
 
     def _expire(self, given: str, now: datetime) -> None:
         try:
