@@ -166,12 +166,19 @@ def purge_fleet_queues(broker: str) -> None:
 
 @pytest.fixture(params=["redis", "rabbitmq"])
 def broker(request, redis_url, rabbitmq_url) -> str:
-    """The broker URL of a Celery-behaviour test: each such test runs on Redis and on RabbitMQ."""
+    """The broker URL of a Celery-behaviour test: each such test runs on Redis and on RabbitMQ, with
+    the fleet's queues empty (a message an earlier test left unconsumed would run in this test's
+    worker)."""
     if request.param == "rabbitmq":
         if rabbitmq_url is None:
             pytest.skip(RABBITMQ_SKIP)
         purge_fleet_queues(rabbitmq_url)
         return rabbitmq_url
+    purge_fleet_queues(redis_url)  # an earlier test's unconsumed message is not this test's
+    import redis
+
+    with redis.Redis.from_url(redis_url) as r:  # nor one a stopped worker held unacked (kombu restores it)
+        r.delete("unacked", "unacked_index", "unacked_mutex")
     return redis_url
 
 
