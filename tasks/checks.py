@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import structlog
 
 from worker.app import app, task
 from worker.checks.engine import run_check
 from worker.config import get_config
 from worker.fleet import calls
-from worker.fleet.db import checks_engine, fleet_engine
+from worker.fleet.db import checks_engine, fleet_engine, fleet_now
 from worker.fleet.settings import get_settings
 from worker.notify import outbox
 
@@ -28,7 +26,7 @@ def run(self, name: str, slot: str | None = None, at: str | None = None) -> dict
     """Evaluate check `name` for its current slot (or `slot`), at time `at` (ISO 8601; default now)."""
     cfg = get_config()
     check = cfg.checks[calls.known("checks.run", "name", name, cfg.checks, ACCEPTS)]
-    now = calls.instant("checks.run", "at", at, ACCEPTS) or datetime.now(UTC)
+    now = calls.instant("checks.run", "at", at, ACCEPTS) or fleet_now()
     slot_at = calls.instant("checks.run", "slot", slot, ACCEPTS)
     structlog.contextvars.bind_contextvars(check=name)
     outcome = run_check(
@@ -48,7 +46,7 @@ def run(self, name: str, slot: str | None = None, at: str | None = None) -> dict
         # One delivery per channel: it folds the run's other rows for that channel into one message
         # (and asks for a follow-up if more wait); notify.sweep catches anything left behind.
         for channel, (nid, due) in outbox.first_of_each_channel(fleet_engine(), outcome.notification_ids).items():
-            wait = max(0.0, (due - datetime.now(UTC)).total_seconds())  # the route's group_wait
+            wait = max(0.0, (due - fleet_now()).total_seconds())  # the route's group_wait
             app.send_task("notify.deliver", kwargs={"notification_id": nid, "channel": channel}, queue="notify",
                           countdown=wait)
     if outcome.remediate and check.remediate:

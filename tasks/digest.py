@@ -4,11 +4,9 @@ the outbox, once per period."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from worker.app import app, task
 from worker.config import get_config
-from worker.fleet.db import fleet_engine, monitored_engine
+from worker.fleet.db import fleet_engine, fleet_now, monitored_engine
 from worker.notify.digest import enqueue
 from worker.reports import mail
 
@@ -26,16 +24,16 @@ def _deliver(nid: str | None) -> dict:
 
 @task("digest.daily_summary", ignore_result=False, accepts={})
 def daily_summary() -> dict:
-    return _deliver(enqueue(fleet_engine(), monitored_engine(), _channel(), datetime.now(UTC)))
+    return _deliver(enqueue(fleet_engine(), monitored_engine(), _channel(), fleet_now()))
 
 
 @task("digest.weekly_report", ignore_result=False, accepts={})
 def weekly_report() -> dict:
     """The 7 days before today (UTC), as an email with charts; a second run for the same week is a no-op."""
-    return _deliver(mail.enqueue(fleet_engine(), monitored_engine(), "weekly", _channel(), datetime.now(UTC)))
+    return _deliver(mail.enqueue(fleet_engine(), monitored_engine(), "weekly", _channel(), fleet_now()))
 
 
 @task("digest.monthly_growth", ignore_result=False, accepts={})
 def monthly_growth() -> dict:
     """The 12 complete months before this one (UTC), as an email with a chart; once per month."""
-    return _deliver(mail.enqueue(fleet_engine(), monitored_engine(), "monthly", _channel(), datetime.now(UTC)))
+    return _deliver(mail.enqueue(fleet_engine(), monitored_engine(), "monthly", _channel(), fleet_now()))

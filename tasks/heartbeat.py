@@ -3,11 +3,9 @@ ping also says a notify worker consumes."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from worker.app import task
 from worker.config import get_config
-from worker.fleet.db import fleet_engine
+from worker.fleet.db import fleet_engine, fleet_now
 from worker.fleet.settings import get_settings
 from worker.heartbeat import ping, verdict
 
@@ -15,5 +13,5 @@ from worker.heartbeat import ping, verdict
 @task("notify.heartbeat", ignore_result=True, accepts={})
 def heartbeat() -> dict:
     settings = get_settings()
-    v = verdict(fleet_engine(), get_config(), datetime.now(UTC), settings.heartbeat_seconds)
+    v = verdict(fleet_engine(), get_config(), fleet_now(), settings.heartbeat_seconds)
     return {"healthy": v.healthy, "reasons": v.reasons, "done": ping(settings, v)}

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import structlog
 
 from worker.app import task
 from worker.config import get_config
 from worker.fleet import calls
-from worker.fleet.db import fleet_engine, maintenance_engine
+from worker.fleet.db import fleet_engine, fleet_now, maintenance_engine
 from worker.maintenance.jobs import run_job
 
 ACCEPTS = {"job": "a maintenance job's name, from config/maintenance.yaml"}
@@ -25,6 +23,6 @@ def run(self, job: str) -> dict:
     def progress(rows: int, batches: int) -> None:
         self.update_state(state="PROGRESS", meta={"job": job, "rows": rows, "batches": batches})
 
-    result = run_job(spec, monitored=maintenance_engine(), fleet=fleet_engine(), now=datetime.now(UTC),
+    result = run_job(spec, monitored=maintenance_engine(), fleet=fleet_engine(), now=fleet_now(),
                      task_id=self.request.id, progress=progress)
     return {"job": job, "status": result.status, "rows": result.rows, "batches": result.batches, "error": result.error}

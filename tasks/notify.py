@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from functools import lru_cache
 
 import structlog
@@ -11,7 +10,7 @@ import structlog
 from worker.app import app, task
 from worker.config import get_config
 from worker.fleet import calls, redisconn
-from worker.fleet.db import fleet_engine, maintenance_engine
+from worker.fleet.db import fleet_engine, fleet_now, maintenance_engine
 from worker.fleet.settings import get_settings
 from worker.notify.delivery import BROKER_RETRY_LIMIT
 from worker.notify.delivery import deliver as deliver_one
@@ -39,7 +38,7 @@ def deliver(notification_id: str, channel: str | None = None) -> dict:
     settings = get_settings()
     client = _redis()
     result = deliver_one(notification_id, fleet=fleet_engine(), settings=settings, routing=get_config().routing,
-                         now=datetime.now(UTC), monitored=maintenance_engine(), redis_client=client,
+                         now=fleet_now(), monitored=maintenance_engine(), redis_client=client,
                          channel_hint=channel)
     key = _followup_key(result.channel)
     chained = False
@@ -53,7 +52,7 @@ def deliver(notification_id: str, channel: str | None = None) -> dict:
             app.send_task("notify.deliver", kwargs={"notification_id": notification_id, "channel": result.channel},
                           queue="notify", countdown=wait)
             chained = True
-    elif result.status == "retrying" and result.retry_in is not None and result.retry_in <= BROKER_RETRY_LIMIT:
+    elif result.status in ("retrying", "early") and result.retry_in is not None and result.retry_in <= BROKER_RETRY_LIMIT:
         app.send_task("notify.deliver", kwargs={"notification_id": notification_id}, queue="notify",
                       countdown=result.retry_in)
     if result.more_waiting and result.channel and (
@@ -83,7 +82,7 @@ def _redis():
 def sweep(limit: int = 500) -> dict:
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 100_000:
         raise calls.rejected("notify.sweep", [f"limit={limit!r} is invalid"], SWEEP_ACCEPTS)
-    ids = due(fleet_engine(), datetime.now(UTC), limit)
+    ids = due(fleet_engine(), fleet_now(), limit)
     for nid in ids:
         app.send_task("notify.deliver", kwargs={"notification_id": nid}, queue="notify")
     if ids:

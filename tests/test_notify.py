@@ -111,7 +111,7 @@ def test_rate_limited_with_retry_after_is_not_retried_before_it(db, sink):
     first = deliver(nid, fleet=db, settings=s, routing=r, now=T0)
     assert first.status == "retrying" and first.retry_in >= 2
     assert note(db, nid).next_attempt_at >= T0 + timedelta(seconds=2)
-    assert deliver(nid, fleet=db, settings=s, routing=r, now=T0 + timedelta(seconds=1.9)).status == "skipped"
+    assert deliver(nid, fleet=db, settings=s, routing=r, now=T0 + timedelta(seconds=1.9)).status == "early"  # not due: asks again at its time
     assert nid not in due(db, T0 + timedelta(seconds=1.9))
     assert deliver(nid, fleet=db, settings=s, routing=r, now=T0 + timedelta(seconds=first.retry_in)).status == "sent"
     assert len(sink.requests_for("resend.emails")) == 2
@@ -192,7 +192,7 @@ def test_alerts_of_one_run_wait_group_wait_and_go_out_as_one_message(db, sink):
     })
     ids = fire(db, items=("a", "b", "c"), severity="warning", routes=r)
     s = settings_for(sink)
-    assert [deliver(n, fleet=db, settings=s, routing=r, now=T0).status for n in ids] == ["skipped"] * 3
+    assert [deliver(n, fleet=db, settings=s, routing=r, now=T0).status for n in ids] == ["early"] * 3
     later = T0 + timedelta(seconds=30)
     assert [deliver(n, fleet=db, settings=s, routing=r, now=later).status for n in ids] == ["sent", "skipped", "skipped"]
     assert len(sink.slack_messages) == 1 and "3 alerts" in sink.slack_messages[0]["text"]

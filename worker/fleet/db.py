@@ -7,6 +7,7 @@ import os
 import threading
 import time
 import weakref
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -94,6 +95,15 @@ def checks_role_warnings(engine: Engine) -> list[str]:
 @lru_cache(maxsize=1)
 def fleet_engine() -> Engine:
     return create(get_settings().require_fleet_database_url(), application_name="opsfleet")
+
+
+def fleet_now(engine: Engine | None = None) -> datetime:
+    """The fleet's clock: the fleet database's `clock_timestamp()`, the one clock every worker and beat
+    shares. Tasks take `now` from it, not from their host, so a worker whose clock runs ahead or
+    jumps neither sends a retry before its Retry-After, nor takes another worker's lease early, nor
+    evaluates a slot that has not begun (tests/reliability/test_clock_skew.py)."""
+    with (engine or fleet_engine()).connect() as conn:
+        return conn.execute(sa.text("SELECT clock_timestamp()")).scalar_one().astimezone(UTC)
 
 
 def create_for_checks(url: str, *, application_name: str = "opsfleet-checks", pool_size: int = 5) -> Engine:

@@ -7,7 +7,6 @@ outbox's (worker/notify/outbox.py).
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -33,7 +32,7 @@ FOLDABLE_TRANSITIONS = ("firing", "repeat", "resolved", "unsilenced")
 @dataclass
 class Delivery:
     notification_id: str
-    status: str  # sent | retrying | throttled | dead | suppressed | skipped
+    status: str  # sent | retrying | throttled | dead | suppressed | skipped | early (not due yet)
     retry_in: float | None = None
     error: str | None = None
     provider_id: str | None = None
@@ -97,7 +96,7 @@ def _bucket_target(kind: str, channel: str, settings: Settings) -> str:
 
 
 def bucket_for(kind: str, channel: str, settings: Settings, routing: Routing | None,
-               redis_client: Any, clock: Callable[[], float] = time.time) -> ratelimit.TokenBucket | None:
+               redis_client: Any, clock: Callable[[], float] | None = None) -> ratelimit.TokenBucket | None:
     """The provider target's token buckets (email and Slack), at the route's rate or the default."""
     if redis_client is None or kind not in ("email", "slack"):
         return None
@@ -110,16 +109,19 @@ def bucket_for(kind: str, channel: str, settings: Settings, routing: Routing | N
 
 def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | None, now: datetime,
             monitored: Engine | None = None, redis_client: Any = None, timeout: float = 10.0,
-            channel_hint: str | None = None, clock: Callable[[], float] = time.time) -> Delivery:
+            channel_hint: str | None = None, clock: Callable[[], float] | None = None) -> Delivery:
     """Lease -> silence? -> rate-limit token -> (fold what waits behind the bucket) -> send -> record.
 
     With `channel_hint` (a follow-up scheduled at the bucket's next token), a row already folded
     into another message gives way to the oldest row of that channel waiting to be folded. `clock`
-    is the rate-limit buckets' (tests inject one)."""
+    is the rate-limit buckets' (default: the Redis server's time; tests inject one)."""
     row = outbox.lease(fleet, nid, now)
     if row is None and channel_hint:
         row = outbox.lease_next_waiting(fleet, channel_hint, now)
     if row is None:
+        early = outbox.due_in(fleet, nid, now)
+        if early is not None:  # a task that came before its time (the sender's clock ran behind ours)
+            return Delivery(nid, "early", retry_in=early)
         return Delivery(nid, "skipped")
     nid = str(row.id)
     kind = _kind(row, routing)

@@ -257,6 +257,16 @@ def lease(fleet: Engine, nid: str, now: datetime) -> Any:
         ).first()
 
 
+def due_in(fleet: Engine, nid: str, now: datetime) -> float | None:
+    """Seconds until a row that waits for its time (pending or retrying) is due; None when it is due,
+    leased, or done."""
+    with fleet.connect() as conn:
+        at = conn.execute(sa.text("SELECT next_attempt_at FROM fleet.notifications WHERE id = :id "
+                                  "AND status IN ('pending', 'retrying') AND next_attempt_at > :now"),
+                          {"id": nid, "now": now}).scalar()
+    return None if at is None else (at - now).total_seconds()
+
+
 def lease_next_waiting(fleet: Engine, channel: str, now: datetime) -> Any:
     """Lease the oldest row of a channel that waits to be folded (the follow-up at the bucket's next
     token): throttled, or pending in its group_wait (a storm's last runs have no task of their own)."""

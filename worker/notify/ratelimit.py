@@ -16,11 +16,19 @@ import redis
 
 DEFAULTS = {"email": (1.9, 2), "slack": (0.95, 1), "table": (50.0, 50)}  # kind -> (rate/s, burst)
 
-# KEYS[1] bucket; ARGV rate, burst, now(ms). Returns ms to wait (0 = token taken).
-_TAKE = """
+# The buckets' clock is the Redis server's (TIME), shared by every worker whatever its host's clock
+# says (tests/reliability/test_clock_skew.py); a test passes its own as now >= 0.
+_NOW = """
+local now = tonumber(ARGV[3])
+if now < 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+# KEYS[1] bucket; ARGV rate, burst, now(ms, or -1: Redis's). Returns ms to wait (0 = token taken).
+_TAKE = _NOW + """
 local rate = tonumber(ARGV[1]) / 1000.0
 local burst = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(b[1]) or burst
 local ts = tonumber(b[2]) or now
@@ -35,6 +43,16 @@ redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
 return wait
 """
+# KEYS bucket, wire bucket; ARGV rate, burst, now(ms, or -1), seconds without a token for anyone.
+_PENALIZE = _NOW + """
+local rate = tonumber(ARGV[1])
+local seconds = tonumber(ARGV[4])
+for _, key in ipairs(KEYS) do
+  redis.call('HSET', key, 'tokens', 1 - seconds * rate, 'ts', now)
+  redis.call('PEXPIRE', key, math.ceil((seconds + tonumber(ARGV[2]) / rate) * 1000) + 1000)
+end
+return 0
+"""
 
 
 class TokenBucket:
@@ -42,29 +60,29 @@ class TokenBucket:
     notification is sent now or waits (throttled, to be folded); `wait_turn()`, right before the
     provider call, decides when the request leaves: whatever happens between the two (folding the
     rows that wait, rendering, a slow database) cannot put two requests closer than the provider
-    allows. `clock` (seconds since the epoch, shared by every worker) is injectable for tests."""
+    allows. The time is the Redis server's, shared by every worker; `clock` (seconds since the epoch)
+    replaces it in tests."""
 
     def __init__(self, client: redis.Redis, target: str, rate: float, burst: int,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] | None = None) -> None:
         self.client = client
         self.clock = clock
         self.key = "opsfleet:bucket:" + hashlib.sha256(target.encode()).hexdigest()[:16]
         self.wire_key = self.key + ":wire"
         self.rate, self.burst = rate, burst
         self._take = client.register_script(_TAKE)
+        self._penalize = client.register_script(_PENALIZE)
+
+    def _now_ms(self) -> int:
+        return -1 if self.clock is None else int(self.clock() * 1000)
 
     def penalize(self, seconds: float) -> None:
         """The provider said 429 with Retry-After: no token for anyone until it has passed."""
-        now_ms = int(self.clock() * 1000)
-        with self.client.pipeline(transaction=False) as pipe:
-            for key in (self.key, self.wire_key):
-                pipe.hset(key, mapping={"tokens": 1 - seconds * self.rate, "ts": now_ms})
-                pipe.pexpire(key, int((seconds + self.burst / self.rate) * 1000) + 1000)
-            pipe.execute()
+        self._penalize(keys=[self.key, self.wire_key], args=[self.rate, self.burst, self._now_ms(), seconds])
 
     def take(self) -> float:
         """Take one token; return 0.0, or the seconds to wait before one is available."""
-        wait_ms = self._take(keys=[self.key], args=[self.rate, self.burst, int(self.clock() * 1000)])
+        wait_ms = self._take(keys=[self.key], args=[self.rate, self.burst, self._now_ms()])
         return int(wait_ms) / 1000.0
 
     def wait_turn(self, max_wait: float = 5.0, sleep=time.sleep) -> float:
@@ -72,7 +90,7 @@ class TokenBucket:
         anyway: a 429 is handled). Returns the seconds slept."""
         slept = 0.0
         while True:
-            wait_ms = int(self._take(keys=[self.wire_key], args=[self.rate, self.burst, int(self.clock() * 1000)]))
+            wait_ms = int(self._take(keys=[self.wire_key], args=[self.rate, self.burst, self._now_ms()]))
             if wait_ms == 0 or slept >= max_wait:
                 return slept
             pause = min(wait_ms / 1000.0, max_wait - slept)
