@@ -151,7 +151,7 @@ def redis_client(server):
     return redis.Redis.from_url(server.url)
 
 
-OUTAGE_S = 15  # the issue asks for 60 s; 15 s already outlasts kombu's first reconnect attempts (2, 4, 6 s)
+OUTAGE_S = 60  # the issue's figure: past kombu's reconnect backoff reaching its longest interval
 
 
 @pytest.mark.slow
@@ -211,10 +211,10 @@ def test_redis_restart_mid_backlog_then_the_next_run_leaves_one_number_and_one_e
 @pytest.mark.slow
 def test_broker_unreachable_for_a_while_workers_reconnect_and_drain_the_outbox(servers, fresh_database,  # noqa: F811
                                                                               tmp_path):
-    """Redis down for OUTAGE_S (15 s; the issue's 60 s would only wait longer on the same path): the
-    checks that fire meanwhile write their outbox rows (their enqueue cannot reach the broker); the
-    worker keeps retrying, reconnects once Redis is back, and the sweep's messages drain the outbox,
-    each email sent once. About 30 s (the outage, kombu's reconnect backoff, a worker's start)."""
+    """Redis down for OUTAGE_S (60 s): the checks that fire meanwhile write their outbox rows (their
+    enqueue cannot reach the broker); the worker keeps retrying, reconnects once Redis is back, and
+    the sweep's messages drain the outbox, each email sent once. About 80 s (the outage, kombu's
+    reconnect backoff, a worker's start)."""
     fleet_pg, broker = servers.postgres("fleet", fleet=True), servers.redis("redis")
     fleet = create(url_of(fleet_pg))
     with ProviderSink(resend_api_keys=[KEY]) as sink:
