@@ -81,6 +81,27 @@ def test_archive_moves_old_rows_in_batches_and_records_the_run(engine):
     assert rows(engine, "SELECT task, rows_affected FROM maintenance_log") == [("archive_webhook_logs", 2500)]
 
 
+def test_an_archive_run_that_fails_mid_way_records_the_batches_that_committed(engine):
+    """Batch 3 of 3 fails (a trigger on the archive refuses its rows): the run is an error, and its
+    record counts the 200 rows the first two batches moved for good, not 0."""
+    with engine.begin() as conn:
+        add_webhook_logs(conn, 300, days_old=100)
+        conn.execute(sa.text("""CREATE FUNCTION refuse_late_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+                                BEGIN IF NEW.id > 250 THEN RAISE EXCEPTION 'archive is full'; END IF; RETURN NEW; END $$"""))
+        conn.execute(sa.text("CREATE TRIGGER refuse_late_rows BEFORE INSERT ON webhook_logs_archive "
+                             "FOR EACH ROW EXECUTE FUNCTION refuse_late_rows()"))
+    try:
+        result = run(job("archive_webhook_logs", batch_size=100, pause=timedelta(0)), engine)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TRIGGER refuse_late_rows ON webhook_logs_archive"))
+            conn.execute(sa.text("DROP FUNCTION refuse_late_rows()"))
+    assert (result.status, result.rows, result.batches) == ("error", 200, 2) and "archive is full" in result.error
+    assert rows(engine, "SELECT status, rows_affected, batches FROM fleet.job_runs") == [("error", 200, 2)]
+    assert (one(engine, "SELECT count(*) FROM webhook_logs_archive"), one(engine, "SELECT count(*) FROM webhook_logs")) \
+        == (200, 100)  # the failed batch rolled back whole
+
+
 def test_archive_under_concurrent_inserts_loses_nothing_and_doubles_nothing(engine):
     with engine.begin() as conn:
         add_webhook_logs(conn, 3000, days_old=100)

@@ -45,8 +45,10 @@ class JobFailed(Exception):
 
 
 def _batches(job: MaintenanceJob, engine: Engine, now: datetime, stmt: str,
-             progress: Callable[[int, int], None] | None) -> tuple[int, int]:
-    rows = batches = 0
+             progress: Callable[[int, int], None] | None, result: JobResult) -> None:
+    """Run `stmt` batch by batch, each its own transaction, counting each committed batch into `result`
+    as it commits: a run that fails at batch N records the N-1 batches that did commit."""
+    rows = 0
     while True:
         limit = job.batch_size if job.max_rows is None else min(job.batch_size, job.max_rows - rows)
         if limit <= 0:
@@ -56,13 +58,13 @@ def _batches(job: MaintenanceJob, engine: Engine, now: datetime, stmt: str,
                          {"v": str(int(job.timeout.total_seconds() * 1000))})
             n = conn.execute(sa.text(stmt), {"cutoff": now - job.older_than, "limit": limit}).scalar() or 0
         rows += n
-        batches += 1
+        result.rows += n
+        result.batches += 1
         if progress:
-            progress(rows, batches)
+            progress(result.rows, result.batches)
         if n < limit:
             break
         time.sleep(job.pause.total_seconds())
-    return rows, batches
 
 
 def _archive_sql(job: MaintenanceJob) -> str:
@@ -121,15 +123,12 @@ def _work(job: MaintenanceJob, target: Engine, now: datetime, result: JobResult,
         with target.connect() as conn:
             validate_against_catalog(job, conn)
     if job.kind == "archive":
-        result.rows, result.batches = _batches(job, target, now, _archive_sql(job), progress)
+        _batches(job, target, now, _archive_sql(job), progress, result)
     elif job.kind == "purge":
-        result.rows, result.batches = _batches(
-            job, target, now, _purge_sql(job.table, job.key_column, job.age_column, job.where), progress)
+        _batches(job, target, now, _purge_sql(job.table, job.key_column, job.age_column, job.where), progress, result)
     elif job.kind == "fleet_retention":
         for table, col in FLEET_HISTORY:
-            n, b = _batches(job, target, now, _purge_sql(table, "id", col, None), progress)
-            result.rows += n
-            result.batches += b
+            _batches(job, target, now, _purge_sql(table, "id", col, None), progress, result)
     elif job.kind == "vacuum":
         with target.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             for t in job.tables:
