@@ -130,6 +130,7 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
     if row.transition != "test":
         held = outbox.suppress_if_held(fleet, row, message.labels, now, routing)
         if held:
+            outbox.release(fleet, row.id, now)  # what an earlier attempt folded goes on its own
             log.info("notification_suppressed", notification_id=nid, reason=held[0], by=held[1], channel=row.channel)
             return Delivery(nid, "suppressed")
         if row.fingerprint and routing is not None and routing.inhibit_rules:
@@ -142,11 +143,11 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
             outbox.throttle(fleet, nid, now + timedelta(seconds=wait))
             log.info("notification_throttled", notification_id=nid, channel=row.channel, retry_in=wait)
             return Delivery(nid, "throttled", retry_in=wait, channel=row.channel)
-    folded: list[Any] = []
-    if kind in ("email", "slack") and row.transition in FOLDABLE_TRANSITIONS:
+    folded = outbox.bound(fleet, row, now)  # an earlier attempt's summary: the same rows, the same message
+    if not folded and kind in ("email", "slack") and row.transition in FOLDABLE_TRANSITIONS:
         folded = outbox.fold(fleet, row, now, routing)
-        if folded:
-            message = _summary_message(message, folded)
+    if folded:
+        message = _summary_message(message, folded)
 
     previous = None
     if row.fingerprint and row.transition in ("resolved", "repeat"):
@@ -161,7 +162,9 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
         if exc.reason == "rate_limited" and bucket is not None:
             bucket.penalize(exc.retry_after or 1.0)  # every worker waits out the provider's Retry-After
         outcome = _record_failure(fleet, row, exc, now)
-        if folded:
+        if folded and outcome.status == "dead":
+            outbox.release(fleet, row.id, now)  # they may still go, in another message
+        elif folded:
             outbox.unfold(fleet, folded, now + timedelta(seconds=outcome.retry_in or 0))
         outcome.channel = row.channel
         return outcome

@@ -239,7 +239,14 @@ def inhibiting_alert(conn: Connection, routing: Routing | None, target: dict[str
 # -- delivery's side ---------------------------------------------------------------------------------
 FOLDABLE = """transition IN ('firing', 'repeat', 'resolved', 'unsilenced')
                AND (status = 'pending' OR (status = 'retrying' AND throttled))
-               AND (lease_until IS NULL OR lease_until < :now)"""
+               AND (lease_until IS NULL OR lease_until < :now) AND folded_into IS NULL
+               AND NOT EXISTS (SELECT 1 FROM fleet.notifications b WHERE b.folded_into = notifications.id
+                               AND b.status IN ('sending', 'retrying'))"""
+# A row folded into a summary is bound to it (folded_into = the leader) until the summary is sent or
+# the leader ends unsent: it is never leased, swept or folded on its own, and the leader's retries
+# send exactly the same rows (Resend replays a request under the same key only for the same body; a
+# different one gets 409 invalid_idempotent_request). A leader with bound rows is not folded away.
+BOUND = "folded_into = :id AND status IN ('sending', 'retrying')"
 
 
 def lease(fleet: Engine, nid: str, now: datetime) -> Any:
@@ -249,7 +256,7 @@ def lease(fleet: Engine, nid: str, now: datetime) -> Any:
         return conn.execute(
             sa.text("""
                 UPDATE fleet.notifications SET status = 'sending', lease_until = :lease, attempts = attempts + 1
-                WHERE id = :id AND (
+                WHERE id = :id AND folded_into IS NULL AND (
                     (status IN ('pending', 'retrying') AND next_attempt_at <= :now)
                     OR (status = 'sending' AND lease_until < :now))
                 RETURNING *"""),
@@ -262,7 +269,7 @@ def due_in(fleet: Engine, nid: str, now: datetime) -> float | None:
     leased, or done."""
     with fleet.connect() as conn:
         at = conn.execute(sa.text("SELECT next_attempt_at FROM fleet.notifications WHERE id = :id "
-                                  "AND status IN ('pending', 'retrying') AND next_attempt_at > :now"),
+                                  "AND status IN ('pending', 'retrying') AND next_attempt_at > :now AND folded_into IS NULL"),
                           {"id": nid, "now": now}).scalar()
     return None if at is None else (at - now).total_seconds()
 
@@ -340,7 +347,7 @@ def fold(fleet: Engine, row: Any, now: datetime, routing: Routing | None = None)
     empty bucket, and rows still in their group_wait. Silenced and inhibited ones are suppressed instead."""
     with fleet.begin() as conn:
         rows = conn.execute(
-            sa.text(f"""UPDATE fleet.notifications SET status = 'sending', lease_until = :lease
+            sa.text(f"""UPDATE fleet.notifications SET status = 'sending', lease_until = :lease, folded_into = :id
                        WHERE id IN (SELECT id FROM fleet.notifications
                                     WHERE channel = :ch AND id <> :id AND {FOLDABLE}
                                     ORDER BY created_at LIMIT :lim FOR UPDATE SKIP LOCKED)
@@ -348,22 +355,45 @@ def fold(fleet: Engine, row: Any, now: datetime, routing: Routing | None = None)
             {"ch": row.channel, "id": row.id, "lease": now + LEASE, "now": now, "lim": FOLD_LIMIT},
         ).all()
         kept = []
-        for r in rows:
+        for r in sorted(rows, key=_in_order):
             held = _held(conn, r, (r.payload or {}).get("labels", {}), now, routing)
             if held is not None:
+                conn.execute(sa.text("UPDATE fleet.notifications SET folded_into = NULL WHERE id = :id"), {"id": r.id})
                 _suppress(conn, r, held, now, attempt=False)
             else:
                 kept.append(r)
         return kept
 
 
-def unfold(fleet: Engine, folded: list[Any], retry_at: datetime) -> None:
-    """The summary failed: its rows wait again, still foldable into the next attempt."""
+def _in_order(r: Any) -> tuple:
+    return (r.created_at, str(r.id))
+
+
+def bound(fleet: Engine, row: Any, now: datetime) -> list[Any]:
+    """The rows an earlier attempt of `row`'s summary folded (it timed out, failed, or its worker died):
+    leased again, in the same order, so this attempt is the same message."""
     with fleet.begin() as conn:
-        conn.execute(sa.text("""UPDATE fleet.notifications SET status = 'retrying', throttled = true,
-                                lease_until = NULL, next_attempt_at = :at
-                                WHERE id = ANY(CAST(:ids AS uuid[]))"""),
+        sql = f"UPDATE fleet.notifications SET status = 'sending', lease_until = :lease WHERE {BOUND} RETURNING *"  # noqa: S608
+        rows = conn.execute(sa.text(sql), {"id": row.id, "lease": now + LEASE}).all()
+    return sorted(rows, key=_in_order)
+
+
+def unfold(fleet: Engine, folded: list[Any], retry_at: datetime) -> None:
+    """The summary failed for now: its rows wait with it, bound to its leader, for its retry."""
+    with fleet.begin() as conn:
+        conn.execute(sa.text("""UPDATE fleet.notifications SET status = 'retrying', lease_until = NULL,
+                                next_attempt_at = :at WHERE id = ANY(CAST(:ids AS uuid[]))"""),
                      {"ids": [str(f.id) for f in folded], "at": retry_at})
+
+
+def release(fleet: Engine, leader_id: Any, now: datetime) -> None:
+    """The leader ends unsent (dead, or held back by a silence or an inhibition): its bound rows go
+    on their own, foldable into the next send of their channel."""
+    with fleet.begin() as conn:
+        conn.execute(sa.text(f"""UPDATE fleet.notifications SET folded_into = NULL, status = 'retrying',
+                                 throttled = true, lease_until = NULL, next_attempt_at = :now
+                                 WHERE {BOUND}"""),  # noqa: S608 - a constant
+                     {"id": leader_id, "now": now})
 
 
 def waiting(fleet: Engine, channel: str, now: datetime) -> bool:
@@ -439,8 +469,8 @@ def due(fleet: Engine, now: datetime, limit: int = 500) -> list[str]:
     with fleet.connect() as conn:
         rows = conn.execute(
             sa.text("""SELECT id FROM fleet.notifications
-                       WHERE (status IN ('pending', 'retrying') AND next_attempt_at <= :now)
-                          OR (status = 'sending' AND lease_until < :now)
+                       WHERE folded_into IS NULL AND ((status IN ('pending', 'retrying') AND next_attempt_at <= :now)
+                                                      OR (status = 'sending' AND lease_until < :now))
                        ORDER BY next_attempt_at LIMIT :lim"""),
             {"now": now, "lim": limit},
         )
