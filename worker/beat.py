@@ -14,6 +14,8 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 from redbeat import RedBeatScheduler
+from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
+from redbeat.schedulers import RedBeatSchedulerEntry, get_redis
 from redis.exceptions import LockError
 
 from worker.backlog.spec import beat_entries as backlog_beat
@@ -21,10 +23,12 @@ from worker.checks import store
 from worker.checks.spec import beat_entries as checks_beat
 from worker.config import FleetConfig, get_config
 from worker.fleet import redisconn
+from worker.fleet.cron import zoned_crontab
 from worker.fleet.db import fleet_engine
 from worker.fleet.errors import ConfigError, SettingsError
 from worker.fleet.logs import get_logger, mask_text
 from worker.fleet.settings import get_settings
+from worker.fleet.timeutil import Schedule
 from worker.heartbeat import beat_entries as heartbeat_beat
 from worker.maintenance.spec import beat_entries as maintenance_beat
 from worker.notify.routing import beat_entries as notify_beat
@@ -51,9 +55,50 @@ def build_schedule(cfg: FleetConfig) -> dict[str, dict[str, Any]]:
             **backlog_beat(cfg.backlogs.values()), **notify_beat(cfg.routing), **heartbeat_beat(get_settings())}
 
 
+ZONED_TYPE = "opsfleet_zoned_crontab"  # RedBeat's JSON knows crontab (no zone), interval and rrule only
+
+
+class FleetJSONEncoder(RedBeatJSONEncoder):
+    """RedBeat's encoder, plus a zoned cron stored as its schedule text ("CRON_TZ=Europe/Berlin 30 2 * * *")."""
+
+    def default(self, obj: Any) -> Any:
+        if isinstance(obj, zoned_crontab):
+            return {"__type__": ZONED_TYPE, "expr": obj.expr}
+        return super().default(obj)
+
+
+class FleetJSONDecoder(RedBeatJSONDecoder):
+    def dict_to_object(self, d: dict[str, Any]) -> Any:
+        if d.get("__type__") == ZONED_TYPE:
+            return Schedule.parse(d["expr"]).celery_schedule()
+        return super().dict_to_object(d)
+
+
+class Entry(RedBeatSchedulerEntry):
+    """RedBeat's entry, its definition (de)coded with FleetJSONEncoder/Decoder (RedBeat's save() names
+    its encoder: the method is RedBeat 2.4's, with ours)."""
+
+    @staticmethod
+    def decode_definition(definition: str) -> dict[str, Any]:
+        return json.loads(definition, cls=FleetJSONDecoder)
+
+    def save(self) -> Entry:
+        definition = {"name": self.name, "task": self.task, "args": self.args, "kwargs": self.kwargs,
+                      "options": self.options, "schedule": self.schedule, "enabled": self.enabled}
+        meta = {"last_run_at": self.last_run_at}
+        with get_redis(self.app).pipeline() as pipe:
+            pipe.hset(self.key, "definition", json.dumps(definition, cls=FleetJSONEncoder))
+            pipe.hsetnx(self.key, "meta", json.dumps(meta, cls=RedBeatJSONEncoder))
+            pipe.zadd(self.app.redbeat_conf.schedule_key, {self.key: self.score})
+            pipe.execute()
+        return self
+
+
 class Scheduler(RedBeatScheduler):
     """RedBeat with its static schedule taken from config/ at start. A beat refuses to start, in one
     line per problem, with an invalid config/ or a broker or Redis that does not answer."""
+
+    Entry = Entry  # zoned crons (worker.fleet.cron.zoned_crontab) round-trip through Redis
 
     def setup_schedule(self) -> None:
         found = beat_findings()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from celery.schedules import crontab
+
+from worker.fleet.cron import PREFIXES, UTC_NAMES, ZonedCron, load_zone, split_zone, zoned_crontab
 
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
@@ -40,11 +42,13 @@ _CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week"
 
 @dataclass(frozen=True)
 class Schedule:
-    """Either a cron expression (5 fields, UTC) or a fixed interval."""
+    """Either a cron expression (5 fields, UTC, or a zone's local time after `CRON_TZ=<zone> `: then
+    `zoned` holds it, see worker.fleet.cron) or a fixed interval."""
 
     text: str
     interval: timedelta | None = None
     cron: crontab | None = None
+    zoned: ZonedCron | None = None
 
     @classmethod
     def parse(cls, text: str) -> Schedule:
@@ -54,7 +58,9 @@ class Schedule:
             if td.total_seconds() < 1:
                 raise ValueError(f"schedule interval {text!r} must be at least 1s")
             return cls(text=text, interval=td)
-        fields = text.split()
+        zone_name, expr = split_zone(text) if text.startswith(PREFIXES) else (None, text)
+        zone = load_zone(zone_name, text) if zone_name is not None else None
+        fields = expr.split()
         if len(fields) != 5:
             raise ValueError(
                 f"{text!r} is neither an interval (30s, 5m, 1h) nor a 5-field cron expression "
@@ -66,9 +72,14 @@ class Schedule:
             _ = (cron.minute, cron.hour, cron.day_of_month, cron.month_of_year, cron.day_of_week)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{text!r} is not a valid cron expression: {exc}") from None
-        return cls(text=text, cron=cron)
+        if zone is None or zone.key in UTC_NAMES:
+            return cls(text=text, cron=cron)
+        fixed = not (fields[0].startswith("*") or fields[1].startswith("*"))  # Vixie's fixed-time job
+        return cls(text=text, cron=cron, zoned=ZonedCron(zone, cron, fixed))
 
     def celery_schedule(self):
+        if self.zoned is not None:
+            return zoned_crontab(self.text, self.zoned)
         return self.cron if self.cron is not None else self.interval.total_seconds()
 
     def slot(self, now: datetime) -> datetime:
@@ -77,6 +88,9 @@ class Schedule:
             step = int(self.interval.total_seconds())
             epoch = int(now.timestamp())
             return datetime.fromtimestamp(epoch - epoch % step, tz=now.tzinfo)
+        if self.zoned is not None:
+            found = self.zoned.last_at_or_before(_aware(now))
+            return _like(found, now) if found is not None else now.replace(second=0, microsecond=0)
         # cron: the latest minute <= now that matches
         t = now.replace(second=0, microsecond=0)
         c = self.cron
@@ -91,6 +105,10 @@ class Schedule:
         """The first scheduled instant after `now` (when beat sends the next run)."""
         if self.interval is not None:
             return self.slot(now) + self.interval
+        if self.zoned is not None:
+            found = self.zoned.next_after(_aware(now))
+            fallback = now.replace(second=0, microsecond=0) + timedelta(minutes=1 + 60 * 24 * 400)
+            return _like(found, now) if found is not None else fallback
         c, t = self.cron, now.replace(second=0, microsecond=0) + timedelta(minutes=1)
         for _ in range(60 * 24 * 400):
             if (t.minute in c.minute and t.hour in c.hour and t.day in c.day_of_month
@@ -104,6 +122,8 @@ class Schedule:
         if self.interval is not None:
             return self.interval
         current = self.slot(now)
+        if self.zoned is not None:  # slots need not be whole minutes apart in UTC: the one before
+            return current - self.slot(current - timedelta(microseconds=1))
         return current - self.slot(current - timedelta(minutes=1))
 
     def longest_gap(self) -> timedelta:
@@ -111,6 +131,9 @@ class Schedule:
         fixed date, so the figure does not depend on today): how long a check may rightly not run."""
         if self.interval is not None:
             return self.interval
+        if self.zoned is not None:
+            gap = self.zoned.longest_gap()
+            return gap if gap is not None else timedelta(days=400)
         c = self.cron
         times = sorted(h * 60 + m for h in c.hour for m in c.minute)  # minutes of a matching day
         start = date(2026, 1, 1)
@@ -120,6 +143,17 @@ class Schedule:
         within = max((b - a for a, b in zip(times, times[1:], strict=False)), default=0)
         across = max((b - a) * 1440 + times[0] - times[-1] for a, b in zip(days, days[1:], strict=False))
         return timedelta(minutes=max(within, across))
+
+
+def _aware(dt: datetime) -> datetime:
+    """A naive `now` is UTC (as everywhere in the fleet)."""
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
+
+
+def _like(slot: datetime, now: datetime) -> datetime:
+    """A zoned slot (UTC) in `now`'s form: naive if `now` is naive, else UTC-aware (not `now`'s zone:
+    two datetimes of one zone compare by wall time, which a fall-back repeats)."""
+    return slot.replace(tzinfo=None) if now.tzinfo is None else slot
 
 
 def _cron_day(c: crontab, d: date) -> bool:
