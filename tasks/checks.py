@@ -26,8 +26,9 @@ def run(self, name: str, slot: str | None = None, at: str | None = None) -> dict
     """Evaluate check `name` for its current slot (or `slot`), at time `at` (ISO 8601; default now)."""
     cfg = get_config()
     check = cfg.checks[calls.known("checks.run", "name", name, cfg.checks, ACCEPTS)]
-    now = calls.instant("checks.run", "at", at, ACCEPTS) or fleet_now()
+    at_given = calls.instant("checks.run", "at", at, ACCEPTS)
     slot_at = calls.instant("checks.run", "slot", slot, ACCEPTS)
+    now = at_given or fleet_now()  # only once every argument is known good: a bad one touches nothing
     structlog.contextvars.bind_contextvars(check=name)
     outcome = run_check(
         check, monitored=checks_engine("monitored"), fleet=fleet_engine(), fleet_queries=checks_engine("fleet"),
