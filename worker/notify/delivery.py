@@ -162,7 +162,9 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
         if exc.reason == "rate_limited" and bucket is not None:
             bucket.penalize(exc.retry_after or 1.0)  # every worker waits out the provider's Retry-After
         outcome = _record_failure(fleet, row, exc, now)
-        if folded and outcome.status == "dead":
+        if outcome.status == "skipped":  # the lease was lost: its folded rows are the new holder's
+            pass
+        elif folded and outcome.status == "dead":
             outbox.release(fleet, row.id, now)  # they may still go, in another message
         elif folded:
             outbox.unfold(fleet, folded, now + timedelta(seconds=outcome.retry_in or 0))
@@ -210,7 +212,8 @@ def _record_failure(fleet: Engine, row: Any, exc: DeliveryError, now: datetime) 
     nid = str(row.id)
     error = f"{exc.reason}: {exc.message}"[:2000]
     if exc.permanent or row.attempts >= MAX_ATTEMPTS:
-        outbox.mark_dead(fleet, row, error, now)
+        if not outbox.mark_dead(fleet, row, error, now):
+            return _lease_lost(row, error)
         log.error("notification_dead", notification_id=nid, channel=row.channel, reason=exc.reason,
                   attempts=row.attempts, error=error)
         return Delivery(nid, "dead", error=error)
@@ -218,7 +221,15 @@ def _record_failure(fleet: Engine, row: Any, exc: DeliveryError, now: datetime) 
     # A 429 is pacing, not a fault: wait exactly what the provider asks (never less), and do not
     # count it toward MAX_ATTEMPTS; every other transient failure backs off exponentially.
     delay = max(exc.retry_after or 1.0, 0.5) if rate_limited else backoff(row.attempts, exc.retry_after)
-    outbox.mark_retrying(fleet, row, error, now + timedelta(seconds=delay), throttled=rate_limited)
+    if not outbox.mark_retrying(fleet, row, error, now + timedelta(seconds=delay), throttled=rate_limited):
+        return _lease_lost(row, error)
     log.warning("notification_retrying", notification_id=nid, channel=row.channel, reason=exc.reason,
                 attempts=row.attempts, retry_in=round(delay, 1))
     return Delivery(nid, "retrying", retry_in=delay, error=error)
+
+
+def _lease_lost(row: Any, error: str) -> Delivery:
+    """This worker's lease ran out before its attempt failed (cut off, stalled): another worker has the
+    row, or has sent it; this one records nothing and leaves it alone."""
+    log.warning("notification_lease_lost", notification_id=str(row.id), channel=row.channel, error=error)
+    return Delivery(str(row.id), "skipped", error=error)

@@ -443,25 +443,35 @@ def mark_sent(fleet: Engine, row: Any, folded: list[Any], now: datetime, provide
             )
 
 
-def mark_dead(fleet: Engine, row: Any, error: str, now: datetime) -> None:
-    with fleet.begin() as conn:
-        conn.execute(
-            sa.text("""UPDATE fleet.notifications SET status = 'dead', lease_until = NULL, last_error = :e,
-                       dead_at = :now WHERE id = :id"""),
-            {"id": row.id, "e": error, "now": now},
-        )
-        count_held_back(conn, "dead", row.channel, row.check_name, now)
+# A failure is recorded only by the worker that still holds the row's lease: one whose lease ran out
+# (cut off, stalled) while another worker took the row and sent it must not put it back to retrying
+# (a second send) or dead. `row` is what lease() returned, with this worker's lease_until.
+HOLDS_LEASE = "id = :id AND status = 'sending' AND lease_until = :lease"
 
 
-def mark_retrying(fleet: Engine, row: Any, error: str, at: datetime, *, throttled: bool) -> None:
-    """Back to the outbox until `at`; a throttled retry (a 429) does not count as an attempt."""
+def mark_dead(fleet: Engine, row: Any, error: str, now: datetime) -> bool:
+    """False: the lease was lost meanwhile, nothing recorded."""
     with fleet.begin() as conn:
-        conn.execute(
-            sa.text("""UPDATE fleet.notifications SET status = 'retrying', lease_until = NULL, last_error = :e,
-                       next_attempt_at = :at, throttled = :throttled,
-                       attempts = attempts - CASE WHEN :throttled THEN 1 ELSE 0 END WHERE id = :id"""),
-            {"id": row.id, "e": error, "at": at, "throttled": throttled},
-        )
+        done = conn.execute(
+            sa.text(f"""UPDATE fleet.notifications SET status = 'dead', lease_until = NULL, last_error = :e,
+                        dead_at = :now WHERE {HOLDS_LEASE}"""),  # noqa: S608 - a constant
+            {"id": row.id, "e": error, "now": now, "lease": row.lease_until},
+        ).rowcount
+        if done:
+            count_held_back(conn, "dead", row.channel, row.check_name, now)
+    return bool(done)
+
+
+def mark_retrying(fleet: Engine, row: Any, error: str, at: datetime, *, throttled: bool) -> bool:
+    """Back to the outbox until `at`; a throttled retry (a 429) does not count as an attempt. False:
+    the lease was lost meanwhile, nothing recorded."""
+    with fleet.begin() as conn:
+        return bool(conn.execute(
+            sa.text(f"""UPDATE fleet.notifications SET status = 'retrying', lease_until = NULL, last_error = :e,
+                        next_attempt_at = :at, throttled = :throttled,
+                        attempts = attempts - CASE WHEN :throttled THEN 1 ELSE 0 END WHERE {HOLDS_LEASE}"""),  # noqa: S608
+            {"id": row.id, "e": error, "at": at, "throttled": throttled, "lease": row.lease_until},
+        ).rowcount)
 
 
 def due(fleet: Engine, now: datetime, limit: int = 500) -> list[str]:
