@@ -1,6 +1,7 @@
 """The soak: the whole fleet under load and faults for a bounded time, then its invariants (issue 14, section 5).
 
-    .venv/bin/python bench/soak.py [--minutes 10] [--scale 20000] [--drain-seconds 180] [--seed 14] [--keep]
+    .venv/bin/python bench/soak.py [--minutes 10] [--scale 20000] [--storm-rate 1.5] [--drain-seconds 180]
+                                   [--seed 14] [--keep]
 
 Loopback only, not in CI, stops by itself; every process and server it started is stopped at the end,
 also on Ctrl-C. It starts two throwaway Postgres servers (the monitored application, seeded with
@@ -11,6 +12,8 @@ While it runs:
   - the sample app receives writes every second (registrations, webhook logs, some 100 days old for
     the archive job; every 90 s an incident: webhook 5xx and 200 backlog registrations, then it clears);
   - the confirmation backlog drains on its 20 s schedule (and by remediate when it fires);
+  - a notification storm on top of the alerts: 1.5 a second (two emails per Slack message), each its
+    own outbox row, enqueued as a check run does (900 in 10 minutes, with what the checks fire);
   - the sink fails ~10% of the provider requests (500/502/503) and throttles ~5% (429 + Retry-After),
     on top of its own rate limits (Resend 5/s, Slack 1/s: real 429s past them);
   - a random worker (not the anchor) is SIGKILLed every 30-60 s and restarted;
@@ -40,7 +43,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from celery import Celery  # noqa: E402
-from soak_checks import Writer, invariants, pairs, scalar, unfinished, webhook_total  # noqa: E402
+from soak_checks import Storm, Writer, invariants, pairs, scalar, unfinished, webhook_total  # noqa: E402
 from soak_fleet import API_KEY, KILLABLE, WORKERS, FaultySink, Fleet, short_config  # noqa: E402
 
 MIB = 1024 * 1024
@@ -238,7 +241,9 @@ def run(args, fleet: Fleet, rng: random.Random, started: float) -> int:
     chaos = Chaos(fleet, random.Random(args.seed + 2), soak0, seconds)
     samples: list[tuple[float, dict[str, int]]] = []
     observations: Counter = Counter()
+    storm = Storm(fleet_db, Celery(broker=fleet.redis.url), args.storm_rate)
     threading.Thread(target=writer.run, name="writer", daemon=True).start()
+    threading.Thread(target=storm.run, name="storm", daemon=True).start()
     chaos.start()
     next_print, next_sample = soak0 + 30, soak0
     while time.monotonic() - soak0 < seconds:
@@ -253,6 +258,7 @@ def run(args, fleet: Fleet, rng: random.Random, started: float) -> int:
         time.sleep(1)
     t_soak1, soak_s = datetime.now(UTC), time.monotonic() - soak0
     writer.stop.set()
+    storm.stop.set()
     chaos.stop.set()
     chaos.join(90)
     fleet.sink.faults_on = False
@@ -280,6 +286,7 @@ def run(args, fleet: Fleet, rng: random.Random, started: float) -> int:
           + ")")
     print(f"  deliveries: {sent} notifications sent ({sent / soak_s:.2f}/s); provider requests "
           f"{sum(r.at >= t_soak0.timestamp() for r in requests)} (soak and drain)")
+    print("  notification storm (on top of the alerts): " + ", ".join(f"{k} {v}" for k, v in sorted(storm.counts.items())))
     print(f"  backlog: {numbered} registrations numbered and emailed ({numbered / soak_s:.2f}/s)")
     print("\n## Faults injected")
     faults = fleet.faults + fleet.sink.injected
@@ -312,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=20000, help="registrations seeded (default 20000)")
     parser.add_argument("--drain-seconds", type=float, default=180.0,
                         help="how long the drain waits for the outbox to be final (default 180: 120 s leases)")
+    parser.add_argument("--storm-rate", type=float, default=1.5,
+                        help="notifications a second written on top of the alerts, 2 emails per Slack message "
+                             "(default 1.5; 0 turns the storm off)")
     parser.add_argument("--seed", type=int, default=14, help="random seed of the faults and writes")
     parser.add_argument("--keep", action="store_true", help="keep the run folder (logs, configs) at the end")
     args = parser.parse_args(argv)

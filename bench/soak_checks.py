@@ -75,6 +75,51 @@ class Writer:
         self.counts["webhook_logs"] += n + old
 
 
+@dataclass
+class Storm:
+    """A notification storm on top of what the checks fire: `rate` notifications a second (two emails for
+    every Slack message), each a `test` transition of its own (never folded into a summary), written to
+    the outbox and enqueued as a check run does. A row the fleet Postgres refused (its restart) is not
+    written; one whose enqueue failed (Redis restarting) is left to notify.sweep."""
+
+    fleet: sa.Engine
+    client: object
+    rate: float
+    stop: threading.Event = field(default_factory=threading.Event)
+    counts: Counter = field(default_factory=Counter)
+
+    def run(self) -> None:
+        from datetime import UTC, datetime
+
+        from worker.notify import outbox
+
+        n, owed = 0, 0.0
+        while not self.stop.wait(1.0):
+            owed += self.rate
+            batch, owed = int(owed), owed - int(owed)
+            payloads = []
+            for _ in range(batch):
+                n += 1
+                channel = "slack" if n % 3 == 0 else "email"
+                payloads.append((channel, {"check": "soak_storm", "severity": "high", "status": "test",
+                                           "title": f"storm {n}", "summary": f"soak storm notification {n}",
+                                           "labels": {"n": str(n)}}))
+            try:
+                with self.fleet.begin() as conn:
+                    ids = [outbox.insert(conn, channel=ch, check="soak_storm", transition="test", payload=p,
+                                         due=datetime.now(UTC), dedup_key=f"soak-storm:{uuid.uuid4()}")
+                           for ch, p in payloads]
+            except sa.exc.SQLAlchemyError:
+                self.counts["storm rows refused (fleet Postgres restarting)"] += len(payloads)
+                continue
+            for (ch, _), nid in zip(payloads, ids, strict=True):
+                self.counts[f"storm {ch}"] += 1
+                try:
+                    self.client.send_task("notify.deliver", kwargs={"notification_id": nid}, queue="notify")
+                except Exception:  # noqa: BLE001 - the broker down: the row stays due, the sweeper's
+                    self.counts["storm enqueues failed (left to notify.sweep)"] += 1
+
+
 def scalar(engine, sql: str, **params):
     with engine.connect() as conn:
         return conn.execute(sa.text(sql), params).scalar()
