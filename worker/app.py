@@ -15,6 +15,7 @@ from kombu import Queue
 
 from worker import startup
 from worker.fleet import calls
+from worker.fleet.brokerfix import guard_redis_transport
 from worker.fleet.errors import ArgumentError, ConfigError, ServiceUnavailable, SettingsError
 from worker.fleet.logs import configure_logging, get_logger
 from worker.fleet.names import KNOWN_TASKS, QUEUES, TASK_MODULES, VISIBILITY_TIMEOUT, queue_of
@@ -29,6 +30,7 @@ except SettingsError as _exc:  # `celery -A worker ...` with a bad environment: 
     sys.stderr.write(f"opsfleet: {_exc}\n")
     raise SystemExit(2) from None
 
+guard_redis_transport()  # a Redis restart must not end a worker (kombu 5.7.0: worker/fleet/brokerfix.py)
 app = Celery("opsfleet", include=TASK_MODULES)
 app.conf.update(
     broker_url=_broker,
