@@ -162,8 +162,9 @@ def test_through_a_real_worker_and_beat_the_pings_stop_within_two_intervals_of_b
 
 @pytest.mark.slow  # a worker and a beat for about 20 s
 def test_no_worker_on_the_checks_queue_and_checks_missed_is_delivered_by_email(env, fleet, sink, tmp_path):
-    """The evaluation ledger end to end: beat records its schedule, nobody consumes the checks queue,
-    and checks_missed (a fleet check, run by the notify worker) names the check and its queue by email."""
+    """The evaluation ledger end to end: beat records its schedule (the checks', and the jobs' for
+    maintenance_job_health), nobody consumes the checks queue, and checks_missed (a fleet check, run by
+    the notify worker) names the check and its queue by email."""
     import shutil
 
     import yaml
@@ -181,6 +182,8 @@ def test_no_worker_on_the_checks_queue_and_checks_missed_is_delivered_by_email(e
     (cfg_dir / "app" / "checks.yaml").write_text(yaml.safe_dump({"checks": [{
         "name": "tick", "description": "seed 000: a check every 2 s", "schedule": "2s", "query": "SELECT 1 AS value",
         "condition": "> 5", "severity": "warning", "summary": "never fires"}]}))
+    (cfg_dir / "app" / "backlogs.yaml").write_text(yaml.safe_dump({"backlogs": [{
+        "name": "confirmations", "task": "backlog.reprocess_confirmations", "schedule": "5m", "kwargs": {"limit": 10}}]}))
     (cfg_dir / "routing.yaml").write_text(yaml.safe_dump({
         "channels": {"email": {"kind": "email"}}, "routes": [{"match": {}, "channels": ["email"], "group_wait": "0s"}]}))
     env = {**env, "OPSFLEET_CONFIG_DIR": str(cfg_dir), "OPSFLEET_PACKS": "fleet,app", "OPSFLEET_PACKS_DIR": str(cfg_dir),
@@ -202,6 +205,12 @@ def test_no_worker_on_the_checks_queue_and_checks_missed_is_delivered_by_email(e
         with fleet.connect() as conn:
             queues = dict(conn.execute(sa.text("SELECT check_name, queue FROM fleet.check_schedule")).all())
             ran = {r[0] for r in conn.execute(sa.text("SELECT DISTINCT check_name FROM fleet.check_runs"))}
+            jobs = {tuple(r) for r in conn.execute(sa.text(
+                "SELECT family, job, queue, longest_gap_s, enabled FROM fleet.job_schedule"))}
+        # the job ledger maintenance_job_health reads (config/fleet/tests/maintenance_job_health.yaml):
+        # a backlog by the name its runs have, a duration schedule's gap, a daily cron's
+        assert jobs == {("maintenance", "fleet_history_retention", "maintenance", 86400.0, True),
+                        ("backlog", "reprocess_confirmations", "backlog", 300.0, True)}
         assert queues["tick"] == "checks" and queues["checks_missed"] == "notify"
         assert "tick" not in ran and "checks_missed" in ran  # the ledger ran where the stuck queue could not starve it
     finally:

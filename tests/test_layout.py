@@ -221,6 +221,7 @@ WRITERS = {
     "fleet.check_runs": {"worker/checks/store.py"},
     "fleet.alert_events": {"worker/checks/store.py"},
     "fleet.check_schedule": {"worker/checks/store.py"},
+    "fleet.job_schedule": {"worker/fleet/runs.py"},
     # the alert state is the engine's; its last_notified column is the outbox's memory of what the
     # provider answered (Slack's ts, for threading), written when a send is recorded
     "fleet.alerts": {"worker/checks/store.py", "worker/notify/outbox.py"},

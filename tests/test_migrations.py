@@ -11,7 +11,7 @@ from tests.conftest import REPO, run_cli
 from worker.fleet.db import normalize_url
 
 TABLES = {"check_runs", "alerts", "alert_events", "notifications", "silences", "job_runs", "held_back", "check_schedule",
-          "alembic_version"}
+          "job_schedule", "alembic_version"}
 
 
 def _tables(url: str) -> set[str]:
@@ -28,7 +28,7 @@ def test_upgrade_is_idempotent(fresh_database, env):
     for _ in range(2):
         proc = run_cli(["db", "upgrade"], {**env, "DATABASE_URL": url})
         assert proc.returncode == 0, proc.stderr
-        assert "revision 0006" in proc.stdout
+        assert "revision 0007" in proc.stdout
     assert _tables(url) == TABLES
 
 

@@ -19,10 +19,11 @@ from redbeat.schedulers import RedBeatSchedulerEntry, get_redis
 from redis.exceptions import LockError
 
 from worker.backlog.spec import beat_entries as backlog_beat
+from worker.backlog.spec import scheduled_jobs as scheduled_backlogs
 from worker.checks import store
 from worker.checks.spec import beat_entries as checks_beat
 from worker.config import FleetConfig, get_config
-from worker.fleet import redisconn
+from worker.fleet import redisconn, runs
 from worker.fleet.cron import zoned_crontab
 from worker.fleet.db import fleet_engine
 from worker.fleet.errors import ConfigError, SettingsError
@@ -31,6 +32,7 @@ from worker.fleet.settings import get_settings
 from worker.fleet.timeutil import Schedule
 from worker.heartbeat import beat_entries as heartbeat_beat
 from worker.maintenance.spec import beat_entries as maintenance_beat
+from worker.maintenance.spec import scheduled_jobs as scheduled_maintenance
 from worker.notify.routing import beat_entries as notify_beat
 from worker.startup import beat_findings
 
@@ -40,11 +42,15 @@ log = get_logger(__name__)
 
 
 def record_schedule(cfg: FleetConfig) -> None:
-    """What this beat schedules, in fleet.check_schedule (checks_missed reads it). A fleet database
-    that does not answer is logged, not fatal: the beat's own work needs only Redis."""
+    """What this beat schedules, in fleet.check_schedule (checks_missed reads it) and fleet.job_schedule
+    (maintenance_job_health). A fleet database that does not answer is logged, not fatal: the beat's
+    own work needs only Redis."""
     try:
         with fleet_engine().begin() as conn:
-            store.record_schedule(conn, cfg.checks.values(), datetime.now(UTC))
+            now = datetime.now(UTC)
+            store.record_schedule(conn, cfg.checks.values(), now)
+            runs.record_schedule(conn, [*scheduled_maintenance(cfg.maintenance.values()),
+                                        *scheduled_backlogs(cfg.backlogs.values())], now)
     except (sa.exc.SQLAlchemyError, SettingsError) as exc:
         log.warning("check_schedule_not_recorded", error=mask_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
 

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from worker.fleet.fields import Name, ScheduleField, Strict
-from worker.fleet.names import beat_entry
+from worker.fleet.names import beat_entry, queue_of
 
 
 class Backlog(Strict):
@@ -19,6 +19,12 @@ class Backlog(Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     enabled: bool = True
 
+    @property
+    def job(self) -> str:
+        """The name its runs have in fleet.job_runs: the task's, without its family
+        (backlog.reprocess_confirmations -> reprocess_confirmations)."""
+        return self.task.split(".", 1)[-1]
+
 
 class BacklogsFile(Strict):
     backlogs: list[Backlog] = Field(default_factory=list)
@@ -28,3 +34,18 @@ def beat_entries(backlogs: Iterable[Backlog]) -> dict[str, dict[str, Any]]:
     """Each enabled backlog's task with its arguments, on its schedule."""
     return {f"backlog:{b.name}": beat_entry(b.task, b.schedule.celery_schedule(), b.kwargs)
             for b in backlogs if b.enabled}
+
+
+def scheduled_jobs(backlogs: Iterable[Backlog]) -> list[dict[str, Any]]:
+    """What beat records of each backlog in fleet.job_schedule (maintenance_job_health reads it): one row
+    per job, however many entries run it (its shortest gap: any of them is a run); a dry run's
+    schedule is not watched (its rows are dry runs)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for b in backlogs:
+        row = {"family": "backlog", "job": b.job, "queue": queue_of(b.task),
+               "longest_gap_s": b.schedule.longest_gap().total_seconds(),
+               "enabled": b.enabled and not b.kwargs.get("dry_run")}
+        seen = rows.get(b.job)
+        if seen is None or (row["enabled"], -row["longest_gap_s"]) > (seen["enabled"], -seen["longest_gap_s"]):
+            rows[b.job] = row
+    return list(rows.values())

@@ -1,4 +1,4 @@
-"""fleet.job_runs, written here only, and the advisory-lock keys of the whole fleet, in one scheme.
+"""fleet.job_runs and fleet.job_schedule, written here only, and the advisory-lock keys of the whole fleet, in one scheme.
 
 Every advisory lock the fleet takes is `lock_key(space, n)`: what kind of thing is locked (the
 space) in the top 16 bits of the bigint, which one (a run id, a transaction id, a name's hash) in the
@@ -197,3 +197,15 @@ def last_by_job(fleet: Engine) -> dict[str, dict[str, Any]]:
         return {m["job"]: dict(m) for m in conn.execute(sa.text(
             """SELECT DISTINCT ON (job) id, job, kind, status, started_at, finished_at, rows_affected, batches, error
                FROM fleet.job_runs WHERE status <> 'dry_run' ORDER BY job, started_at DESC""")).mappings()}
+
+
+# -- job_schedule ----------------------------------------------------------------------------------------
+def record_schedule(conn: Connection, jobs: list[dict[str, Any]], now: Any) -> None:
+    """The maintenance jobs and backlogs a beat schedules (`scheduled_jobs` of each domain's spec) in
+    fleet.job_schedule, replacing what was there: `maintenance_job_health` compares each job's last
+    run with it (a job that is late, or never ran since the beat started)."""
+    conn.execute(sa.text("DELETE FROM fleet.job_schedule"))
+    if jobs:
+        conn.execute(sa.text("""INSERT INTO fleet.job_schedule (family, job, queue, longest_gap_s, enabled, recorded_at)
+                                VALUES (:family, :job, :queue, :longest_gap_s, :enabled, :at)"""),
+                     [{**j, "at": now} for j in jobs])

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from worker.fleet.fields import Duration, Identifier, Name, ScheduleField, Strict
-from worker.fleet.names import beat_entry
+from worker.fleet.names import beat_entry, queue_of
 
 
 class MaintenanceJob(Strict):
@@ -56,3 +56,9 @@ def beat_entries(jobs: Iterable[MaintenanceJob]) -> dict[str, dict[str, Any]]:
     """One maintenance.run per enabled job, on its schedule."""
     return {f"maintenance:{j.name}": beat_entry("maintenance.run", j.schedule.celery_schedule(), {"job": j.name})
             for j in jobs if j.enabled}
+
+
+def scheduled_jobs(jobs: Iterable[MaintenanceJob]) -> list[dict[str, Any]]:
+    """What beat records of each job in fleet.job_schedule (maintenance_job_health reads it)."""
+    return [{"family": "maintenance", "job": j.name, "queue": queue_of("maintenance.run"),
+             "longest_gap_s": j.schedule.longest_gap().total_seconds(), "enabled": j.enabled} for j in jobs]
