@@ -68,6 +68,16 @@ MUTANTS = [
     Mutant("resend fake: concurrent mode ignored", "ops/devkit/sink/resend.py",
            "if self.resend_concurrent_mode and first is not None", "if False and first is not None",
            [R + "test_promise_dead_letters.py"]),
+    Mutant("a stale worker's failure recorded without its lease", "worker/notify/outbox.py",
+           "HOLDS_LEASE = \"id = :id AND status = 'sending' AND lease_until = :lease\"",
+           "HOLDS_LEASE = \"id = :id AND CAST(:lease AS timestamptz) IS NOT NULL\"",
+           [R + "test_partition.py", R + "test_lease_lost.py"]),
+    Mutant("kombu broker guard off", "worker/app.py", "\nguard_redis_transport()  #", "\npass  #",
+           [R + "test_broker_guard.py"]),
+    Mutant("job liveness at three gaps", "config/fleet/checks.yaml",
+           "< :now - GREATEST(2 * make_interval(secs => s.longest_gap_s)",
+           "< :now - GREATEST(3 * make_interval(secs => s.longest_gap_s)",
+           ["tests/test_rule_tests.py::test_rule_tests_pass[fleet/maintenance_job_health]"]),
 ]
 
 

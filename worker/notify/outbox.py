@@ -242,6 +242,13 @@ FOLDABLE = """transition IN ('firing', 'repeat', 'resolved', 'unsilenced')
                AND (lease_until IS NULL OR lease_until < :now) AND folded_into IS NULL
                AND NOT EXISTS (SELECT 1 FROM fleet.notifications b WHERE b.folded_into = notifications.id
                                AND b.status IN ('sending', 'retrying'))"""
+# what the follow-up chain at the bucket's next token takes: the foldable rows, and any row the bucket
+# throttled (a digest, a report, a test notice: never folded, sent alone in turn, not left to the sweep)
+WAITING = """((transition IN ('firing', 'repeat', 'resolved', 'unsilenced') AND status = 'pending')
+               OR (status = 'retrying' AND throttled))
+              AND (lease_until IS NULL OR lease_until < :now) AND folded_into IS NULL
+              AND NOT EXISTS (SELECT 1 FROM fleet.notifications b WHERE b.folded_into = notifications.id
+                              AND b.status IN ('sending', 'retrying'))"""
 # A row folded into a summary is bound to it (folded_into = the leader) until the summary is sent or
 # the leader ends unsent: it is never leased, swept or folded on its own, and the leader's retries
 # send exactly the same rows (Resend replays a request under the same key only for the same body; a
@@ -275,13 +282,13 @@ def due_in(fleet: Engine, nid: str, now: datetime) -> float | None:
 
 
 def lease_next_waiting(fleet: Engine, channel: str, now: datetime) -> Any:
-    """Lease the oldest row of a channel that waits to be folded (the follow-up at the bucket's next
-    token): throttled, or pending in its group_wait (a storm's last runs have no task of their own)."""
+    """Lease the oldest row of a channel that waits behind its bucket (the follow-up at the bucket's
+    next token): throttled, or pending in its group_wait (a storm's last runs have no task of their own)."""
     with fleet.begin() as conn:
         return conn.execute(
             sa.text(f"""
                 UPDATE fleet.notifications SET status = 'sending', lease_until = :lease, attempts = attempts + 1
-                WHERE id = (SELECT id FROM fleet.notifications WHERE channel = :ch AND {FOLDABLE}
+                WHERE id = (SELECT id FROM fleet.notifications WHERE channel = :ch AND {WAITING}
                             ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
                 RETURNING *"""),  # noqa: S608 - a constant
             {"ch": channel, "now": now, "lease": now + LEASE},
@@ -397,11 +404,11 @@ def release(fleet: Engine, leader_id: Any, now: datetime) -> None:
 
 
 def waiting(fleet: Engine, channel: str, now: datetime) -> bool:
-    """Foldable rows still wait for this channel (throttled, or pending in their group_wait: the
+    """Rows still wait for this channel (throttled, or foldable and pending in their group_wait: the
     last runs of a storm have no task of their own): the follow-up chain goes on."""
     with fleet.connect() as conn:
         return bool(conn.execute(sa.text(f"""SELECT EXISTS (SELECT 1 FROM fleet.notifications
-                                             WHERE channel = :ch AND {FOLDABLE})"""),  # noqa: S608 - a constant
+                                             WHERE channel = :ch AND {WAITING})"""),  # noqa: S608 - a constant
                                  {"ch": channel, "now": now}).scalar())
 
 
