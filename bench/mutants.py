@@ -78,6 +78,10 @@ MUTANTS = [
            "< :now - GREATEST(2 * make_interval(secs => s.longest_gap_s)",
            "< :now - GREATEST(3 * make_interval(secs => s.longest_gap_s)",
            ["tests/test_rule_tests.py::test_rule_tests_pass[fleet/maintenance_job_health]"]),
+    Mutant("follow-up chain takes only foldable rows", "worker/notify/outbox.py",
+           "WHERE id = (SELECT id FROM fleet.notifications WHERE channel = :ch AND {WAITING}",
+           "WHERE id = (SELECT id FROM fleet.notifications WHERE channel = :ch AND {FOLDABLE}",
+           ["tests/test_notify_followup.py"]),
 ]
 
 
