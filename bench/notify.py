@@ -17,8 +17,9 @@ workers (`celery -A worker worker -Q checks,notify -c N`), with notify.sweep sen
    Measured: messages the sink accepted per channel; per alert instance and channel, how many
    accepted messages name it (instances are read back out of the message text: a folded summary
    lists every instance it stands for), so duplicates = instances named by more than one message on
-   a channel and lost = instances named by none (cross-checked against the outbox: lost = a row not
-   'sent' at the end, directly or folded into a sent one); time to drain (t0 -> the sink's last
+   a channel and lost = instances named by none (a Slack summary lists only its first 40 rows: there,
+   the instances beyond what the messages say they stand for, "(+N more)"; cross-checked against the
+   outbox: lost = a row not 'sent' at the end, directly or folded into a sent one); time to drain (t0 -> the sink's last
    accepted message on the channel) against the rate-limit bound (messages / rate).
 2. Throughput with the limits lifted. N outbox rows, one per alert instance, each on its own channel
    (so nothing folds: grouping off), bucket rates far above anything reachable, an unlimited sink.
@@ -156,6 +157,16 @@ def instances_named(text: str) -> set[tuple[int, int]]:
     return {(int(a), int(b)) for a, b in INSTANCE_RE.findall(text)}
 
 
+MORE_RE = re.compile(r"\(\+(\d+) more\)")
+
+
+def stands_for(text: str, named: int) -> int:
+    """How many alerts a message stands for: its title's "(+N more)" plus one (a Slack summary lists
+    only its first rows, worker/channels/slack.py MAX_ROWS), else the instances it names."""
+    m = MORE_RE.search(text)
+    return max(int(m.group(1)) + 1, named) if m else named
+
+
 def storm(args, engine, db_url: str, redis_url: str, tmp: Path) -> dict:
     from celery import Celery
 
@@ -243,10 +254,17 @@ def storm(args, engine, db_url: str, redis_url: str, tmp: Path) -> dict:
     ):
         named: Counter = Counter()
         timeline = []
+        covered = 0
         for m, t in zip(msgs, texts, strict=True):
             found = instances_named(t)
             named.update(found)
+            covered += stands_for(t, len(found))
             timeline.append((round(m["at"] - t0, 3), len(found)))
+        # lost: instances no message names; where messages list only their first rows (Slack), the
+        # instances beyond what the messages stand for (their "(+N more)"), net of duplicates
+        doubled = sum(v - 1 for v in named.values() if v > 1)
+        lost = (len(all_instances - set(named)) if covered == sum(named.values())
+                else max(0, len(all_instances) - (covered - doubled)))
         route_prefix = "resend." if ch == "email" else "slack."
         reqs = [r for r in requests if (r.route or "").startswith(route_prefix)]
         ats = sorted(m["at"] for m in msgs)
@@ -271,7 +289,7 @@ def storm(args, engine, db_url: str, redis_url: str, tmp: Path) -> dict:
             "messages": msgs_n, "requests": len(reqs), "rate_limited_429": sum(r.rate_limited for r in reqs),
             "other_errors": sum(1 for r in reqs if r.status and r.status >= 400 and not r.rate_limited),
             "instances_named": len(named), "duplicates": sum(1 for v in named.values() if v > 1),
-            "lost": len(all_instances - set(named)), "max_times_named": max(named.values()) if named else 0,
+            "lost": lost, "stood_for": covered, "max_times_named": max(named.values()) if named else 0,
             "db_status": db, "db_primaries": primaries, "db_folded": folded, "db_not_sent": not_sent,
             "fan_in": {int(n): int(k) for n, k in fan}, "attempts": {int(a): int(k) for a, k in attempts.items()},
             "first_at": (ats[0] - t0) if ats else None, "drain": drain,
