@@ -18,7 +18,7 @@ demo: $(STAMP)
 # three processes: most tests wait on real servers and workers, so they overlap well on 2 cores; each
 # process has its own Redis, databases and RabbitMQ vhost (tests/conftest.py)
 test: $(STAMP)
-	$(VENV)/bin/pytest -q -n 3 $(ARGS)
+	$(VENV)/bin/pytest -q -n 4 --dist worksteal $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -72,10 +72,9 @@ def test_two_beats_one_schedules_the_other_waits(broker_env, tmp_path, redis_url
         # the leader schedules: the sweeper (every 30 s) and every check are in RedBeat
         keys = {k.decode() for k in client.zrange("opsfleet:redbeat::schedule", 0, -1)}
         assert "opsfleet:redbeat:notify:sweep" in keys and "opsfleet:redbeat:check:confirmation_backlog" in keys, keys
-        # leader dies without releasing: the standby takes over once the lock times out (30 s) and its
-        # next poll (5 s): measured in tests/reliability/test_promise_beat_takeover.py
-        first.kill()
-        assert second.wait_for("beat: Acquired lock", 36), second.output()[-3000:]
+        # the leader dying without releasing and the standby taking over within 35 s (the 30 s lock
+        # timeout and one 5 s poll): tests/reliability/test_promise_beat_takeover.py (the lock is
+        # RedBeat's in Redis whatever the broker, so it is not waited out twice more here)
     finally:
         first.kill()
         if second:
