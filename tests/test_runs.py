@@ -86,3 +86,12 @@ def test_a_run_whose_worker_died_is_closed_by_the_next_start_and_a_live_one_is_n
     assert rows(fleet, "SELECT task_id, status, rows_affected, params->'result'->>'sent' FROM fleet.job_runs "
                        "WHERE task_id IN ('alive', 'next') ORDER BY task_id") == [
         ("alive", "ok", 3, "3"), ("next", "error", 0, None)]
+
+
+def test_every_backlog_task_names_the_job_its_runs_are_recorded_under():
+    """fleet.job_schedule (what maintenance_job_health judges) and fleet.job_runs must agree on a
+    backlog's job name; a new backlog task without an entry in JOBS would be watched under the wrong one."""
+    from worker.backlog.spec import JOBS
+    from worker.fleet.names import KNOWN_TASKS
+
+    assert {t for t in KNOWN_TASKS if t.startswith("backlog.")} == set(JOBS)

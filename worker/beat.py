@@ -52,7 +52,7 @@ def record_schedule(cfg: FleetConfig) -> None:
             runs.record_schedule(conn, [*scheduled_maintenance(cfg.maintenance.values()),
                                         *scheduled_backlogs(cfg.backlogs.values())], now)
     except (sa.exc.SQLAlchemyError, SettingsError) as exc:
-        log.warning("check_schedule_not_recorded", error=mask_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+        log.warning("schedule_not_recorded", error=mask_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
 
 
 def build_schedule(cfg: FleetConfig) -> dict[str, dict[str, Any]]:

@@ -64,14 +64,13 @@ from worker.backlog.confirmations import (
     require_channel,
     send_call,
 )
+from worker.backlog.spec import JOB_REPROCESS, JOB_RESEND
 from worker.channels.email import EmailChannel
 from worker.fleet import runs
 from worker.fleet.logs import get_logger
 
 log = get_logger(__name__)
 
-JOB_REPROCESS = "reprocess_confirmations"
-JOB_RESEND = "resend_failed_emails"
 KIND = "backlog"
 # seed 000 "Pending Confirmations"; registrations_confirmation_backlog_idx has the same predicate
 STALE_AFTER = timedelta(minutes=10)  # a pending email older than this, unlocked, is resent

@@ -10,6 +10,10 @@ from pydantic import Field
 from worker.fleet.fields import Name, ScheduleField, Strict
 from worker.fleet.names import beat_entry, queue_of
 
+JOB_REPROCESS = "reprocess_confirmations"
+JOB_RESEND = "resend_failed_emails"
+JOBS = {"backlog.reprocess_confirmations": JOB_REPROCESS, "backlog.resend_failed_emails": JOB_RESEND}  # task -> job
+
 
 class Backlog(Strict):
     name: Name
@@ -21,9 +25,8 @@ class Backlog(Strict):
 
     @property
     def job(self) -> str:
-        """The name its runs have in fleet.job_runs: the task's, without its family
-        (backlog.reprocess_confirmations -> reprocess_confirmations)."""
-        return self.task.split(".", 1)[-1]
+        """The name its runs have in fleet.job_runs (worker/backlog/runs.py records them under it)."""
+        return JOBS.get(self.task, self.task)
 
 
 class BacklogsFile(Strict):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from enum import IntEnum
 from typing import Any
 
@@ -200,7 +201,7 @@ def last_by_job(fleet: Engine) -> dict[str, dict[str, Any]]:
 
 
 # -- job_schedule ----------------------------------------------------------------------------------------
-def record_schedule(conn: Connection, jobs: list[dict[str, Any]], now: Any) -> None:
+def record_schedule(conn: Connection, jobs: list[dict[str, Any]], now: datetime) -> None:
     """The maintenance jobs and backlogs a beat schedules (`scheduled_jobs` of each domain's spec) in
     fleet.job_schedule, replacing what was there: `maintenance_job_health` compares each job's last
     run with it (a job that is late, or never ran since the beat started)."""
