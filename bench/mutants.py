@@ -40,7 +40,7 @@ MUTANTS = [
     # the five of issue 14, section 0
     Mutant("visibility timeout deleted", "worker/app.py",
            '    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},\n', "",
-           [R + "test_promise_redelivery.py", "tests/test_celery_fleet.py::test_every_task_is_routed_to_its_family_queue"]),
+           [R + "test_promise_redelivery.py", "tests/fleet/test_celery_fleet.py::test_every_task_is_routed_to_its_family_queue"]),
     Mutant("redbeat_lock_timeout 50", "worker/app.py", "redbeat_lock_timeout=30,", "redbeat_lock_timeout=50,",
            [R + "test_promise_beat_takeover.py"]),
     Mutant("MAX_ATTEMPTS 10**6", "worker/notify/delivery.py", "MAX_ATTEMPTS = 8\n", "MAX_ATTEMPTS = 10**6\n",
@@ -77,11 +77,46 @@ MUTANTS = [
     Mutant("job liveness at three gaps", "config/fleet/checks.yaml",
            "< :now - GREATEST(2 * make_interval(secs => s.longest_gap_s)",
            "< :now - GREATEST(3 * make_interval(secs => s.longest_gap_s)",
-           ["tests/test_rule_tests.py::test_rule_tests_pass[fleet/maintenance_job_health]"]),
+           ["tests/checks/test_rule_tests.py::test_rule_tests_pass[fleet/maintenance_job_health]"]),
     Mutant("follow-up chain takes only foldable rows", "worker/notify/outbox.py",
            "WHERE id = (SELECT id FROM fleet.notifications WHERE channel = :ch AND {WAITING}",
            "WHERE id = (SELECT id FROM fleet.notifications WHERE channel = :ch AND {FOLDABLE}",
-           ["tests/test_notify_followup.py"]),
+           ["tests/notify/test_notify_followup.py"]),
+    # the house round two (issue 19): the stages that moved
+    Mutant("holds not asked at send time", "worker/notify/delivery.py",
+           "        hold = holds.of_notice(conn, row, routing, now)\n", "        hold = None\n",
+           ["tests/notify/test_notify.py::test_silenced_notification_is_recorded_as_suppressed"]),
+    Mutant("a folded row's holds not asked", "worker/notify/delivery.py",
+           "                hold = holds.of_notice(conn, r, routing, now)\n", "                hold = None\n",
+           ["tests/notify/test_notify.py::test_a_silenced_row_waiting_in_a_group_is_suppressed_not_folded_into_the_summary"]),
+    Mutant("Slack ignores the alert's first message", "worker/channels/slack.py",
+           'if previous and previous.get("ts")', 'if False and previous.get("ts")',
+           ["tests/notify/test_notify.py::test_slack_web_api_threads_repeats_and_updates_the_original_when_resolved"]),
+    Mutant("a summary's retry folds anew", "worker/notify/delivery.py",
+           "        folded = outbox.bound(conn, row, now)\n", "        folded = []\n",
+           [R + "test_folded_resend.py"]),
+    Mutant("the chain skips a summary refused with 429", "worker/notify/outbox.py",
+           'AND (lease_until IS NULL OR lease_until < :now) AND folded_into IS NULL"""',
+           'AND (lease_until IS NULL OR lease_until < :now) AND folded_into IS NULL\n'
+           '              AND NOT EXISTS (SELECT 1 FROM fleet.notifications b WHERE b.folded_into = notifications.id\n'
+           '                              AND b.status IN (\'sending\', \'retrying\'))"""',
+           ["tests/notify/test_notify_followup.py::"
+            "test_a_summary_refused_with_429_is_taken_by_the_chain_with_its_rows_not_left_to_the_sweeper"]),
+    # targets (issue 20)
+    Mutant("one check's instances shared across targets", "worker/checks/store.py",
+           "WHERE check_name = :c AND (target = :t OR (:t = 'default' AND target = ''))",
+           "WHERE check_name = :c AND (true OR target = :t OR (:t = 'default' AND target = ''))",
+           ["tests/targets/test_targets.py::test_three_targets_keep_their_state_apart_and_one_down_holds_back_only_its_own"]),
+    Mutant("the default target part of the fingerprint", "worker/checks/state.py",
+           'if not (k == "target" and v == "default")', 'if True',
+           ["tests/targets/test_targets.py::test_a_declared_target_named_default_adopts_the_state_of_a_fleet_of_one_database"]),
+    Mutant("no cap on check connections across targets", "worker/fleet/db.py",
+           "    while len(order) > cap:\n", "    while False:\n",
+           ["tests/targets/test_targets.py::test_a_worker_keeps_at_most_the_cap_of_check_connections_across_targets"]),
+    Mutant("database_down holds back every target", "config/routing.yaml",
+           "    target_matchers: ['database=\"monitored\"']\n    equal: [target]\n",
+           "    target_matchers: ['database=\"monitored\"']\n",
+           ["tests/targets/test_targets.py::test_three_targets_keep_their_state_apart_and_one_down_holds_back_only_its_own"]),
 ]
 
 
@@ -107,9 +142,12 @@ def run_tests(root: Path, tests: list[str]) -> tuple[list[str], float]:
         args += ["-n", str(min(3, len(tests)))]
     started = time.monotonic()
     proc = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=600)  # noqa: S603
-    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", proc.stdout, re.M)
-    if proc.returncode not in (0, 1) and not failed:
-        failed = [f"(pytest exit {proc.returncode}: {proc.stdout.strip().splitlines()[-1:]})"]
+    # only a failed test kills a mutant: an unknown test id (exit 4), a collection error (exit 2) or
+    # no test run (exit 5) is the probe's own fault, never a kill
+    if proc.returncode not in (0, 1) or re.search(r"^ERROR ", proc.stdout, re.M):
+        tail = " | ".join(proc.stdout.strip().splitlines()[-3:])
+        raise SystemExit(f"mutation probe: pytest could not run {' '.join(tests)} (exit {proc.returncode}): {tail}")
+    failed = re.findall(r"^FAILED (\S+)", proc.stdout, re.M)
     return failed, time.monotonic() - started
 
 

@@ -55,9 +55,14 @@ sys.path.insert(0, str(REPO))
 
 from ops.devkit.servers import RedisServer  # noqa: E402
 from ops.devkit.sink import ProviderSink  # noqa: E402
+from worker.channels.registry import CHANNELS  # noqa: E402
 from worker.fleet.db import create, normalize_url  # noqa: E402
 from worker.notify.outbox import FOLD_LIMIT  # noqa: E402
-from worker.notify.ratelimit import DEFAULTS as FLEET_BUCKETS  # noqa: E402
+
+# each channel names its own bucket's rate; an older checkout (the A/B) kept one table in ratelimit.py
+FLEET_BUCKETS = {k: c.rate_limit for k, c in CHANNELS.items() if getattr(c, "rate_limit", None)}
+if not FLEET_BUCKETS:
+    from worker.notify.ratelimit import DEFAULTS as FLEET_BUCKETS  # noqa: E402
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 API_KEY = "re_bench_key_0123456789"
@@ -406,14 +411,32 @@ def throughput(args, engine, db_url: str, redis_url: str, tmp: Path) -> dict:
         now = datetime.now(UTC)
         ids = run_check(cfg.checks["tp_loop"], monitored=engine, fleet=engine, now=now, routing=cfg.routing).notification_ids
         assert len(ids) == n, len(ids)
+        # what one delivery costs the fleet database: transactions begun (autobegun reads included) and
+        # statements sent (each a round trip), counted on the engine's own events
+        calls = Counter()
+
+        def on_begin(conn) -> None:
+            calls["transactions"] += 1
+
+        def on_statement(conn, cursor, statement, parameters, context, executemany) -> None:
+            calls["statements"] += 1
+
+        sa.event.listen(engine, "begin", on_begin)
+        sa.event.listen(engine, "before_cursor_execute", on_statement)
         t = time.perf_counter()
-        statuses = Counter(deliver(nid, fleet=engine, settings=settings, routing=cfg.routing, now=datetime.now(UTC),
-                                   redis_client=rclient).status for nid in ids)
-        loop = time.perf_counter() - t
+        try:
+            statuses = Counter(deliver(nid, fleet=engine, settings=settings, routing=cfg.routing,
+                                       now=datetime.now(UTC), redis_client=rclient).status for nid in ids)
+        finally:
+            loop = time.perf_counter() - t
+            sa.event.remove(engine, "begin", on_begin)
+            sa.event.remove(engine, "before_cursor_execute", on_statement)
         out["deliver_loop"] = {"seconds": loop, "per_s": n / loop, "statuses": dict(statuses),
-                               "emails": len(sink.emails)}
+                               "emails": len(sink.emails), "transactions_per_delivery": calls["transactions"] / n,
+                               "statements_per_delivery": calls["statements"] / n}
         sink.reset()
-        say(f"throughput: deliver() loop {n / loop:.0f}/s {dict(statuses)}")
+        say(f"throughput: deliver() loop {n / loop:.0f}/s {dict(statuses)}; per delivery "
+            f"{calls['transactions'] / n:.2f} transactions, {calls['statements'] / n:.2f} statements (fleet database)")
 
         # c) notify.deliver on the Celery workers (then the bare loop again: the machine's load may have moved)
         worker = Worker(worker_env(db_url, redis_url, cfg_dir, sink), tmp / "tp-worker.log", "notify",
@@ -510,10 +533,18 @@ def report(args, s: dict | None, t: dict | None, wall: float) -> str:
         dl = t["deliver_loop"]
         o.append(f"| deliver() in a loop (1 process) | {t['n']} | {dl['seconds']:.2f} s | {dl['per_s']:.0f} | "
                  f"{dl['per_s'] / b:.2f}x |")
+        if "transactions_per_delivery" in dl:
+            cost = (f"Per delivery in the deliver() loop: {dl['transactions_per_delivery']:.2f} fleet transactions, "
+                    f"{dl['statements_per_delivery']:.2f} statements (round trips to the fleet database).")
+        else:
+            cost = ""
         f = t["fleet"]
         o.append(f"| notify.deliver on Celery, -c {f['concurrency']} | {f['sent']} | {f['seconds']:.2f} s | "
                  f"{f['per_s']:.0f} | **{f['per_s'] / b:.2f}x** |")
         o.append("")
+        if cost:
+            o.append(cost)
+            o.append("")
         o.append(f"Load average (1 min) at the start of this part: {t['loadavg_1m_start']:.1f}.")
     o.append("")
     o.append(f"Wall time of the run: {wall:.0f} s.")

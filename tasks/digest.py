@@ -1,14 +1,14 @@
-"""digest.daily_summary: the daily digest email; digest.weekly_report and digest.monthly_growth: seed
-000's weekly performance review and monthly growth analysis (worker/reports). Each is queued through
-the outbox, once per period."""
+"""digest.daily_summary: the daily digest email (info alerts, alert history, what was held back, and
+seed 000's daily summary of each target with the confirmations pack), queued through the outbox once a
+day. The reports have their own module: tasks/reports.py."""
 
 from __future__ import annotations
 
 from worker.app import app, task
 from worker.config import get_config
-from worker.fleet.db import fleet_engine, fleet_now, monitored_engine
+from worker.fleet.db import fleet_engine, fleet_now
 from worker.notify.digest import enqueue
-from worker.reports import mail
+from worker.reports import queries
 
 
 def _channel() -> str:
@@ -24,16 +24,6 @@ def _deliver(nid: str | None) -> dict:
 
 @task("digest.daily_summary", ignore_result=False, accepts={})
 def daily_summary() -> dict:
-    return _deliver(enqueue(fleet_engine(), monitored_engine(), _channel(), fleet_now()))
-
-
-@task("digest.weekly_report", ignore_result=False, accepts={})
-def weekly_report() -> dict:
-    """The 7 days before today (UTC), as an email with charts; a second run for the same week is a no-op."""
-    return _deliver(mail.enqueue(fleet_engine(), monitored_engine(), "weekly", _channel(), fleet_now()))
-
-
-@task("digest.monthly_growth", ignore_result=False, accepts={})
-def monthly_growth() -> dict:
-    """The 12 complete months before this one (UTC), as an email with a chart; once per month."""
-    return _deliver(mail.enqueue(fleet_engine(), monitored_engine(), "monthly", _channel(), fleet_now()))
+    """The last 24 h of the fleet's alerts, with seed 000's daily summary of DATABASE_URL, or of each
+    target with the confirmations pack (a section each)."""
+    return _deliver(enqueue(fleet_engine(), queries.sources(get_config()), _channel(), fleet_now()))

@@ -1,4 +1,4 @@
-"""notify.heartbeat: the dead-man's switch (worker/heartbeat.py). It runs on the notify queue, so a
+"""notify.heartbeat: the dead-man's switch (worker/watch/heartbeat.py). It runs on the notify queue, so a
 ping also says a notify worker consumes."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from worker.app import task
 from worker.config import get_config
 from worker.fleet.db import fleet_engine, fleet_now
 from worker.fleet.settings import get_settings
-from worker.heartbeat import ping, verdict
+from worker.watch.heartbeat import ping, verdict
 
 
 @task("notify.heartbeat", ignore_result=True, accepts={})

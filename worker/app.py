@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -94,6 +95,7 @@ def task(name: str, *, accepts: dict[str, str] | None = None, shadow: Callable[[
                             "throws": EXPECTED, **options}
     if shadow is not None:
         opts["shadow_name"] = lambda self, args, kwargs, options: shadow(kwargs or {})
+        _SHADOWS[name] = shadow
     bound = bool(options.get("bind"))
 
     def decorate(fn: Callable[..., Any]):
@@ -115,9 +117,33 @@ def task(name: str, *, accepts: dict[str, str] | None = None, shadow: Callable[[
     return decorate
 
 
+_SHADOWS: dict[str, Callable[[dict], str]] = {}
+
+
+@signals.task_received.connect
+def _name_a_call(request: Any = None, **_: Any) -> None:
+    """A call that came without a shadow name (`celery call`, `send_task` by name: neither asks the task
+    for one) gets the one beat's calls carry, before the worker announces it: Flower and the logs show
+    `checks.run:confirmation_backlog` whoever sent it. Arguments that do not name one leave it plain."""
+    if request is None or request.request_dict.get("shadow") or request.type not in _SHADOWS:
+        return
+    try:
+        kwargs = request.kwargs
+        named = _SHADOWS[request.type](kwargs) if isinstance(kwargs, dict) else None
+    except Exception:  # noqa: BLE001 (a name is a courtesy: arguments it cannot read are checked when the task runs)
+        return
+    if named and named != request.type:
+        request.name = request.request_dict["shadow"] = named
+
+
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
     configure_logging()
+
+
+logging.getLogger("celery.worker").addFilter(startup.ConsumerTimeoutExplained())
+for _name in ("celery.worker.request", "kombu.message"):  # Celery's request acks through kombu's message
+    logging.getLogger(_name).addFilter(startup.AckAfterCloseExplained())
 
 
 @signals.celeryd_init.connect

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -22,21 +24,24 @@ from worker.backlog.spec import beat_entries as backlog_beat
 from worker.backlog.spec import scheduled_jobs as scheduled_backlogs
 from worker.checks import store
 from worker.checks.spec import beat_entries as checks_beat
+from worker.checks.statements import beat_entries as statements_beat
 from worker.config import FleetConfig, get_config
 from worker.fleet import redisconn, runs
 from worker.fleet.cron import zoned_crontab
 from worker.fleet.db import fleet_engine
 from worker.fleet.errors import ConfigError, SettingsError
 from worker.fleet.logs import get_logger, mask_text
+from worker.fleet.names import BEAT_TICK_KEY
 from worker.fleet.settings import get_settings
 from worker.fleet.timeutil import Schedule
-from worker.heartbeat import beat_entries as heartbeat_beat
 from worker.maintenance.spec import beat_entries as maintenance_beat
 from worker.maintenance.spec import scheduled_jobs as scheduled_maintenance
 from worker.notify.routing import beat_entries as notify_beat
+from worker.reports.spec import beat_entries as reports_beat
 from worker.startup import beat_findings
+from worker.watch.heartbeat import beat_entries as heartbeat_beat
 
-BEAT_TICK_KEY = "opsfleet:beat:tick"  # read by worker.health
+SLOTTED_TASKS = frozenset({"checks.run", "checks.run_batch"})  # given the instant beat sent them (sent_at)
 REDIS_RETRY_S = 2.0  # how soon a beat whose Redis does not answer tries again
 log = get_logger(__name__)
 
@@ -48,17 +53,19 @@ def record_schedule(cfg: FleetConfig) -> None:
     try:
         with fleet_engine().begin() as conn:
             now = datetime.now(UTC)
-            store.record_schedule(conn, cfg.checks.values(), now)
-            runs.record_schedule(conn, [*scheduled_maintenance(cfg.maintenance.values()),
-                                        *scheduled_backlogs(cfg.backlogs.values())], now)
+            store.record_schedule(conn, cfg.scheduled_checks(), now)
+            runs.record_schedule(conn, [*scheduled_maintenance(cfg.scheduled_maintenance()),
+                                        *scheduled_backlogs(cfg.scheduled_backlogs())], now)
     except (sa.exc.SQLAlchemyError, SettingsError) as exc:
         log.warning("schedule_not_recorded", error=mask_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
 
 
 def build_schedule(cfg: FleetConfig) -> dict[str, dict[str, Any]]:
     """Entry name -> celery beat entry: what each domain declares for its part of the config."""
-    return {**checks_beat(cfg.checks.values()), **maintenance_beat(cfg.maintenance.values()),
-            **backlog_beat(cfg.backlogs.values()), **notify_beat(cfg.routing), **heartbeat_beat(get_settings())}
+    return {**checks_beat(cfg.scheduled_checks()), **statements_beat(cfg.scheduled_checks()),
+            **maintenance_beat(cfg.scheduled_maintenance()),
+            **backlog_beat(cfg.scheduled_backlogs()), **notify_beat(cfg.routing), **reports_beat(cfg.reports),
+            **heartbeat_beat(get_settings())}
 
 
 ZONED_TYPE = "opsfleet_zoned_crontab"  # RedBeat's JSON knows crontab (no zone), interval and rrule only
@@ -137,7 +144,7 @@ class Scheduler(RedBeatScheduler):
             if not self._redis().exists(self.app.redbeat_conf.schedule_key):
                 log.warning("beat_schedule_rewritten", detail="Redis no longer held the schedule (restarted empty?)")
                 super().setup_schedule()
-            interval = super().tick(*args, **kwargs)
+            interval = self._send_due(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError, LockError) as exc:
             log.warning("beat_redis_unavailable", error=mask_text(str(exc).splitlines()[0] if str(exc)
                                                                   else type(exc).__name__), retry_in=REDIS_RETRY_S)
@@ -148,6 +155,40 @@ class Scheduler(RedBeatScheduler):
         except redis.RedisError as exc:
             log.warning("beat_tick_not_recorded", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return interval
+
+    def _send_due(self, *args: Any, **kwargs: Any) -> float:
+        """RedBeat's tick with SIGTERM and SIGINT held until it returns. RedBeat writes an entry's
+        last_run_at to Redis before it publishes the task; celery beat's SIGTERM handler raises
+        SystemExit wherever the main thread is, so a deploy's restart landing between the two lost
+        the slot (the next beat read it as sent; seen in CI's test_beat_restart). Held, the signal's
+        own handler runs the moment the tick ends and the beat stops as before, every slot it marked
+        sent. (Blocking the signal with pthread_sigmask is not enough: another thread takes it.)"""
+        if threading.current_thread() is not threading.main_thread():
+            return super().tick(*args, **kwargs)  # an embedded beat: signals are the worker's
+        held: list[int] = []
+        previous = {signum: signal.signal(signum, lambda signum, _frame: held.append(signum))
+                    for signum in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return super().tick(*args, **kwargs)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            for signum in held:
+                handler = previous[signum]
+                if callable(handler):
+                    handler(signum, None)
+                elif handler == signal.SIG_DFL:
+                    signal.raise_signal(signum)
+
+    def reserve(self, entry: Any) -> Any:
+        """Mark a due entry run (RedBeat: its last_run_at in Redis) and give the entry to send: a check's
+        run carries `sent_at`, the instant beat sent it, so a run that a busy worker starts late still
+        evaluates the slot it was sent for (and the next slot's run its own) instead of the slot it
+        happens to start in. (Only the sent copy carries it: RedBeat keeps the definition as it was.)"""
+        sent = super().reserve(entry)
+        if sent.task in SLOTTED_TASKS and "sent_at" not in sent.kwargs:
+            sent.kwargs = {**sent.kwargs, "sent_at": datetime.now(UTC).isoformat()}
+        return sent
 
     _tick_client: Any = None
 

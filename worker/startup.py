@@ -6,6 +6,8 @@ long queues need) are logged once and the process starts."""
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,17 +92,93 @@ def _rabbitmq_timeouts(props: dict, queues: Iterable[str]) -> list[str]:
             "timeout opsfleet asks for), or a long task is cancelled and run again"]
 
 
+class ConsumerTimeoutExplained(logging.Filter):
+    """On the `celery.worker` logger: Celery's "Unrecoverable error" when RabbitMQ closed the channel
+    because a delivery stayed unacknowledged past the server's consumer_timeout becomes one line that
+    says what happens and the line to set, without the traceback (a setting, not a bug)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.exc_info[1]) if record.exc_info and record.exc_info[1] is not None else ""
+        if "delivery acknowledgement" in text and "timed out" in text:
+            used = re.search(r"Timeout value used: (\d+) ms", text)
+            need = max(consumer_timeout_ms(q) for q in QUEUES)
+            record.msg = (f"RabbitMQ closed this worker's channel: a task stayed unacknowledged past the server's "
+                          f"consumer_timeout ({used.group(1) if used else '?'} ms), so the worker stops once it is over "
+                          f"and the task runs again from the start, to be cut again: set consumer_timeout = {need} in "
+                          "rabbitmq.conf and restart the node (README, RabbitMQ as the broker)")
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
+class AckAfterCloseExplained(logging.Filter):
+    """On the logger a task's ack is made with (celery.worker.request): kombu's "Couldn't ack N" with its traceback, when the broker had
+    already closed the connection (RabbitMQ's consumer_timeout, a broker restart): one line. Acks are
+    late, so the delivery is back in the queue and the task runs again (tasks are idempotent)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if str(record.msg).startswith("Couldn't ack") and exc is not None and "connection already closed" in str(exc):
+            tag = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = (f"could not acknowledge delivery {tag}: the broker had closed the connection; the task "
+                          "goes back to the queue and runs again (acks are late)")
+            record.args, record.exc_info, record.exc_text = (), None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+# What a Postgres server says when it answered and refused these credentials or this database: a
+# mistake in the URL, which waiting does not mend (a server that does not answer, or is starting up
+# or full, may answer later: a warning, and the process starts).
+_REFUSALS = ("does not exist", "password authentication failed", "authentication failed", "no pg_hba.conf entry",
+             "permission denied for database", "is not permitted to log in", "no password supplied")
+
+
+def refused_credentials(urls: dict[str, str]) -> list[str]:
+    """One line per database (by the variable that names it) whose server answered and refused the
+    URL's role, password or database name."""
+    from worker.fleet.db import create
+
+    problems: list[str] = []
+    for variable, url in urls.items():
+        engine = create(url, application_name="opsfleet-startup", pool_size=1, pre_ping=False)
+        try:
+            with engine.connect():
+                pass
+        except sa.exc.OperationalError as exc:
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            if "FATAL:" in reason and any(r in reason for r in _REFUSALS):
+                why = " ".join(reason.split("FATAL:", 1)[1].split())
+                shown = sa.engine.make_url(url).render_as_string(hide_password=True)
+                problems.append(f"{variable} ({shown}) is refused by its server: {mask_text(why)}; fix the "
+                                f"user, password or database name in {variable} (a database that does not answer "
+                                "is waited for, one that refuses is not)")
+        finally:
+            engine.dispose()
+    return problems
+
+
+def _databases(settings: Settings, cfg: Any, queues: set[str]) -> dict[str, str]:
+    """The databases a process consuming `queues` uses, by the variable that names them."""
+    urls = {"FLEET_DATABASE_URL" if settings.fleet_database_url else "DATABASE_URL": settings.require_fleet_database_url()}
+    if not cfg.targets_declared and settings.database_url:
+        urls.setdefault("DATABASE_URL", settings.database_url)
+        if settings.maintenance_database_url and {"maintenance", "backlog"} & queues:
+            urls["MAINTENANCE_DATABASE_URL"] = settings.maintenance_database_url
+    return urls
+
+
 def worker_findings(queues: Iterable[str]) -> Findings:
     """A worker consuming `queues` (empty: all of them)."""
     queues = set(queues) or set(QUEUES)
     found = Findings()
     try:
         settings = get_settings()
-        settings.require_database_url()
         cfg = get_config()
+        _require_databases(settings, cfg)
     except OpsfleetError as exc:
         found.errors.append(str(exc))
         return found
+    found.errors += refused_credentials(_databases(settings, cfg, queues))
     try:
         props = check_broker(settings)
         found.warnings += _rabbitmq_timeouts(props, queues)
@@ -111,6 +189,11 @@ def worker_findings(queues: Iterable[str]) -> Findings:
     except OpsfleetError as exc:
         found.errors.append(str(exc))
     if found.errors or not {"checks", "maintenance"} & queues:
+        return found
+    if cfg.targets_declared:
+        errors, warnings = target_problems(cfg, settings, checks="checks" in queues)
+        found.errors += errors
+        found.warnings += warnings
         return found
     try:
         errors = catalog_problems(cfg, settings, checks="checks" in queues, maintenance="maintenance" in queues)
@@ -140,6 +223,15 @@ def _role_warnings(settings: Settings) -> list[str]:
 
 FIX_HINT = ("disable the pack in config/packs.yaml (or the job or check: enabled: false), or point DATABASE_URL "
             "at the application's database")
+QUERY_HINT = ("a query the database cannot parse or run (a syntax error, a wrong type) is the check's own: fix it at "
+              "the file and line named (`opsfleet checks run NAME --dry-run` runs it)")
+
+
+def _hints(problems: list[str]) -> list[str]:
+    """What to do: FIX_HINT for what the database lacks (a table, a function: the wrong database or a pack
+    it has no use for), QUERY_HINT for a query that is wrong wherever it runs."""
+    lacking = sum(1 for p in problems if "does not exist" in p or "does not have" in p)
+    return ([QUERY_HINT] if lacking < len(problems) else []) + ([FIX_HINT] if lacking else [])
 
 
 def catalog_problems(cfg: Any, settings: Settings, *, checks: bool = True, maintenance: bool = True) -> list[str]:
@@ -169,10 +261,53 @@ def catalog_problems(cfg: Any, settings: Settings, *, checks: bool = True, maint
     finally:
         monitored.dispose()
         fleet.dispose()
+    hints = _hints(problems)
     if any('relation "fleet.' in p for p in problems):
         problems.append("the fleet's own tables are not there: run `opsfleet db upgrade` against FLEET_DATABASE_URL "
                         "(or DATABASE_URL)")
-    return [*problems, FIX_HINT] if problems else []
+    return [*problems, *hints]
+
+
+def _require_databases(settings: Settings, cfg: Any) -> None:
+    """DATABASE_URL, unless config/targets.yaml names the databases: then the fleet's own
+    (FLEET_DATABASE_URL, or DATABASE_URL)."""
+    if cfg.targets_declared:
+        settings.require_fleet_database_url()
+    else:
+        settings.require_database_url()
+
+
+def target_problems(cfg: Any, settings: Settings, *, checks: bool = True) -> tuple[list[str], list[str]]:
+    """Of each declared target: the tables and functions its packs need that its database lacks (an
+    error, one line naming the target and the table), and whether it answers at all (a target that is
+    down is a warning: the fleet starts, and the target's database_down tells of it)."""
+    from worker.fleet.db import checks_role_warnings, create
+    from worker.packs import missing
+
+    errors: list[str] = []
+    warnings: list[str] = []
+    for t in cfg.targets.values():
+        engine = create(t.database_url(settings), pool_size=1, pre_ping=False)
+        try:
+            with engine.connect() as conn:
+                for name in t.packs:
+                    if name in cfg.packs:
+                        errors += [f"target {t.name} ({t.where}): {m.replace('the monitored database', 'its database')}"
+                                   for m in missing(cfg.packs[name], conn)]
+            if checks:
+                warnings += [f"target {t.name}: {w}" for w in checks_role_warnings(engine)]
+        except sa.exc.DBAPIError as exc:
+            reason = mask_text(str(exc.orig or exc).strip().splitlines()[0])
+            state = ("refuses its url: fix its user, password or database name"
+                     if "FATAL:" in reason and any(r in reason for r in _REFUSALS) else "does not answer")
+            warnings.append(f"target {t.name} {state} ({reason}): the fleet starts without it; its checks "
+                            "fail until it does and its database_down fires")
+        finally:
+            engine.dispose()
+    if errors:
+        errors.append(f"remove the pack from the target's `packs:` in {cfg.root / 'targets.yaml'}, or point its url at "
+                      "the application's database")
+    return errors, warnings
 
 
 def beat_findings() -> Findings:
@@ -180,11 +315,12 @@ def beat_findings() -> Findings:
     found = Findings()
     try:
         settings = get_settings()
-        settings.require_database_url()
-        get_config()
+        cfg = get_config()
+        _require_databases(settings, cfg)
     except OpsfleetError as exc:
         found.errors.append(str(exc))
         return found
+    found.errors += refused_credentials(_databases(settings, cfg, set()))
     for probe in (check_broker, check_redis):
         try:
             probe(settings)

@@ -1,8 +1,11 @@
 """`opsfleet demo`: the whole fleet on one machine, with sample data and captured notifications.
 
-Starts (or reuses) Postgres and Redis, migrates, seeds the sample app with planted problems, runs a
-worker and beat, and captures every email and Slack message in a loopback sink that speaks the
-Resend and Slack APIs. Ctrl-C or --duration stops every process it started.
+Starts (or reuses) Postgres and Redis, creates the fleet's database and one database per seed system
+(the five targets of demo_config/targets.yaml, each with the postgres pack and its own), seeds each
+with its system's tables and planted problems, runs a worker, beat and the status page, and captures
+every email and Slack message in a loopback sink that speaks the Resend and Slack APIs. The checks log
+in as MONITOR_ROLE, the README's least-privilege role; what writes (maintenance, backlogs) as the
+given role. Ctrl-C or --duration stops every process it started; demo_show prints what happened.
 """
 
 from __future__ import annotations
@@ -15,18 +18,19 @@ import shutil
 import signal
 import socket
 import sys
-import textwrap
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
-from rich.panel import Panel
-from rich.table import Table
+from rich.markup import escape
 
 from ops import sample_app
+from ops.devkit import demo_show
+from ops.devkit.demo_show import captured
 from ops.devkit.process import Proc
 from ops.devkit.servers import PostgresServer, RedisServer, postgres_answers
 from ops.devkit.sink import ProviderSink
@@ -34,13 +38,33 @@ from worker.checks.engine import run_check
 from worker.config import load_config
 from worker.fleet import migrate
 from worker.fleet.db import create, normalize_url
-from worker.fleet.errors import OpsfleetError, ServiceUnavailable
-from worker.fleet.fields import severity_rank
+from worker.fleet.errors import ServiceUnavailable
 from worker.fleet.redisconn import answers as redis_answers
+from worker.fleet.settings import Settings
 
 console = Console(stderr=False)
 REPO = Path(__file__).resolve().parents[2]
-DEMO_DB = "opsfleet_demo"
+DEMO_DB = "opsfleet_demo"  # the fleet's own state; each system's database is DEMO_DB_<system>
+DEMO_CONFIG = Path(__file__).resolve().parent / "demo_config"  # targets.yaml: the five, from the variables below
+
+
+MONITOR_ROLE = "opsfleet_demo_monitor"  # the README's least-privilege role (Least privilege): the checks' login
+# what the README grants the monitoring role in each database, once its tables exist
+_MONITOR_GRANTS = ("GRANT USAGE ON SCHEMA public TO {role}", "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}",
+                   "GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}",
+                   "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {role}")
+
+
+def url_variable(system: str) -> str:
+    """The variable the demo exports a system's database URL in (demo_config/targets.yaml reads it):
+    the monitoring role's, which its checks use."""
+    return f"{system.upper()}_DATABASE_URL"
+
+
+def maintenance_variable(system: str) -> str:
+    """The variable of a system's maintenance_url (targets.yaml): the admin's, for what writes there
+    (maintenance jobs, backlogs)."""
+    return f"{system.upper()}_MAINTENANCE_URL"
 
 
 class _Stop(Exception):
@@ -51,24 +75,102 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
     raise _Stop()
 
 
-def _database(stack: contextlib.ExitStack, run_dir: Path) -> str:
+def _server(stack: contextlib.ExitStack, run_dir: Path) -> str:
+    """A Postgres server's URL: DATABASE_URL's when it answers, else an embedded one."""
     given = os.environ.get("DATABASE_URL")
     if given and postgres_answers(given):
-        admin = given
-        console.print(f"[dim]postgres:[/] using the server of DATABASE_URL, database {DEMO_DB}")
-    else:
-        if given:
-            console.print("[yellow]DATABASE_URL does not answer; starting an embedded Postgres[/]")
-        server = PostgresServer(run_dir / "postgres").start()
-        stack.callback(server.stop)
-        admin = server.url
-        console.print(f"[dim]postgres:[/] embedded on 127.0.0.1:{server.port} (demo only, not for production)")
+        console.print(f"[dim]postgres:[/] using the server of DATABASE_URL, databases {DEMO_DB} and {DEMO_DB}_<system>")
+        return given
+    if given:
+        console.print("[yellow]DATABASE_URL does not answer; starting an embedded Postgres[/]")
+    server = PostgresServer(run_dir / "postgres").start()
+    stack.callback(server.stop)
+    console.print(f"[dim]postgres:[/] embedded on 127.0.0.1:{server.port} (demo only, not for production)")
+    return server.url
+
+
+def _databases(admin: str, names: list[str]) -> dict[str, str]:
+    """Each of `names` created afresh on the server of `admin` (dropped first); name -> its URL."""
     engine = sa.create_engine(normalize_url(admin), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{DEMO_DB}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{DEMO_DB}"'))
+        for name in names:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     engine.dispose()
-    return sa.make_url(normalize_url(admin)).set(database=DEMO_DB).render_as_string(hide_password=False)
+    return {name: sa.make_url(normalize_url(admin)).set(database=name).render_as_string(hide_password=False)
+            for name in names}
+
+
+def _init_systems(urls: dict[str, str]) -> None:
+    """Each seed system's schema in its own database (what a worker checks its targets for at start)."""
+    for system, url in urls.items():
+        engine = create(url, pool_size=1)
+        try:
+            sample_app.init(engine, [system])
+        finally:
+            engine.dispose()
+
+
+def _monitoring_role(admin: str, urls: dict[str, str], role: str = MONITOR_ROLE) -> dict[str, str]:
+    """`role` (MONITOR_ROLE) with a fresh random password (in its URLs: a server with password auth takes it),
+    granted as the README says on each of `urls`' databases; each system's URL as that role. A server
+    that refuses (the given role may not create roles or grant pg_monitor): `urls`, with one line."""
+    password = secrets.token_hex(16)
+    engine = sa.create_engine(normalize_url(admin), poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            verb = "ALTER" if conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"),
+                                           {"r": role}).first() else "CREATE"
+            # libpq's hash (SCRAM), as psql's \password: the password itself never reaches the server's
+            # statement logs or pg_stat_statements, where the checks' pg_monitor could read it
+            hashed = conn.connection.driver_connection.pgconn.encrypt_password(password.encode(), role.encode())
+            conn.exec_driver_sql(f"{verb} ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
+                                 f"PASSWORD '{hashed.decode()}'")  # (base64 and $: no quote, no bind marker)
+            conn.execute(sa.text(f"GRANT pg_monitor TO {role}"))
+            for url in urls.values():
+                conn.execute(sa.text(f'GRANT CONNECT ON DATABASE "{sa.make_url(url).database}" TO {role}'))
+    except sa.exc.DBAPIError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+        console.print(f"[yellow]monitoring role:[/] the server refuses to create {role} ({escape(reason)}); the "
+                      "checks run as the given role (`opsfleet health` will warn about it)", soft_wrap=True)
+        return dict(urls)
+    finally:
+        engine.dispose()
+    for url in urls.values():
+        engine = create(url, pool_size=1)
+        try:
+            with engine.begin() as conn:
+                for grant in _MONITOR_GRANTS:
+                    conn.execute(sa.text(grant.format(role=role)))
+        finally:
+            engine.dispose()
+    console.print(f"[dim]checks:[/] as {role}, a read-only monitoring role (README, Least privilege); "
+                  "maintenance and backlogs as the given role", soft_wrap=True)
+    return {system: sa.make_url(url).set(username=role, password=password).render_as_string(hide_password=False)
+            for system, url in urls.items()}
+
+
+def _seed_systems(urls: dict[str, str], scale: int, now: datetime) -> None:
+    """Each seed system's data and planted problems in its own database."""
+    for system, url in urls.items():
+        engine = create(url, pool_size=1)
+        try:
+            sample_app.seed_with_progress(engine, scale, now=now, systems=[system], label=f"{system}: ")
+        finally:
+            engine.dispose()  # closes its connections: their statistics (the dead tuples) are published
+
+
+@contextlib.contextmanager
+def _environ(env: dict[str, str]) -> Iterator[None]:
+    """os.environ as `env` for a moment (the config loads the targets' ${VAR}s from it)."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _broker(stack: contextlib.ExitStack, run_dir: Path) -> str:
@@ -112,50 +214,58 @@ def run_demo(*, duration: float | None, scale: int, run_dir: Path | None) -> int
     with contextlib.ExitStack() as stack:
         stack.callback(signal.signal, signal.SIGTERM, previous)
         try:
-            db_url = _database(stack, run_dir)
+            admin = _server(stack, run_dir)
+            made = _databases(admin, [DEMO_DB, *(f"{DEMO_DB}_{system}" for system in sample_app.SYSTEMS)])
+            fleet_url = made[DEMO_DB]
+            urls = {system: made[f"{DEMO_DB}_{system}"] for system in sample_app.SYSTEMS}
             broker = _broker(stack, run_dir)
-            migrate.upgrade(db_url)
-            engine = create(db_url)
+            migrate.upgrade(fleet_url)
+            engine = create(fleet_url)
             stack.callback(engine.dispose)
-            sample_app.init(engine)
-            now = datetime.now(UTC)
-            sample_app.seed_with_progress(engine, scale, now=now)
+            _init_systems(urls)
+            monitor = _monitoring_role(admin, urls)  # the checks' URLs; `urls` stay the admin's
             sink = ProviderSink(capture_path=run_dir / "captured.jsonl").start()
             stack.callback(sink.stop)
-            cfg_dir = Path(os.environ.get("OPSFLEET_CONFIG_DIR") or REPO / "config")
-            cfg = load_config(cfg_dir, packs="all")  # every seed system: the sample app has their tables
+            cfg_dir = Path(os.environ.get("OPSFLEET_CONFIG_DIR") or DEMO_CONFIG)
             env = {
                 **os.environ,
-                "DATABASE_URL": db_url, "FLEET_DATABASE_URL": db_url, "CELERY_BROKER_URL": broker,
+                **{url_variable(system): url for system, url in monitor.items()},
+                **{maintenance_variable(system): url for system, url in urls.items()},
+                # what is not per target (the system_alerts channel, `opsfleet health`'s database and
+                # checks role lines) reads DATABASE_URL / MAINTENANCE_DATABASE_URL: the confirmations database
+                "DATABASE_URL": monitor["confirmations"], "MAINTENANCE_DATABASE_URL": urls["confirmations"],
+                "FLEET_DATABASE_URL": fleet_url, "CELERY_BROKER_URL": broker,
                 "CELERY_RESULT_BACKEND": broker, "REDIS_URL": broker, "OPSFLEET_CONFIG_DIR": str(cfg_dir),
-                "OPSFLEET_PACKS": "all",
                 "RESEND_API_KEY": "re_demo_local_sink_key", "RESEND_API_URL": sink.resend_api_url,
                 "ALERT_SLACK_WEBHOOK_URL": sink.slack_webhook_url,
                 "ALERT_EMAIL_RECIPIENTS": "ops@example.com,oncall@example.com",
                 "FROM_EMAIL": "alerts@opsfleet.example", "FROM_NAME": "opsfleet demo",
                 "LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1",
             }
-            env.pop("SLACK_BOT_TOKEN", None)
+            for name in ("SLACK_BOT_TOKEN", "OPSFLEET_PACKS"):
+                env.pop(name, None)
+            with _environ(env):
+                cfg = load_config(cfg_dir)
+            console.print(f"[dim]targets:[/] {', '.join(cfg.targets)} ({cfg_dir / 'targets.yaml'})", soft_wrap=True)
             port, password = _free_port(8080), secrets.token_urlsafe(9)
             env.update(OPSFLEET_UI_AUTH=f"demo:{password}", OPSFLEET_PUBLIC_URL=f"http://127.0.0.1:{port}")
-            # Replay each check's `for` window in-process, so rules with `for: 15m` can fire within a minute.
-            for check in cfg.checks.values():
-                if check.enabled and check.for_.total_seconds() > 0 and check.kind == "sql":
-                    past = now - check.for_
-                    with contextlib.suppress(Exception):
-                        run_check(check, monitored=engine, fleet=engine, now=past, routing=cfg.routing, slot=past)
+            # the worker and the status page start while the data is written (the beat after it: it
+            # would evaluate empty tables); the worker needs only the schemas to start
             celery = [sys.executable, "-m", "celery", "-A", "worker"]
             _spawn(stack, [*celery, "worker", "-Q", "checks,notify,maintenance,backlog,digest", "-c", "2",
                            "-n", "demo@%h", "--without-mingle", "--without-gossip", "-l", "INFO"],
                    env, run_dir / "worker.log")
-            _spawn(stack, [*celery, "beat", "-l", "INFO", "-s", str(run_dir / "beat-schedule")], env,
-                   run_dir / "beat.log")
             _spawn(stack, [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)], env,
                    run_dir / "serve.log")
+            now = datetime.now(UTC)
+            _seed_systems(urls, scale, now)
+            _replay_for_windows(cfg, engine, env["DATABASE_URL"], now)
+            _spawn(stack, [*celery, "beat", "-l", "INFO", "-s", str(run_dir / "beat-schedule")], env,
+                   run_dir / "beat.log")
             console.print(f"[bold]status page:[/] http://127.0.0.1:{port}/  (user [bold]demo[/], password "
                           f"[bold]{password}[/]; API at /api/status, metrics at /metrics)", soft_wrap=True)
             _kick(env, cfg)
-            _watch(engine, sink, duration, started)
+            _watch(engine, sink, duration, started, _Rechecks(env, cfg, engine))
         except (KeyboardInterrupt, _Stop):
             console.print("\n[yellow]stopping...[/]")
             interrupted = True
@@ -163,110 +273,100 @@ def run_demo(*, duration: float | None, scale: int, run_dir: Path | None) -> int
             raise
         finally:
             with contextlib.suppress(Exception):
-                _summary(engine, sink, run_dir)  # type: ignore[possibly-undefined]
+                _summary(engine, sink, run_dir, cfg, env, admin)  # type: ignore[possibly-undefined]
     console.print(f"stopped every process the demo started; logs and captures in {run_dir}")
     return 130 if interrupted else 0
 
 
+def _replay_for_windows(cfg, fleet: sa.Engine, default_url: str, now: datetime) -> None:
+    """Evaluate each check with a `for` window at the window's start, in-process, on each of its
+    targets, so rules with `for: 15m` can fire within a minute (the kick at `now` completes them)."""
+    engines: dict[str, sa.Engine] = {}
+    try:
+        for run in cfg.scheduled_checks():
+            check = run.check
+            if not (check.enabled and check.kind == "sql" and check.for_.total_seconds() > 0):
+                continue
+            target = cfg.targets.get(run.target) if run.target else None
+            url = target.url if target is not None and target.url else default_url
+            if url not in engines:
+                engines[url] = create(url, pool_size=1)
+            past = now - check.for_
+            with contextlib.suppress(Exception):
+                run_check(check, monitored=engines[url], fleet=fleet, now=past, routing=cfg.routing, slot=past,
+                          target=run.key, target_labels=target.alert_labels() if target is not None else None)
+    finally:
+        for engine in engines.values():
+            engine.dispose()
+
+
 def _kick(env: dict[str, str], cfg) -> None:
-    """Run every check once right away, the way an operator would with `celery call`."""
+    """Run every check once right away on each of its targets, the way an operator would with `celery call`:
+    first those of one target (its own system's pack, where most problems are planted), then those
+    every target runs (the postgres pack), then the fleet's own."""
     from celery import Celery
 
     client = Celery(broker=env["CELERY_BROKER_URL"])
     client.conf.broker_transport_options = {"visibility_timeout": 7200}
-    for name, check in cfg.checks.items():
-        if check.enabled:
-            client.send_task("checks.run", kwargs={"name": name, "slot": datetime.now(UTC).isoformat()}, queue="checks")
+    runs = sorted(cfg.scheduled_checks(), key=lambda run: (run.key == "", len(cfg.targets_of(run.check.name)) > 1))
+    for run in runs:
+        if run.check.enabled:
+            kwargs = {"name": run.check.name, "slot": datetime.now(UTC).isoformat()}
+            if run.target:
+                kwargs["target"] = run.target
+            client.send_task("checks.run", kwargs=kwargs, queue=run.queue_name)
     client.send_task("notify.sweep", queue="notify")
     client.close()
 
 
-def _tables(engine, sink) -> Group:
-    with engine.connect() as conn:
-        runs = conn.execute(sa.text("SELECT status, count(*) FROM fleet.check_runs GROUP BY status ORDER BY 1")).all()
-        alerts = conn.execute(sa.text(
-            "SELECT check_name, severity, state, summary FROM fleet.alerts WHERE state IN ('firing', 'pending') "
-            "ORDER BY state, severity, check_name")).all()
-        notes = conn.execute(sa.text("SELECT status, count(*) FROM fleet.notifications GROUP BY status ORDER BY 1")).all()
-    t_runs = Table("status", "check runs", title="checks", expand=False)
-    for status, n in runs:
-        t_runs.add_row(status, str(n))
-    t_alerts = Table("check", "severity", "state", "summary", title="alerts", expand=True)
-    for r in alerts[:20]:
-        t_alerts.add_row(r.check_name, r.severity, r.state, _short(r.summary, 70))
-    t_msgs = Table("channel", "message", title=f"captured: {len(sink.emails)} emails, {len(sink.slack_messages)} Slack",
-                   expand=True)
-    for e in sink.emails[-6:]:
-        t_msgs.add_row("email", e.get("subject", "") if isinstance(e, dict) else str(e))
-    for m in sink.slack_messages[-6:]:
-        t_msgs.add_row("slack", _short(m.get("text", "") if isinstance(m, dict) else str(m), 90))
-    outbox = ", ".join(f"{s} {n}" for s, n in notes) or "empty"
-    return Group(t_runs, t_alerts, t_msgs, Panel(f"outbox: {outbox}", expand=False))
+class _Rechecks:
+    """Once a check's remediation has run to the end after its alert fired, that check runs again on its
+    target at once (as an operator would after a fix), once: the demo shows the alert resolve."""
+
+    _DONE = sa.text("""SELECT a.target FROM fleet.alerts a WHERE a.check_name = :check AND a.state = 'firing' AND EXISTS (
+                         SELECT 1 FROM fleet.job_runs j WHERE j.job = :job AND j.target = a.target AND j.status = 'ok'
+                           AND j.started_at >= a.fired_at)""")
+
+    def __init__(self, env: dict[str, str], cfg, engine: sa.Engine) -> None:
+        self.env, self.cfg, self.engine, self.done = env, cfg, engine, set()
+        self.runs = {(r.check.name, r.key): r for r in cfg.scheduled_checks() if r.check.enabled and r.check.remediate}
+
+    def __call__(self) -> None:
+        from celery import Celery
+
+        with self.engine.connect() as conn:
+            due = [(name, t) for name in {n for n, _ in self.runs} for t in conn.execute(
+                self._DONE, {"check": name, "job": demo_show.remediation_job(self.cfg.checks[name])}).scalars()
+                if (name, t) in self.runs and (name, t) not in self.done]
+        if due:
+            client = Celery(broker=self.env["CELERY_BROKER_URL"])
+            for key in due:
+                self.done.add(key)
+                run = self.runs[key]
+                client.send_task("checks.run", queue=run.queue_name, kwargs={
+                    "name": run.check.name, "slot": datetime.now(UTC).isoformat(), **({"target": run.target} if run.target else {})})
+            client.close()
 
 
-def _watch(engine, sink, duration: float | None, started: float) -> None:
-    with Live(_tables(engine, sink), console=console, refresh_per_second=1) as live:
+def _watch(engine, sink, duration: float | None, started: float, recheck: _Rechecks) -> None:
+    with Live(demo_show.live_tables(engine, sink), console=console, refresh_per_second=1) as live:
         while duration is None or time.monotonic() - started < duration:
             time.sleep(1)
-            live.update(_tables(engine, sink))
+            recheck()
+            live.update(demo_show.live_tables(engine, sink))
 
 
-def _summary(engine, sink, run_dir: Path) -> None:
+def _summary(engine, sink, run_dir: Path, cfg, env: dict[str, str], admin: str) -> None:
+    """What fired (then and now), who the checks ran as, the fleet's health, what was captured."""
     with engine.connect() as conn:
-        fired = conn.execute(sa.text(
-            """SELECT a.check_name, a.severity, count(DISTINCT a.fingerprint) AS instances, min(a.summary) AS summary
-               FROM fleet.alerts a WHERE EXISTS (SELECT 1 FROM fleet.alert_events e
-                                                 WHERE e.fingerprint = a.fingerprint AND e.to_state = 'firing')
-               GROUP BY a.check_name, a.severity""")).all()
-    t = Table("check", "severity", "instances", "summary", title=f"alerts that fired: {sum(r.instances for r in fired)}")
-    for r in sorted(fired, key=lambda r: (severity_rank(r.severity), r.check_name)):
-        t.add_row(r.check_name, r.severity, str(r.instances), _short(r.summary, 80))
-    console.print(t)
-    m = Table("#", "channel", "to", "subject / text", title=f"messages captured: {len(sink.emails)} emails, "
-                                                            f"{len(sink.slack_messages)} Slack")
-    for n, record in enumerate(captured(run_dir), 1):
-        if record["type"] == "email":
-            to = record.get("to")
-            m.add_row(str(n), "email", ", ".join(to) if isinstance(to, list) else str(to), record.get("subject", ""))
-        else:
-            m.add_row(str(n), "slack", record.get("channel") or "webhook", _short(record.get("text"), 100))
-    console.print(m)
+        fired = demo_show.fired_alerts(conn, cfg)
+    (run_dir / "fired.json").write_text(json.dumps(fired, indent=1, default=str) + "\n")
+    demo_show.print_fired(console, fired)
+    console.print(demo_show.checks_line(engine, admin), soft_wrap=True)
+    with _environ(env):
+        settings = Settings()
+    console.print(demo_show.health_line(settings, cfg, env["CELERY_BROKER_URL"]), soft_wrap=True, markup=False)
+    demo_show.print_messages(console, captured(run_dir), run_dir)
+    console.print(f"every alert that fired, with its labels: {run_dir / 'fired.json'}", soft_wrap=True)
     console.print("info alerts go to the daily digest (`opsfleet digest send --preview`); read a captured message "
                   f"whole with `opsfleet demo-show N` (all of them: {run_dir / 'captured.jsonl'})", soft_wrap=True)
-
-
-def _short(text: str | None, width: int) -> str:
-    """At most `width` characters, cut at a word (never mid-word)."""
-    return textwrap.shorten(" ".join((text or "").split()), width=width, placeholder=" ...") if text else ""
-
-
-def captured(run_dir: Path) -> list[dict]:
-    """Every message the demo's sink captured, in order (email and Slack)."""
-    path = run_dir / "captured.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def show(n: int | None, run_dir: Path | None = None) -> str:
-    """Captured message `n` (1-based; default the last) as text: headers, then the body people read."""
-    run_dir = (run_dir or Path.cwd() / ".opsfleet-demo").resolve()
-    records = captured(run_dir)
-    if not records:
-        raise OpsfleetError(f"no captured messages in {run_dir} (run `make demo` first)")
-    n = len(records) if n is None else n
-    if not 1 <= n <= len(records):
-        raise OpsfleetError(f"message {n}: the demo captured {len(records)} (1 to {len(records)})")
-    r = records[n - 1]
-    if r["type"] == "email":
-        to = ", ".join(r["to"]) if isinstance(r.get("to"), list) else str(r.get("to"))
-        return f"email {n} of {len(records)}\nfrom: {r.get('from')}\nto: {to}\nsubject: {r.get('subject')}\n\n{r.get('text') or ''}"
-    blocks = "\n".join(_block_text(b) for b in r.get("blocks") or [])
-    return f"slack {n} of {len(records)} ({r.get('channel') or 'webhook'})\n\n{blocks or r.get('text') or ''}"
-
-
-def _block_text(block: dict) -> str:
-    parts = [block.get("text", {}).get("text", "") if isinstance(block.get("text"), dict) else ""]
-    parts += [f.get("text", "") for f in block.get("fields") or [] if isinstance(f, dict)]
-    parts += [e.get("text", "") for e in block.get("elements") or [] if isinstance(e, dict)]
-    return "\n".join(p for p in parts if p)

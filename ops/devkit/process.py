@@ -57,10 +57,11 @@ class Proc:
 
 
 def start_worker(env: dict[str, str], tmp: Path, queues: str = "checks,notify,maintenance,backlog,digest",
-                 concurrency: int = 1, name: str | None = None) -> Proc:
+                 concurrency: int = 1, name: str | None = None, pool: str | None = None) -> Proc:
+    """A worker of worker.app; `pool`: Celery's -P (threads, solo ...), default the app's (prefork)."""
     name = name or f"w{uuid.uuid4().hex[:6]}"
     proc = Proc([*CELERY, "worker", "-Q", queues, "-c", str(concurrency), "-n", f"{name}@%h", "--without-mingle",
-                 "--without-gossip", "-l", "INFO"], env, tmp / f"{name}.log")
+                 "--without-gossip", "-l", "INFO", *(["-P", pool] if pool else [])], env, tmp / f"{name}.log")
     if not proc.wait_for("ready", 60):
         out = proc.output()
         proc.kill()

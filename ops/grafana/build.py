@@ -1,4 +1,4 @@
-"""Write ops/grafana/*.json: `python -m ops.grafana.build` (tests/test_dashboards.py checks the files are
+"""Write ops/grafana/*.json: `python -m ops.grafana.build` (tests/ops/test_dashboards.py checks the files are
 what this writes). `--check` exits 1, naming the files, when one differs."""
 
 from __future__ import annotations
@@ -16,21 +16,25 @@ HERE = Path(__file__).resolve().parent
 
 
 def fleet() -> dict[str, Any]:
-    """The fleet's own health (opsfleet_* of worker/metrics.py)."""
+    """The fleet's own health (opsfleet_* of worker/watch/metrics.py)."""
     b = Board("opsfleet", "opsfleet", refresh="1m", tags=("fleet",),
-              description="The fleet's own health: alerts, notifications, the outbox, check runs, maintenance jobs.")
+              description="The fleet's own health: alerts, notifications, the outbox, check runs, maintenance jobs. "
+                          "Variable `target` filters every per-check, per-alert and per-job panel (`fleet`: what "
+                          "runs once for the whole fleet); notifications and the outbox are the whole fleet's.")
+    b.by_target()
     for title, expr, legend in (
         ("Firing alerts by severity", 'sum by (severity) (opsfleet_alerts{state="firing"})', "{{severity}}"),
         ("Pending alerts by severity", 'sum by (severity) (opsfleet_alerts{state="pending"})', "{{severity}}"),
         ("Notifications (24 h) by status", "sum by (status) (opsfleet_notifications)", "{{status}}"),
         ("Delivery failures by channel and reason", "opsfleet_notification_failures", "{{channel}} {{reason}}"),
         ("Outbox due", "opsfleet_outbox_due", "due"),
-        ("Check errors (1 h)", 'sum by (check) (opsfleet_check_runs{status="error"}) > 0', "{{check}}"),
-        ("Seconds since each check ran", "opsfleet_check_last_run_age_seconds", "{{check}}"),
-        ("Maintenance: last run duration", "opsfleet_job_last_run_duration_seconds", "{{job}}"),
-        ("Check series dropped (over the cap)", "opsfleet_check_series_dropped > 0", "{{check}}"),
-        ("Firing check instances", 'sum by (check, severity) (opsfleet_check_state{state="firing"}) > 0',
-         "{{check}} ({{severity}})"),
+        ("Check errors (1 h)", 'sum by (check, target) (opsfleet_check_runs{status="error"}) > 0',
+         "{{check}} @{{target}}"),
+        ("Seconds since each check ran", "opsfleet_check_last_run_age_seconds", "{{check}} @{{target}}"),
+        ("Maintenance: last run duration", "opsfleet_job_last_run_duration_seconds", "{{job}} @{{target}}"),
+        ("Check series dropped (over the cap)", "opsfleet_check_series_dropped > 0", "{{check}} @{{target}}"),
+        ("Firing check instances", 'sum by (check, target, severity) (opsfleet_check_state{state="firing"}) > 0',
+         "{{check}} @{{target}} ({{severity}})"),
     ):
         b.add(prom(title, "timeseries", (expr, legend)), w=12)
     return b.json()

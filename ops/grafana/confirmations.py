@@ -19,7 +19,9 @@ def dashboard() -> dict[str, Any]:
     b = Board("opsfleet-confirmations", "Confirmations: email system (seed 000)", refresh="1m",
               description="Seed 000's confirmation email system: registrations -> confirmation number -> email. "
                           "Gauges and stats read the checks of config/confirmations on /metrics; the rest is SQL "
-                          "over the application's tables.", tags=("confirmations",))
+                          "over the application's tables (the database picked on import); variable `target` "
+                          "filters the figures on /metrics and the active alerts.", tags=("confirmations",))
+    b.by_target()
     b.variables.append(query_variable("webhook", "Webhook", WEBHOOKS))
 
     b.row("System Overview")
@@ -36,12 +38,14 @@ def dashboard() -> dict[str, Any]:
                description="Paid, completed registrations without a confirmation number (target 0; "
                            "ConfirmationBacklog pages above 20 for 15 minutes)."))
     b.add(sql("Active alerts", "table", """
-        SELECT check_name AS "check", severity, state, labels::text AS labels, last_value AS value,
-               since, summary
+        SELECT check_name AS "check", COALESCE(NULLIF(target, ''), 'default') AS target, severity, state,
+               labels::text AS labels, last_value AS value, since, summary
         FROM fleet.alerts
         WHERE state IN ('firing', 'pending') AND labels->>'system' = 'confirmations'
+          AND COALESCE(NULLIF(target, ''), 'default') IN ($target)
         ORDER BY CASE state WHEN 'firing' THEN 0 ELSE 1 END, since""", source="DS_FLEET",
-        description="The confirmation checks' pending and firing alert instances (fleet.alerts)."))
+        description="The confirmation checks' pending and firing alert instances (fleet.alerts) of the targets "
+                    "chosen."))
 
     b.row("Time Series")
     b.add(sql("Registrations per hour", "timeseries", """

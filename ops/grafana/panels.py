@@ -1,9 +1,15 @@
 """Plain-dict builders of Grafana dashboards in Grafana's export format: data sources are `__inputs`
 (`${DS_PROMETHEUS}`, `${DS_POSTGRES}`, `${DS_FLEET}`) chosen on import, never a uid of one Grafana.
-A Board places its panels left to right in rows of 24 columns and numbers them."""
+A Board places its panels left to right in rows of 24 columns and numbers them.
+
+`Board.by_target()` gives a board the `target` variable (the targets on /metrics, several or All) and
+puts `target=~"$target"` in every selector of a metric that carries `target` (TARGETED: the per-check,
+per-alert and per-job series of worker/watch/metrics.py); SQL over fleet.alerts filters with
+TARGET_SQL."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 # input name -> (label, plugin id, what to pick on import)
@@ -17,6 +23,29 @@ INPUTS = {
 PLUGIN_NAMES = {"prometheus": "Prometheus", "postgres": "PostgreSQL"}
 GRAFANA_VERSION = "10.4.0"
 SCHEMA_VERSION = 39
+
+
+# the exporter's metrics that carry `target` (the channel and outbox ones do not), and where a
+# selector of one begins: its name, then its `{` if it has matchers
+TARGETED = re.compile(r"\b(opsfleet_(?:alerts|check_[a-z_]+|job_[a-z_]+))\b(\s*\{)?")
+TARGET_FILTER = 'target=~"$target"'
+# fleet.alerts keeps a target's key ("" for the implicit default): as the `target` label names it
+TARGET_SQL = "COALESCE(NULLIF(target, ''), 'default') IN ($target)"
+
+
+def by_target(expr: str) -> str:
+    """`expr` with target=~"$target" first in the selector of every metric that carries `target`."""
+    return TARGETED.sub(lambda m: f"{m.group(1)}{{{TARGET_FILTER}" + (", " if m.group(2) else "}"), expr)
+
+
+def target_variable() -> dict[str, Any]:
+    """The `target` variable: every target the exporter names (opsfleet_check_runs has a series for each
+    check on each target, and `fleet`), several at once, All by default."""
+    query = "label_values(opsfleet_check_runs, target)"
+    return {"name": "target", "label": "Target", "type": "query", "datasource": ds("DS_PROMETHEUS"),
+            "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery", "qryType": 1},
+            "definition": query, "refresh": 2, "multi": True, "includeAll": True, "sort": 1,
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "options": []}
 
 
 def ds(name: str) -> dict[str, str]:
@@ -83,7 +112,14 @@ class Board:
         self.tags = ["opsfleet", *tags]
         self.panels: list[dict[str, Any]] = []
         self.variables: list[dict[str, Any]] = []
+        self.targeted = False
         self._x = self._y = self._row_h = 0
+
+    def by_target(self) -> Board:
+        """The `target` variable, first; every PromQL target added from now on filtered by it."""
+        self.variables.insert(0, target_variable())
+        self.targeted = True
+        return self
 
     def row(self, title: str) -> Board:
         self._newline()
@@ -95,6 +131,9 @@ class Board:
     def add(self, panel: dict[str, Any], w: int = 6, h: int = 8) -> Board:
         if self._x + w > 24:
             self._newline()
+        if self.targeted:
+            panel = {**panel, "targets": [{**t, "expr": by_target(t["expr"])} if "expr" in t else t
+                                          for t in panel.get("targets", [])]}
         self.panels.append({**panel, "gridPos": {"h": h, "w": w, "x": self._x, "y": self._y}})
         self._x += w
         self._row_h = max(self._row_h, h)

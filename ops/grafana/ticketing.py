@@ -24,6 +24,7 @@ def live() -> dict[str, Any]:
               time_from="now-24h", tags=("ticketing",),
               description="Seed 004 Dashboard 1 (Real-Time Operations, every 30 s): the seed's real-time "
                           "dashboard query, one figure a panel.")
+    b.by_target()
     b.row("Now")
     b.add(sql("Active reservations", "stat", """
         SELECT COUNT(*) AS active_reservations FROM seat_reservations WHERE is_active = true AND expires_at > now()""",
@@ -66,6 +67,7 @@ def performance() -> dict[str, Any]:
               time_from="now-24h", tags=("ticketing",),
               description="Seed 004 Dashboard 2 (Quality Metrics, every 5 minutes): how well the reservation "
                           "and checkout flow performs, as the ticketing checks measure it, and its hourly trend.")
+    b.by_target()
     b.row("Quality (24 h)")
     b.add(prom("Reservation success rate", "gauge", _check("reservation_success_rate_low"), unit="percent",
                minmax=(0, 100), instant=True, steps=thresholds((None, "red"), (90, "yellow"), (95, "green")),
@@ -117,6 +119,7 @@ def errors() -> dict[str, Any]:
                           "The seed's API response times need request logs the application does not keep: the "
                           "nearest figures are orders per minute (the seed's rate-limit query) and the "
                           "database's mean query time.")
+    b.by_target()
     b.row("Cleanup job")
     b.add(prom("Cleanup job problems", "stat",
                ('opsfleet_check_state{check="reservation_cleanup_job_health", state="firing"}', "{{problem}}"),

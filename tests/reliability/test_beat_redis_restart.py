@@ -10,8 +10,7 @@ import pytest
 
 from ops.devkit.process import start_beat, wait_until
 from ops.devkit.sink import ProviderSink
-from tests.reliability.test_restarts import servers  # noqa: F401 - the fixture
-from tests.reliability.test_restarts_workers import fleet_env
+from tests.support.restarts import fleet_env
 
 CHECK = """\
 checks:
@@ -30,7 +29,7 @@ def sends(beat) -> int:
 
 
 @pytest.mark.slow  # a beat and a Redis restarted twice: about 25 s
-def test_a_beat_outlives_a_redis_restart_and_a_redis_outage_and_schedules_again(servers, fleet_db, tmp_path):  # noqa: F811
+def test_a_beat_outlives_a_redis_restart_and_a_redis_outage_and_schedules_again(servers, fleet_db, tmp_path):
     redis_server = servers.redis("redis")
     with ProviderSink() as sink:
         env = fleet_env(tmp_path, database_url=fleet_db, fleet_url=fleet_db, redis_url=redis_server.url, sink=sink)

@@ -15,8 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 from ops.devkit.process import start_beat, start_worker, wait_until
-from tests.conftest import purge_fleet_queues
-from tests.test_notify_workers import setup  # noqa: F401 - the fixture: fleet, sink, env, Celery client
+from tests.support.brokers import purge_fleet_queues
+from tests.support.slowproxy import SlowProxy
 from worker.fleet.db import fleet_now
 
 STEP = timedelta(seconds=10)
@@ -56,7 +56,7 @@ def slots(engine) -> list:
 
 
 @pytest.mark.slow  # about 55 s: five 10 s slots and two beats' starts
-def test_a_beat_restarted_mid_slot_evaluates_every_slot_once_and_skips_none_it_ran_for(setup, tmp_path):  # noqa: F811
+def test_a_beat_restarted_mid_slot_evaluates_every_slot_once_and_skips_none_it_ran_for(setup, tmp_path):
     engine, sink, env, client = setup
     (Path(env["OPSFLEET_CONFIG_DIR"]) / "checks" / "test.yaml").write_text(CHECK)
     env = {**env, "OPSFLEET_PACKS": ""}
@@ -91,6 +91,38 @@ def test_a_beat_restarted_mid_slot_evaluates_every_slot_once_and_skips_none_it_r
         s += STEP
     missing = [s for s in expected if s not in got]
     assert not missing, f"slots skipped while a beat ran: {missing} (got {got}; no beat from {stopped} to {resumed})"
+
+
+
+@pytest.mark.slow  # about 30 s: three 10 s slots and a beat's start
+def test_a_beat_stopped_while_it_sends_a_slot_sends_it_before_it_exits(setup, tmp_path):
+    """RedBeat marks an entry run in Redis, then publishes it. The beat's Redis answers slowly here
+    (each reply held 1.5 s) and SIGTERM lands just after "Sending due task", while the beat waits for
+    Redis to confirm the mark: the slot must still be published (the signal waits for the tick), else
+    the next beat reads it as sent and nobody evaluates it."""
+    engine, sink, env, client = setup
+    (Path(env["OPSFLEET_CONFIG_DIR"]) / "checks" / "test.yaml").write_text(CHECK)
+    redis_url = sa.engine.make_url(env["REDIS_URL"].replace("redis://", "postgresql://", 1))
+    proxy = SlowProxy(redis_url.port or 6379).start()
+    beat_env = {**env, "REDIS_URL": env["REDIS_URL"].replace(f":{redis_url.port}/", f":{proxy.port}/", 1)}
+    assert beat_env["REDIS_URL"] != env["REDIS_URL"]
+    worker = start_worker(env, tmp_path, queues="checks", concurrency=2)
+    beat = start_beat(beat_env, tmp_path, "slow-redis")
+    try:
+        assert wait_until(lambda: len(slots(engine)) >= 1, 60), beat.output()[-3000:]
+        sends = beat.output().count(SENT)
+        proxy.delay = 1.5
+        assert wait_until(lambda: beat.output().count(SENT) > sends, 30, every=0.02), beat.output()[-3000:]
+        beat.stop()  # SIGTERM while RedBeat waits for its mark's reply
+        beat.p.wait(30)
+        sent = beat.output().count(SENT)  # each a slot of its own (10 s apart)
+        assert wait_until(lambda: len(slots(engine)) >= sent, 15), (
+            f"{sent} slots sent, {len(slots(engine))} evaluated: the one being sent when SIGTERM came was "
+            f"never published ({beat.output()[-1500:]})")
+    finally:
+        beat.stop()
+        worker.stop()
+        proxy.stop()
 
 
 pytestmark = pytest.mark.reliability

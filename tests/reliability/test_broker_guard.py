@@ -17,8 +17,7 @@ from celery import Celery
 
 from ops.devkit.process import start_app_worker, wait_until
 from ops.devkit.servers import RedisServer
-from tests.reliability.test_restarts_workers import fleet_env
-from tests.test_backlog import KEY  # noqa: F401 - fleet_env's key
+from tests.support.restarts import fleet_env
 from worker.fleet.db import normalize_url
 
 RESTARTS = 3

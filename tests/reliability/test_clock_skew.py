@@ -24,8 +24,7 @@ import sqlalchemy as sa
 
 from ops.devkit.process import start_worker, wait_until
 from ops.devkit.sink import Reply
-from tests.conftest import purge_fleet_queues
-from tests.test_notify_workers import setup  # noqa: F401 - the fixture: fleet, sink, env, Celery client
+from tests.support.brokers import purge_fleet_queues
 from worker.fleet.db import fleet_now
 from worker.fleet.timeutil import Schedule
 
@@ -66,7 +65,7 @@ def runs(engine) -> list:
                                     "ORDER BY id")).all()
 
 
-def test_a_worker_30s_ahead_evaluates_the_slot_that_has_begun(setup, tmp_path):  # noqa: F811
+def test_a_worker_30s_ahead_evaluates_the_slot_that_has_begun(setup, tmp_path):
     engine, sink, env, client = setup
     cfg = Path(env["OPSFLEET_CONFIG_DIR"]) / "checks" / "test.yaml"
     cfg.write_text(cfg.read_text() + FAST_CHECK)
@@ -85,7 +84,7 @@ def test_a_worker_30s_ahead_evaluates_the_slot_that_has_begun(setup, tmp_path): 
 
 
 @pytest.mark.parametrize(("status", "sweeps"), [(429, True), (503, False)])
-def test_a_worker_whose_clock_jumps_an_hour_sends_the_slack_retry_after_retry_after_once(setup, tmp_path,  # noqa: F811
+def test_a_worker_whose_clock_jumps_an_hour_sends_the_slack_retry_after_retry_after_once(setup, tmp_path,
                                                                                         status, sweeps):
     """With sweeps, beat's sweeper runs every second and must not send early; without, the follow-up
     task alone (fired early by the jumped timers) must wait for the right time and then send."""

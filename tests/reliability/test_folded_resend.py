@@ -17,12 +17,12 @@ import sqlalchemy as sa
 
 from ops.devkit.process import start_worker, wait_until
 from ops.devkit.sink import Reply
-from tests.conftest import fresh_gauge, purge_fleet_queues
-from tests.test_notify import T0, db, fire, note, routing, settings_for  # noqa: F401 - db: the fixture
-from tests.test_notify_workers import setup  # noqa: F401 - the fixture: fleet, sink, env, Celery client
+from tests.support.brokers import purge_fleet_queues
+from tests.support.db import fresh_gauge
+from tests.support.notify import T0, due, fire, note, routing, settings_for
 from worker.config import load_config
 from worker.notify.delivery import deliver
-from worker.notify.outbox import LEASE, due
+from worker.notify.outbox import LEASE
 
 ITEMS = ("a", "b", "c")
 
@@ -44,7 +44,7 @@ def deliver_all_adversarially(engine, settings, routes, at: datetime) -> list[st
     return statuses
 
 
-def test_a_summary_whose_answer_timed_out_is_retried_as_the_same_message_and_sent_once(db, sink):  # noqa: F811
+def test_a_summary_whose_answer_timed_out_is_retried_as_the_same_message_and_sent_once(db, sink):
     ids = fire(db, items=ITEMS)
     leader = next(i for i in ids if note(db, i).channel == "email")
     sink.script("resend.emails", [Reply(hang=2.0)])  # accepted and recorded, answered after our timeout
@@ -80,7 +80,7 @@ checks:
 """
 
 
-def test_a_summary_whose_worker_died_mid_send_is_sent_once_after_the_lease(setup, tmp_path):  # noqa: F811
+def test_a_summary_whose_worker_died_mid_send_is_sent_once_after_the_lease(setup, tmp_path):
     from worker.fleet.settings import Settings
 
     engine, sink, env, client = setup

@@ -7,7 +7,7 @@ and recorded as an error in fleet.check_runs, leaving the connection as it was.
 The least-privilege point, shown on this server: a READ ONLY transaction still lets a query call
 pg_cancel_backend / pg_terminate_backend, pg_reload_conf, take a session advisory lock that outlives
 the ROLLBACK, create large objects (lo_*, and lo_export writes a server file) and write through
-dblink's own connection. Hence worker/checks/spec.py refuses those calls (SIDE_EFFECTS); a monitoring
+dblink's own connection. Hence worker/checks/sqlcalls.py refuses those calls (SIDE_EFFECTS); a monitoring
 role (pg_monitor, no superuser) is the second wall."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def db(fresh_database):
     ("/* hi */ DELETE FROM gauge", "starts with 'DELETE'"),
     ("SELECT 1 AS value; DELETE FROM gauge", "second SQL statement"),
     ("SELECT pg_terminate_backend(pid)::int AS value FROM pg_stat_activity", "calls pg_terminate_backend()"),
-    ("SELECT PG_CANCEL_BACKEND (1)::int AS value", "calls PG_CANCEL_BACKEND()"),
+    ("SELECT PG_CANCEL_BACKEND (1)::int AS value", "calls pg_cancel_backend()"),  # the name the server resolves
     ("SELECT pg_reload_conf()::int AS value", "calls pg_reload_conf()"),
     ("SELECT 1 AS value FROM pg_try_advisory_lock(42)", "calls pg_try_advisory_lock()"),
     ('SELECT "lo_import"(\'/etc/passwd\')::int AS value', "calls lo_import()"),

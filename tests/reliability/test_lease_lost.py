@@ -13,12 +13,12 @@ import pytest
 
 from ops.devkit.process import wait_until
 from ops.devkit.sink import Reply
-from tests.test_notify import T0, db, fire, note, routing, settings_for  # noqa: F401 - db: the fixture
+from tests.support.notify import T0, due, fire, note, routing, settings_for
 from worker.notify.delivery import deliver
-from worker.notify.outbox import LEASE, due
+from worker.notify.outbox import LEASE
 
 
-def test_a_worker_whose_lease_ran_out_records_nothing_over_the_row_another_worker_sent(db, sink):  # noqa: F811
+def test_a_worker_whose_lease_ran_out_records_nothing_over_the_row_another_worker_sent(db, sink):
     nid = next(i for i in fire(db, severity="warning") if note(db, i).channel == "slack")
     sink.script("slack.webhook", [Reply(hang=6.0), Reply()])  # the stale worker's request hangs
     stale: dict = {}

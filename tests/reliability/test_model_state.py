@@ -1,4 +1,4 @@
-"""The state machine (worker/checks/state.py) and the repeat rule (worker/notify/outbox.py plan()),
+"""The state machine (worker/checks/state.py) and the repeat rule (worker/notify/plan.py plan()),
 model-based: generated sequences of values, NULL values, missing rows, failed runs (no evaluation at
 all), acknowledgements and clock steps, against a small reference model written here from the rules
 as docs/DESIGN.md and Prometheus state them (for, keep_firing_for, no_data ok/alerting/keep; a first
@@ -8,7 +8,7 @@ acknowledged, resolved only with send_resolved).
 plan() is pure given a Routing and a Memory; the Memory here is the backtest's rule (told: a notice of
 this episode was sent). Silences and inhibitions are decided at delivery, against fleet.silences and
 the alerts table (worker/notify/delivery.py): they need a database and are not modelled here; what
-plan() does once a silence is over (`suppression_ended`) is tests/test_notify.py's."""
+plan() does once a silence is over (`suppression_ended`) is tests/notify/test_notify.py's."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from worker.checks.collect import Sample
 from worker.checks.spec import Check
 from worker.checks.state import Instance, advance, fingerprint
-from worker.notify.outbox import plan
+from worker.notify.plan import plan
 from worker.notify.routing import Routing
 
 pytestmark = pytest.mark.reliability

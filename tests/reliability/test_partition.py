@@ -25,9 +25,9 @@ from ops.devkit.netns import Partition
 from ops.devkit.process import CELERY, Proc, start_worker, wait_until
 from ops.devkit.servers import RedisServer
 from ops.devkit.sink import ProviderSink, Reply
-from tests.reliability.test_restarts import one, rows
-from tests.reliability.test_restarts_workers import fleet_env
-from tests.test_backlog import KEY
+from tests.support.backlog import KEY
+from tests.support.notify import due
+from tests.support.restarts import fleet_env, one, rows
 from worker.fleet.db import create
 from worker.fleet.migrate import upgrade
 from worker.notify import outbox
@@ -131,7 +131,7 @@ def test_a_worker_cut_off_mid_send_sends_nothing_twice_once_healed(partition_pos
         assert rows(fleet, "SELECT channel, status, last_error FROM fleet.notifications ORDER BY channel") == [
             ("email", "sent", None), ("slack", "sent", None)]
         assert one(fleet, "SELECT provider_id FROM fleet.notifications WHERE channel = 'email'") == emails[0]["id"]
-        assert not set(outbox.due(fleet, datetime(2100, 1, 1, tzinfo=UTC))) & set(ids.values())
+        assert not set(due(fleet, datetime(2100, 1, 1, tzinfo=UTC))) & set(ids.values())
         assert stale.count("notification_lease_lost") == 2 and stale.count("'status': 'skipped'") == 2, stale[-4000:]
     finally:
         fleet.dispose()

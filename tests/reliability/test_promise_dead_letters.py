@@ -4,7 +4,7 @@ attempt. And the retry path of Resend's `409 concurrent_idempotent_requests` (a 
 request is still in flight) ends in exactly one email.
 
 Already proven elsewhere (linked from docs/guarantees.md): a permanent 401/403/422 goes dead at once
-(tests/test_notify.py::test_permanent_error_goes_dead_after_one_attempt), 500s then success
+(tests/notify/test_notify.py::test_permanent_error_goes_dead_after_one_attempt), 500s then success
 (::test_server_errors_then_success_is_sent_after_three_attempts), Retry-After honoured
 (::test_rate_limited_with_retry_after_is_not_retried_before_it)."""
 
@@ -17,36 +17,21 @@ import sqlalchemy as sa
 
 from ops.devkit.process import wait_until
 from ops.devkit.sink import Reply
-from tests.conftest import REPO, fresh_gauge
-from tests.test_notify import T0, email_id, fire, note, routing, settings_for
+from tests.support import REPO
+from tests.support.notify import (
+    ATTEMPTS,
+    T0,
+    deliver_until_final,
+    due,
+    email_id,
+    fire,
+    note,
+    routing,
+    settings_for,
+)
 from worker.checks.engine import run_check
 from worker.config import load_config
-from worker.fleet.db import create
 from worker.notify.delivery import deliver
-from worker.notify.outbox import due
-
-ATTEMPTS = 8  # the README's and the issue's figure: a test of the promise, not of the constant
-
-
-@pytest.fixture
-def db(fleet_db):
-    engine = create(fleet_db)
-    fresh_gauge(engine, "name text, v numeric")
-    yield engine
-    engine.dispose()
-
-
-def deliver_until_final(db, sink, nid, *, limit: int = 40, timeout: float = 10.0):
-    """Deliver `nid` again each time it is due (the clock jumps to its next attempt) until it is sent or
-    dead; returns the statuses and the clock."""
-    s, r, now, statuses = settings_for(sink), routing(), T0, []
-    for _ in range(limit):
-        out = deliver(nid, fleet=db, settings=s, routing=r, now=now, timeout=timeout)
-        statuses.append(out.status)
-        if out.status in ("sent", "dead"):
-            break
-        now += timedelta(seconds=(out.retry_in or 0) + 0.01)
-    return statuses, now
 
 
 def held_back_dead(db) -> int:

@@ -1,9 +1,11 @@
 """README, Deploy: "the Redis visibility_timeout (2 h) is above the longest hard time limit (65 min), so a
-killed worker's task runs again instead of being lost" -- on the configured app, and end to end."""
+killed worker's task runs again instead of being lost" -- on the configured app, and end to end; and
+README, RabbitMQ as the broker: "RabbitMQ hands it back as soon as the worker's channel closes"."""
 
 from __future__ import annotations
 
 import signal
+import time
 import uuid
 
 import pytest
@@ -11,6 +13,7 @@ import redis
 from kombu import Connection
 
 from ops.devkit.process import start_app_worker, wait_until
+from tests.support.brokers import RABBITMQ_SKIP, purge_fleet_queues
 from worker.app import app
 from worker.fleet.names import QUEUES
 
@@ -54,6 +57,44 @@ def test_task_of_a_sigkilled_worker_is_redelivered_and_runs_once_to_completion(e
             second.stop()
     assert client.get(f"{key}:started") == b"2" and client.get(f"{key}:done") == b"1"
     assert bclient.llen("checks") == 0
+
+
+@pytest.mark.slow  # about 12 s: two worker starts
+def test_on_rabbitmq_the_task_of_a_sigkilled_worker_goes_at_once_to_another_and_runs_once_to_completion(
+        env, redis_url, rabbitmq_url, tmp_path):
+    """Two workers of the configured app (acks late, prefetch 1) on this run's RabbitMQ vhost: the one
+    that took a long task is SIGKILLed mid-task; RabbitMQ hands the unacknowledged delivery to the other
+    as soon as the dead worker's connection closes (no timeout to wait for), and it runs to completion
+    once: started twice, done once, nothing left in the queue."""
+    if rabbitmq_url is None:
+        pytest.skip(RABBITMQ_SKIP)
+    purge_fleet_queues(rabbitmq_url)
+    client = redis.Redis.from_url(redis_url)
+    worker_env = {**env, "CELERY_BROKER_URL": rabbitmq_url, "REDIS_URL": redis_url,
+                  "CELERY_RESULT_BACKEND": redis_url, "OPSFLEET_PACKS": "fleet"}
+    key = f"redelivery:{uuid.uuid4().hex[:8]}"
+    workers = [start_app_worker("tests.reliability.vtapp", worker_env, tmp_path, queues="checks", name=name)
+               for name in ("left", "right")]
+    try:
+        with app.connection_for_write(url=rabbitmq_url) as sender:
+            sent = app.send_task("checks.count_runs", kwargs={"key": key, "hold": 120}, queue="checks",
+                                 connection=sender)
+        assert wait_until(lambda: client.get(f"{key}:started") == b"1", 30), workers[0].output()[-2000:]
+        took, other = sorted(workers, key=lambda w: f"[{sent.id}] received" not in w.output())
+        assert f"[{sent.id}] received" in took.output() and f"[{sent.id}]" not in other.output()
+        killed_at = time.monotonic()
+        took.kill(signal.SIGKILL)  # the whole process group, mid-task: nothing acks, nothing rejects
+        assert client.get(f"{key}:done") is None
+        assert wait_until(lambda: client.get(f"{key}:done") == b"1", 30), other.output()[-2000:]
+        assert time.monotonic() - killed_at < 10  # handed over when the channel closed, not after a timeout
+        assert f"[{sent.id}] received" in other.output()
+        other.stop()  # a delivery still unacknowledged would go back to the queue now
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert client.get(f"{key}:started") == b"2" and client.get(f"{key}:done") == b"1"
+    with Connection(rabbitmq_url) as conn:
+        assert conn.default_channel.queue_declare("checks", passive=True).message_count == 0
 
 
 pytestmark = pytest.mark.reliability

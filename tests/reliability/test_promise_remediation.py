@@ -2,7 +2,7 @@
 backlog.reprocess_confirmations when it fires) numbers the registrations and emails the customers; and
 maintenance and backlog tasks report PROGRESS to the result backend (what Flower shows). Through one
 real worker. Backlog PROGRESS under load is also proven by
-tests/test_backlog.py::test_three_workers_share_a_backlog_and_claim_no_row_twice (docs/guarantees.md)."""
+tests/backlog/test_backlog.py::test_three_workers_share_a_backlog_and_claim_no_row_twice (docs/guarantees.md)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from celery import Celery
 
 from ops.devkit.process import start_worker, wait_until
 from ops.devkit.sink import ProviderSink
-from tests.conftest import clear_alert_state
+from tests.support.db import clear_alert_state
 from worker.fleet.db import create
 
 KEY = "re_test_key_0123456789"

@@ -15,10 +15,9 @@ import sqlalchemy as sa
 
 from ops.devkit.servers import free_port
 from ops.devkit.sink import Reply
-from tests.conftest import REPO
-from tests.reliability.test_promise_dead_letters import ATTEMPTS, db, deliver_until_final  # noqa: F401 - fixture
-from tests.test_notify import email_id, fire, note, settings_for
-from tests.test_sink_and_channels import make_message
+from tests.support import REPO
+from tests.support.channels import make_message
+from tests.support.notify import ATTEMPTS, deliver_until_final, email_id, fire, note, settings_for
 from worker.channels.base import DeliveryError
 from worker.channels.email import EmailChannel
 from worker.channels.pagerduty import PagerDutyChannel
@@ -28,6 +27,8 @@ from worker.checks.engine import run_check
 from worker.config import load_config
 from worker.notify.delivery import deliver
 from worker.notify.routing import Routing
+
+pytestmark = pytest.mark.reliability  # `-m reliability` runs every test of tests/reliability
 
 
 class Resetter:
@@ -96,7 +97,7 @@ def test_a_connection_reset_mid_body_is_transient_never_sent(kind, resetter):
     assert resetter.served >= 1
 
 
-def test_a_503_past_the_retry_horizon_goes_dead_and_the_fleet_alert_reaches_slack(db, sink):  # noqa: F811
+def test_a_503_past_the_retry_horizon_goes_dead_and_the_fleet_alert_reaches_slack(db, sink):
     nid = email_id(db, fire(db))
     sink.script("resend.emails", [Reply(503, headers={"Retry-After": "1"})] * ATTEMPTS)
     statuses, now = deliver_until_final(db, sink, nid)

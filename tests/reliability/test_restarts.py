@@ -3,7 +3,8 @@ the monitored database during a check run, an archive batch and a backlog batch;
 during a check run, in-process (run_check, run_job, reprocess in a thread while the test restarts the
 server). After each: the task failed cleanly (one line, recorded), a retry or the next run finished the
 work, and nothing partial or doubled remains. Through real workers (the delivery storm, Redis, the
-broker outage): test_restarts_workers.py, which shares this module's fixture and helpers.
+broker outage): test_restarts_workers.py, which shares this module's fixture (`servers`,
+tests/reliability/conftest.py) and helpers (tests/support/restarts.py).
 
 The restart goes through the server the test started (servers.postgres), never the suite's shared
 one; the side that is not restarted is a database of the test's own on the shared server.
@@ -14,35 +15,23 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
 
-from ops import sample_app
 from ops.devkit.process import wait_until
-from ops.devkit.servers import PostgresServer, RedisServer
 from ops.devkit.sink import ProviderSink, Reply
-from tests.test_backlog import KEY, add_backlog, assert_exactly_once, channel
-from tests.test_check_engine import make_check
-from tests.test_maintenance import add_webhook_logs, job
+from tests.support.backlog import KEY, add_backlog, assert_exactly_once, channel
+from tests.support.checks import make_check
+from tests.support.maintenance import add_webhook_logs, job
+from tests.support.restarts import one, prepare, rows, url_of
 from worker.backlog.runs import reprocess
 from worker.checks.engine import run_check
-from worker.fleet.db import create, create_for_checks, normalize_url
-from worker.fleet.migrate import upgrade
+from worker.fleet.db import create, create_for_checks
 from worker.fleet.timeutil import parse_duration
 from worker.maintenance.jobs import run_job
 from worker.notify.routing import Routing
 
-ROUTING_YAML = """\
-channels:
-  email: {kind: email, rate_limit: 500, burst: 500}
-routes:
-  - match: {severity: critical}
-    channels: [email]
-    repeat_interval: 4h
-    group_wait: 0s
-"""
 ROUTING = Routing.model_validate({"channels": {"email": {"kind": "email"}},
                                   "routes": [{"match": {"severity": "critical"}, "channels": ["email"],
                                               "repeat_interval": "4h", "group_wait": "0s"}]})
@@ -51,56 +40,6 @@ SLOW_CHECK = make_check(name="slow_gauge", query="SELECT g.v AS value FROM gauge
                         timeout="10s", **{"for": "0s"})
 SLOT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
-
-
-@pytest.fixture
-def servers(tmp_path):
-    """Throwaway servers of this test's own: `postgres(name, fleet=, app=)` (the fleet schema migrated,
-    the sample application's tables made) and `redis(name)`; all stopped at the end."""
-    started: list = []
-
-    def postgres(name: str, *, fleet: bool = False, app: bool = False) -> PostgresServer:
-        server = PostgresServer(tmp_path / name).start()
-        started.append(server)
-        prepare(normalize_url(server.url), fleet=fleet, app=app)
-        return server
-
-    def redis(name: str) -> RedisServer:
-        server = RedisServer(tmp_path / name).start()
-        started.append(server)
-        return server
-
-    yield SimpleNamespace(postgres=postgres, redis=redis)
-    for server in reversed(started):
-        server.stop()
-
-
-def prepare(url: str, *, fleet: bool = False, app: bool = False, gauge: float | None = None) -> str:
-    if fleet:
-        upgrade(url)
-    engine = create(url)
-    if app:
-        sample_app.init(engine)
-    if gauge is not None:
-        with engine.begin() as conn:
-            conn.execute(sa.text("CREATE TABLE gauge (v numeric)"))
-            conn.execute(sa.text("INSERT INTO gauge VALUES (:v)"), {"v": gauge})
-    engine.dispose()
-    return url
-
-
-def url_of(server: PostgresServer) -> str:
-    return normalize_url(server.url)
-
-
-def one(engine, sql: str, **params):
-    with engine.connect() as conn:
-        return conn.execute(sa.text(sql), params).scalar()
-
-
-def rows(engine, sql: str, **params) -> list[tuple]:
-    with engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(sa.text(sql), params)]
 
 
 def sleeping(engine, what: str = "PgSleep") -> bool:

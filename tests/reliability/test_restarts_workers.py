@@ -8,7 +8,6 @@ the outbox, the next run for the backlog. The in-process Postgres restarts: test
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections import Counter
@@ -23,35 +22,13 @@ from celery import Celery
 
 from ops.devkit.process import start_worker, wait_until
 from ops.devkit.sink import ProviderSink, Reply
-from tests.reliability.test_restarts import (
-    ROUTING_YAML,
-    one,
-    prepare,
-    rows,
-    servers,  # noqa: F401 - the fixture
-    url_of,
-)
-from tests.test_backlog import KEY, add_backlog, assert_exactly_once
+from tests.support.backlog import KEY, add_backlog, assert_exactly_once
+from tests.support.restarts import fleet_env, one, prepare, rows, url_of
 from worker.fleet.db import create
 from worker.notify import outbox
 
-# -- a delivery storm through real notify workers (shared with test_restarts_redis.py) -----------------
 
-def fleet_env(tmp_path: Path, *, database_url: str, fleet_url: str, redis_url: str, sink: ProviderSink) -> dict:
-    """A worker's environment: the test's own databases, Redis and sink; a config of one email route."""
-    cfg = tmp_path / "config"
-    (cfg / "checks").mkdir(parents=True, exist_ok=True)
-    (cfg / "checks" / "none.yaml").write_text("checks: []\n")
-    (cfg / "routing.yaml").write_text(ROUTING_YAML)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RESEND_", "SLACK_", "ALERT_", "OPSFLEET_"))}
-    env.update(OPSFLEET_PACKS="", OPSFLEET_CONFIG_DIR=str(cfg), DATABASE_URL=database_url,
-               FLEET_DATABASE_URL=fleet_url, CELERY_BROKER_URL=redis_url, REDIS_URL=redis_url,
-               CELERY_RESULT_BACKEND=redis_url, RESEND_API_KEY=KEY, RESEND_API_URL=sink.resend_api_url,
-               FROM_EMAIL="alerts@example.com", ALERT_EMAIL_RECIPIENTS="ops@example.com", LOG_FORMAT="json",
-               PYTHONUNBUFFERED="1")
-    return env
-
-
+# -- a delivery storm through real notify workers ------------------------------------------------------
 def write_storm(fleet, n: int) -> list[str]:
     """n outbox rows, each its own email (a `test` transition is never folded into a summary)."""
     now = datetime.now(UTC)
@@ -104,7 +81,7 @@ def assert_each_sent_once(fleet, sink: ProviderSink, ids: list[str]) -> None:
     assert {recorded[e["idempotency_key"]] for e in sink.emails} == {e["id"] for e in sink.emails}
 
 
-def storm(servers, fresh_database, tmp_path: Path, fault, n: int = 120) -> SimpleNamespace:  # noqa: F811
+def storm(servers, fresh_database, tmp_path: Path, fault, n: int = 120) -> SimpleNamespace:
     """n emails through one notify worker (4 processes), each answered 0.2 s after the provider accepted
     it (so sends are in flight); `fault(servers)` strikes once a quarter is out; then the sweeps.
     Returns the fleet engine, the sink, the ids, the worker's output, and how many rows were still
@@ -135,16 +112,19 @@ def storm(servers, fresh_database, tmp_path: Path, fault, n: int = 120) -> Simpl
 
 
 @pytest.mark.slow
-def test_fleet_restart_mid_storm_the_sweeper_recovers_and_every_email_is_sent_once(servers, fresh_database,  # noqa: F811
+def test_fleet_restart_mid_storm_the_sweeper_recovers_and_every_email_is_sent_once(servers, fresh_database,
                                                                                    tmp_path):
     """120 emails through a real worker; the fleet Postgres restarts under them: leases, sends and
     their records are cut mid-way. The pool reconnects, the sweeper re-enqueues, the provider replays
     what it had accepted. About 15 s (a worker's start, the storm)."""
     run = storm(servers, fresh_database, tmp_path, lambda s: s.fleet.restart())
     assert_each_sent_once(run.fleet, run.sink, run.ids)
-    assert "a service did not answer" in run.output  # tasks the restart cut failed in one line, no traceback
+    # a task the restart cut failed in one line, with no traceback (a restart that lands while every
+    # task is in the provider's call cuts none: the pool's pre-ping reconnects them, CI met that)
+    failed = [line for line in run.output.splitlines() if '"task_failed"' in line]
+    assert all("a service did not answer" in line for line in failed), failed
+    assert "Traceback" not in run.output
     run.fleet.dispose()
-
 
 
 def redis_client(server):
@@ -155,7 +135,7 @@ OUTAGE_S = 60  # the issue's figure: past kombu's reconnect backoff reaching its
 
 
 @pytest.mark.slow
-def test_redis_restart_mid_storm_the_sweeper_re_enqueues_and_every_email_is_sent_once(servers, fresh_database,  # noqa: F811
+def test_redis_restart_mid_storm_the_sweeper_re_enqueues_and_every_email_is_sent_once(servers, fresh_database,
                                                                                      tmp_path):
     """120 emails through a real worker; Redis restarts under them, empty: the queued deliver messages,
     the unacknowledged ones and the rate-limit buckets are gone. The worker reconnects by itself; the
@@ -166,7 +146,7 @@ def test_redis_restart_mid_storm_the_sweeper_re_enqueues_and_every_email_is_sent
     run.fleet.dispose()
 
 
-def test_redis_restart_mid_backlog_then_the_next_run_leaves_one_number_and_one_email_each(servers, fresh_database,  # noqa: F811
+def test_redis_restart_mid_backlog_then_the_next_run_leaves_one_number_and_one_email_each(servers, fresh_database,
                                                                                          tmp_path):
     """backlog.reprocess_confirmations through a real worker; Redis restarts while the provider holds a
     batch (its message, unacknowledged, and its result are lost with Redis). The numbers and pending
@@ -178,7 +158,8 @@ def test_redis_restart_mid_backlog_then_the_next_run_leaves_one_number_and_one_e
     n = 1500
     add_backlog(app, n)
     with ProviderSink(resend_api_keys=[KEY]) as sink:
-        env = fleet_env(tmp_path, database_url=url, fleet_url=url, redis_url=broker.url, sink=sink)
+        env = fleet_env(tmp_path, database_url=url, fleet_url=url, redis_url=broker.url, sink=sink,
+                        packs="confirmations")
         sink.script("resend.emails.batch", [Reply()] * 4 + [Reply(hang=2.0)])  # call 5 is accepted, then stalls
         worker = start_worker(env, tmp_path, queues="backlog", concurrency=1)
         client = Celery(broker=broker.url, backend=broker.url)
@@ -209,7 +190,7 @@ def test_redis_restart_mid_backlog_then_the_next_run_leaves_one_number_and_one_e
 
 
 @pytest.mark.slow
-def test_broker_unreachable_for_a_while_workers_reconnect_and_drain_the_outbox(servers, fresh_database,  # noqa: F811
+def test_broker_unreachable_for_a_while_workers_reconnect_and_drain_the_outbox(servers, fresh_database,
                                                                               tmp_path):
     """Redis down for OUTAGE_S (60 s): the checks that fire meanwhile write their outbox rows (their
     enqueue cannot reach the broker); the worker keeps retrying, reconnects once Redis is back, and

@@ -17,6 +17,7 @@ ACCEPTED = {
     "older_than": 'a duration such as "0s", "15m", "1h"',
     "stale_after": 'a duration such as "10m" (pending emails older than this are resent)',
     "max_attempts": "a whole number from 1 to 100 (emails tried this often are left failed)",
+    "target": "a target of config/targets.yaml (`opsfleet targets list`); needed when the backlog runs on several",
 }
 
 
@@ -36,6 +37,7 @@ class ReprocessArgs(_Args):
     dry_run: bool = False
     older_than: str = "0s"
     stale_after: str = "10m"
+    target: str | None = None  # resolved by the task against config (tasks/backlog.py)
 
 
 class ResendArgs(_Args):
@@ -43,6 +45,7 @@ class ResendArgs(_Args):
     batch_size: int = Field(default=100, ge=1, le=5000)
     dry_run: bool = False
     max_attempts: int = Field(default=5, ge=1, le=100)
+    target: str | None = None
 
 
 def parse_args(task_name: str, model: type[_Args], kwargs: dict[str, Any]) -> Any:

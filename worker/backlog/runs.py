@@ -218,12 +218,13 @@ def _drain(conn: Connection, channel: EmailChannel, claim: Callable[[int, bool],
 
 
 def _run(monitored: Engine, fleet: Engine, job: str, params: dict[str, Any], task_id: str | None,
-         body: Callable[[Connection, RunResult, runs.Run], None]) -> RunResult:
-    """One recorded run (worker.fleet.runs: the job_runs row, the run's liveness lock, the backlog's
-    shared lock) over one connection to the application's database: the body, the outcome."""
+         body: Callable[[Connection, RunResult, runs.Run], None], target: str) -> RunResult:
+    """One recorded run (worker.fleet.runs: the job_runs row under `target`, the run's liveness lock, the
+    backlog's shared lock) over one connection to the application's database: the body, the outcome."""
     result = RunResult(job)
     started = time.perf_counter()
-    run = runs.start(fleet, family="backlog", job=job, kind=KIND, params=params, task_id=task_id, exclusive=False)
+    run = runs.start(fleet, family="backlog", job=job, kind=KIND, params=params, task_id=task_id, exclusive=False,
+                     target=target)
     result.run_id = run.id
     try:
         with monitored.connect() as conn:
@@ -279,13 +280,14 @@ class _Reporter:
 def reprocess(monitored: Engine, fleet: Engine, channel: EmailChannel | None, *, limit: int | None = None,
               batch_size: int = 500, dry_run: bool = False, older_than: timedelta = timedelta(0),
               stale_after: timedelta = STALE_AFTER, progress: Callable[[Progress], None] | None = None,
-              task_id: str | None = None) -> RunResult:
-    """Reprocess the confirmation backlog (see the module docstring). Safe to run on any number of
-    workers at once; a dry run counts and samples and writes nothing but its job_runs row."""
+              task_id: str | None = None, target: str = "") -> RunResult:
+    """Reprocess the confirmation backlog of `monitored` (see the module docstring), its runs recorded
+    under `target` (a key). Safe to run on any number of workers at once; a dry run counts and samples
+    and writes nothing but its job_runs row."""
     params = {"limit": limit, "batch_size": batch_size, "dry_run": dry_run,
               "older_than": older_than.total_seconds(), "stale_after": stale_after.total_seconds()}
     if dry_run:
-        return _dry_run(monitored, fleet, params, older_than, stale_after, limit, task_id)
+        return _dry_run(monitored, fleet, params, older_than, stale_after, limit, task_id, target)
     require_channel(channel)
     claim_params = {"older_than": older_than.total_seconds()}
 
@@ -302,18 +304,19 @@ def reprocess(monitored: Engine, fleet: Engine, channel: EmailChannel | None, *,
                limit, batch_size, result, report)
         result.conflicts = count_conflicts(conn, older_than)
 
-    return _run(monitored, fleet, JOB_REPROCESS, params, task_id, body)
+    return _run(monitored, fleet, JOB_REPROCESS, params, task_id, body, target)
 
 
 def resend_failed(monitored: Engine, fleet: Engine, channel: EmailChannel | None, *, limit: int | None = None,
                   batch_size: int = 100, dry_run: bool = False, max_attempts: int = 5,
-                  progress: Callable[[Progress], None] | None = None, task_id: str | None = None) -> RunResult:
+                  progress: Callable[[Progress], None] | None = None, task_id: str | None = None,
+                  target: str = "") -> RunResult:
     """Retry confirmation emails in status 'failed' (never 'bounced') tried fewer than `max_attempts`
     times: each batch is made pending again with attempts + 1 (a new group, so new keys) and sent like
     a fresh claim."""
     params = {"limit": limit, "batch_size": batch_size, "dry_run": dry_run, "max_attempts": max_attempts}
     if dry_run:
-        return _dry_run_resend(monitored, fleet, params, limit, max_attempts, task_id)
+        return _dry_run_resend(monitored, fleet, params, limit, max_attempts, task_id, target)
     require_channel(channel)
 
     def body(conn: Connection, result: RunResult, run: runs.Run) -> None:
@@ -329,7 +332,7 @@ def resend_failed(monitored: Engine, fleet: Engine, channel: EmailChannel | None
 
         _drain(conn, channel, claim, limit, batch_size, result, report)
 
-    return _run(monitored, fleet, JOB_RESEND, params, task_id, body)
+    return _run(monitored, fleet, JOB_RESEND, params, task_id, body, target)
 
 
 def _finish(run: runs.Run, result: RunResult, started: float) -> None:
@@ -342,7 +345,7 @@ def _finish(run: runs.Run, result: RunResult, started: float) -> None:
 
 
 def _dry_run(monitored: Engine, fleet: Engine, params: dict[str, Any], older_than: timedelta,
-             stale_after: timedelta, limit: int | None, task_id: str | None) -> RunResult:
+             stale_after: timedelta, limit: int | None, task_id: str | None, target: str) -> RunResult:
     result = RunResult(JOB_REPROCESS, status="dry_run")
     started = time.perf_counter()
     with monitored.connect() as conn:
@@ -358,11 +361,11 @@ def _dry_run(monitored: Engine, fleet: Engine, params: dict[str, Any], older_tha
         conn.rollback()
     if limit is not None:
         result.would_process = min(result.would_process, limit)
-    return _record_dry_run(fleet, params, result, task_id, started)
+    return _record_dry_run(fleet, params, result, task_id, started, target)
 
 
 def _dry_run_resend(monitored: Engine, fleet: Engine, params: dict[str, Any], limit: int | None,
-                    max_attempts: int, task_id: str | None) -> RunResult:
+                    max_attempts: int, task_id: str | None, target: str) -> RunResult:
     result = RunResult(JOB_RESEND, status="dry_run")
     started = time.perf_counter()
     with monitored.connect() as conn:
@@ -374,12 +377,12 @@ def _dry_run_resend(monitored: Engine, fleet: Engine, params: dict[str, Any], li
         conn.rollback()
     if limit is not None:
         result.would_process = min(result.would_process, limit)
-    return _record_dry_run(fleet, params, result, task_id, started)
+    return _record_dry_run(fleet, params, result, task_id, started, target)
 
 
 def _record_dry_run(fleet: Engine, params: dict[str, Any], result: RunResult, task_id: str | None,
-                    started: float) -> RunResult:
-    result.run_id = runs.record(fleet, job=result.job, kind=KIND, status="dry_run", task_id=task_id, params={
+                    started: float, target: str) -> RunResult:
+    result.run_id = runs.record(fleet, job=result.job, kind=KIND, status="dry_run", task_id=task_id, target=target, params={
         **params, "would_process": result.would_process, "conflicts": result.conflicts,
         "stale_pending": result.stale_pending})
     result.seconds = time.perf_counter() - started

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from worker.fleet.fields import Name, ScheduleField, Strict
 from worker.fleet.names import beat_entry, queue_of
+from worker.fleet.runs import Place
 
 JOB_REPROCESS = "reprocess_confirmations"
 JOB_RESEND = "resend_failed_emails"
@@ -33,22 +34,27 @@ class BacklogsFile(Strict):
     backlogs: list[Backlog] = Field(default_factory=list)
 
 
-def beat_entries(backlogs: Iterable[Backlog]) -> dict[str, dict[str, Any]]:
-    """Each enabled backlog's task with its arguments, on its schedule."""
-    return {f"backlog:{b.name}": beat_entry(b.task, b.schedule.celery_schedule(), b.kwargs)
-            for b in backlogs if b.enabled}
+def _placed(backlogs: Iterable[Backlog | tuple[Backlog, Place]]) -> list[tuple[Backlog, Place]]:
+    return [b if isinstance(b, tuple) else (b, Place()) for b in backlogs]
 
 
-def scheduled_jobs(backlogs: Iterable[Backlog]) -> list[dict[str, Any]]:
+def beat_entries(backlogs: Iterable[Backlog | tuple[Backlog, Place]]) -> dict[str, dict[str, Any]]:
+    """Each enabled backlog's task with its arguments, on each of its targets (FleetConfig.scheduled_backlogs),
+    on its schedule, on the backlog queue (a target's own `queue:` is for its checks)."""
+    return {f"backlog:{b.name}{p.suffix}": beat_entry(b.task, b.schedule.celery_schedule(), {**b.kwargs, **p.kwargs()})
+            for b, p in _placed(backlogs) if b.enabled}
+
+
+def scheduled_jobs(backlogs: Iterable[Backlog | tuple[Backlog, Place]]) -> list[dict[str, Any]]:
     """What beat records of each backlog in fleet.job_schedule (maintenance_job_health reads it): one row
-    per job, however many entries run it (its shortest gap: any of them is a run); a dry run's
-    schedule is not watched (its rows are dry runs)."""
-    rows: dict[str, dict[str, Any]] = {}
-    for b in backlogs:
-        row = {"family": "backlog", "job": b.job, "queue": queue_of(b.task),
+    per job and target, however many entries run it (its shortest gap: any of them is a run); a dry
+    run's schedule is not watched (its rows are dry runs)."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for b, p in _placed(backlogs):
+        row = {"family": "backlog", "job": b.job, "target": p.key, "queue": queue_of(b.task),
                "longest_gap_s": b.schedule.longest_gap().total_seconds(),
                "enabled": b.enabled and not b.kwargs.get("dry_run")}
-        seen = rows.get(b.job)
+        seen = rows.get((b.job, p.key))
         if seen is None or (row["enabled"], -row["longest_gap_s"]) > (seen["enabled"], -seen["longest_gap_s"]):
-            rows[b.job] = row
+            rows[(b.job, p.key)] = row
     return list(rows.values())

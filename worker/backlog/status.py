@@ -13,9 +13,11 @@ from worker.backlog.runs import KIND, STALE_AFTER
 from worker.fleet import runs
 
 
-def backlog_status(engine: Engine, fleet: Engine | None = None, stale_after: timedelta = STALE_AFTER) -> dict[str, Any]:
-    """What `opsfleet backlog status` shows: the backlog, the confirmation emails waiting or failed, and
-    the backlog runs in progress (with whether their worker is still alive)."""
+def backlog_status(engine: Engine, fleet: Engine | None = None, stale_after: timedelta = STALE_AFTER,
+                   target: str = "") -> dict[str, Any]:
+    """What `opsfleet backlog status` shows: the backlog in `engine`'s database, the confirmation emails
+    waiting or failed, and the backlog runs of `target` (its key) in progress (with whether their worker
+    is still alive) and last finished."""
     fleet = fleet or engine
     with engine.connect() as conn:
         backlog = conn.execute(sa.text(
@@ -30,7 +32,7 @@ def backlog_status(engine: Engine, fleet: Engine | None = None, stale_after: tim
                       count(*) FILTER (WHERE status = 'bounced') AS emails_bounced
                FROM confirmation_emails WHERE status IN ('pending', 'failed', 'bounced')"""),
             {"s": stale_after.total_seconds()}).mappings().one()
-    running, last = runs.running(fleet, KIND), runs.last_finished(fleet, KIND)
+    running, last = runs.running(fleet, KIND, target), runs.last_finished(fleet, KIND, target)
     age = backlog["oldest_pending_age_s"]
     return {
         "pending_confirmations": backlog["pending_confirmations"],

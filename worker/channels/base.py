@@ -9,13 +9,19 @@ A channel turns a `Message` into one provider call. It returns a `DeliveryResult
 from __future__ import annotations
 
 import email.utils
+import json
 import math
 import time
+import urllib.error
+import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+from worker.fleet.timeutil import human_duration
 
 Reason = Literal["timeout", "connection", "server_error", "rate_limited", "client_error", "auth", "invalid"]
 REASONS: tuple[str, ...] = (
@@ -54,6 +60,11 @@ class Message:
     ended_at: datetime | None = None  # a resolved notice: when the alert stopped firing
     alerts: list[Message] = field(default_factory=list)  # a grouped message's alerts, worst first; else []
     public_url: str | None = None  # OPSFLEET_PUBLIC_URL: where the status page links point
+    # what was gathered when the alert fired (worker.checks.evidence.compact): per section its title,
+    # its first lines, how many more the alert's page shows, or why it could not be gathered
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    # the fixes it proposes (worker.actions): id, kind, dry_run, confirm: approved by a button or a link
+    actions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_payload(self) -> dict[str, Any]:
         """JSON-safe dict (for the outbox row and Celery's JSON serializer)."""
@@ -77,6 +88,36 @@ class Message:
     def rows(self) -> list[Message]:
         """The alerts this message tells of, one row each: a grouped message's, else itself."""
         return self.alerts or [self]
+
+    def evidence_lines(self, width: int = 300) -> list[tuple[str, list[str]]]:
+        """The evidence as channels print it: (section title, its lines), each line at most `width`
+        characters; a section's last line says how many more rows its page shows, or why it failed."""
+        out = []
+        for section in self.evidence:
+            if not isinstance(section, dict):
+                continue
+            lines = [str(line) if len(str(line)) <= width else str(line)[:width - 1] + "…"
+                     for line in section.get("lines") or []]
+            if section.get("error"):
+                lines = [f"could not be gathered: {str(section['error'])[:width]}"]
+            elif not lines:
+                lines = ["nothing found"]
+            more = int(section.get("more") or 0)
+            if more or section.get("truncated"):
+                lines.append(f"… {more} more on the alert's page" if more else "… more on the alert's page")
+            out.append((str(section.get("title") or section.get("name") or "evidence"), lines))
+        return out
+
+    @property
+    def details(self) -> list[str]:
+        """The summary and the description, each only when it says more than the title and than the
+        other: what a channel shows below the title. The engine makes the title from the summary, and a
+        check's description may say the same, so printing all three repeats the same words."""
+        out: list[str] = []
+        for text in (self.summary, self.description):
+            if (t := (text or "").strip()) and t != self.title.strip() and t not in out:
+                out.append(t)
+        return out
 
     @property
     def fired_for(self) -> str | None:
@@ -111,16 +152,14 @@ class Message:
         return None
 
 
-def human_duration(seconds: float) -> str:
-    """45s, 12m 05s, 3h 07m, 2d 04h."""
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 86400}d {s % 86400 // 3600:02d}h"
+def safe_url(url: str | None) -> str | None:
+    """The URL if it is http(s) with a host (safe for an href), else None."""
+    if not url:
+        return None
+    parts = urlsplit(url.strip())
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return url.strip()
+    return None
 
 
 @dataclass
@@ -220,10 +259,65 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 
 class Channel(ABC):
-    """One channel kind. Instances are cheap; build one per delivery or cache per settings."""
+    """One channel kind. Instances are cheap; build one per delivery or cache per settings.
+
+    A channel owns everything about its kind: how it is built from the settings and its routing.yaml
+    entry (`from_settings`), what it lacks to deliver (`problems`) and how `opsfleet health --probe`
+    checks it without sending (`probe`), which provider target its rate-limit bucket stands for
+    (`bucket_target`, at `rate_limit` by default), and what it does with the provider's answer to the
+    alert's earlier message (`send(message, previous)`: Slack threads and updates). The registry lists
+    the kinds; nothing else spells one out."""
 
     kind: ClassVar[str]
+    # the provider's limit, just under it: (messages per second, burst) of the bucket every worker
+    # shares for one provider target; None: not rate limited
+    rate_limit: ClassVar[tuple[float, int] | None] = None
+    # folds what waits behind its bucket into one summary message (email and Slack)
+    folds: ClassVar[bool] = False
+    # when `opsfleet health` calls `probe`: always (it sends nothing), on_request (--probe: a call
+    # of the provider's that sends nothing), never (every call delivers something: the default
+    # probe only says so)
+    probing: ClassVar[str] = "never"
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: Any, spec: Any = None, *, monitored: Any = None,
+                      timeout: float = 10.0) -> Channel:
+        """The channel the fleet sends through: the environment's settings, overridden by the
+        routing.yaml channel `spec` (recipients, slack_channel, the variables it names)."""
+
+    @classmethod
+    def problems(cls, settings: Any, spec: Any = None) -> list[str]:
+        """What this channel lacks to deliver (empty: configured)."""
+        return []
+
+    @classmethod
+    def probe(cls, settings: Any, spec: Any, timeout: float, monitored: Any = None) -> tuple[str, str]:
+        """`opsfleet health`: (ok | fail, detail) once `problems` is empty; --probe asks this only of
+        the channels whose provider has a call that sends nothing."""
+        return "ok", f"{cls.kind} configured (not probed: every call of its API delivers something)"
+
+    @classmethod
+    def bucket_target(cls, settings: Any, name: str) -> str:
+        """The provider target one rate-limit bucket stands for (shared by every channel of the
+        routing that sends through the same account or webhook)."""
+        return f"{cls.kind}:{name}"
 
     @abstractmethod
-    def send(self, message: Message) -> DeliveryResult:
-        """Deliver once. Raise DeliveryError on failure; never retry internally."""
+    def send(self, message: Message, previous: dict[str, Any] | None = None) -> DeliveryResult:
+        """Deliver once. Raise DeliveryError on failure; never retry internally. `previous` is what
+        the provider answered to this alert's first message on this channel (fleet.alerts.last_notified)."""
+
+
+def http_json(url: str, headers: dict[str, str], timeout: float, method: str = "GET",
+              data: bytes | None = None) -> tuple[int, dict]:
+    """One plain HTTP call for a health probe: (status, JSON body or {})."""
+    req = urllib.request.Request(url, headers={"User-Agent": "opsfleet-health", **headers}, method=method, data=data)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - configured provider URLs
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except ValueError:
+            return exc.code, {}

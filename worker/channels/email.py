@@ -26,16 +26,10 @@ import os
 import re
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC
-from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
 
 import requests
 import resend
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from markupsafe import Markup, escape
 from resend.exceptions import NoContentError, ResendError
 
 from worker.channels.base import (
@@ -45,116 +39,16 @@ from worker.channels.base import (
     Message,
     classify_status,
     header,
+    http_json,
     parse_retry_after,
 )
+from worker.channels.email_render import RenderedEmail, render
 
 DEFAULT_API_URL = "https://api.resend.com"
-TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 MAX_BATCH = 100
-MAX_SUBJECT = 250
-
-# Fixed tables: the only values that reach a style attribute.
-ACCENTS = {
-    "critical": "#ef4444",
-    "high": "#f97316",
-    "warning": "#f59e0b",
-    "medium": "#3b82f6",
-    "info": "#6b7280",
-}
-RESOLVED_ACCENT = "#22c55e"
 
 # One lock for the SDK's module globals (api_key, api_url, default_http_client).
 _SDK_LOCK = threading.Lock()
-
-
-def _autoescape(template_name: str | None) -> bool:
-    # Escape everything except templates that are explicitly plain text.
-    return not (template_name or "").endswith(".txt.j2")
-
-
-def _nl2br(value: Any) -> Markup:
-    return Markup("<br>\n").join(escape(line) for line in str(value).splitlines())
-
-
-def _value(value: float) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def safe_url(url: str | None) -> str | None:
-    """The URL if it is http(s) with a host (safe for an href), else None."""
-    if not url:
-        return None
-    parts = urlsplit(url.strip())
-    if parts.scheme in ("http", "https") and parts.netloc:
-        return url.strip()
-    return None
-
-
-_env = Environment(
-    loader=FileSystemLoader(str(TEMPLATES_DIR)),
-    autoescape=_autoescape,
-    undefined=StrictUndefined,
-    keep_trailing_newline=True,
-)
-_env.filters["nl2br"] = _nl2br
-_env.filters["value"] = _value
-
-
-@dataclass(frozen=True)
-class RenderedEmail:
-    subject: str
-    html: str
-    text: str
-
-
-def subject_for(message: Message) -> str:
-    if message.status == "resolved":
-        tag = "RESOLVED"
-    elif message.status == "test":
-        tag = "TEST"
-    else:
-        tag = message.severity.upper() or "ALERT"
-    subject = re.sub(r"[\r\n\t]+", " ", f"[{tag}] {message.title}").strip()
-    return subject if len(subject) <= MAX_SUBJECT else subject[: MAX_SUBJECT - 1] + "…"
-
-
-def render(message: Message) -> RenderedEmail:
-    """Subject, HTML part and text part for one message."""
-    subject = subject_for(message)
-    if message.status == "resolved":
-        accent, status_label = RESOLVED_ACCENT, "RESOLVED"
-    elif message.status == "test":
-        accent, status_label = ACCENTS["info"], "TEST"
-    else:
-        accent, status_label = ACCENTS.get(message.severity, ACCENTS["info"]), "FIRING"
-    context = {
-        "m": message,
-        "subject": subject,
-        "accent": accent,
-        "status_label": status_label,
-        "rows": [alert_row(r) for r in message.rows],
-    }
-    return RenderedEmail(
-        subject=subject,
-        html=_env.get_template("alert.html.j2").render(context),
-        text=_env.get_template("alert.txt.j2").render(context),
-    )
-
-
-def alert_row(m: Message) -> dict[str, Any]:
-    """One alert of a message as the templates show it (already checked URLs; no internal field)."""
-    links = m.links()
-    if m.status == "resolved":
-        tag, accent = "RESOLVED", RESOLVED_ACCENT
-    else:
-        tag, accent = m.severity.upper(), ACCENTS.get(m.severity, ACCENTS["info"])
-    return {
-        "tag": tag, "accent": accent, "check": m.check, "title": m.title, "value": m.value_text,
-        "labels": ", ".join(f"{k}={v}" for k, v in sorted(m.labels.items())),
-        "since": m.started_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if m.started_at else None,
-        "fired_for": m.fired_for, "runbook": m.runbook, "runbook_url": safe_url(m.runbook_link()),
-        "alert_url": safe_url(links.get("alert")), "silence_url": safe_url(links.get("silence")),
-    }
 
 
 class TimeoutHTTPClient(resend.HTTPClient):
@@ -236,6 +130,40 @@ def map_resend_error(exc: ResendError) -> DeliveryError:
 
 class EmailChannel(Channel):
     kind = "email"
+    rate_limit = (1.9, 2)  # Resend: 2 requests per second per team
+    folds = True
+    probing = "on_request"
+
+    @classmethod
+    def from_settings(cls, settings: Any, spec: Any = None, *, monitored: Any = None,
+                      timeout: float = 10.0) -> EmailChannel:
+        """RESEND_API_KEY, RESEND_API_URL, FROM_EMAIL, FROM_NAME; ALERT_EMAIL_RECIPIENTS unless the
+        routing.yaml channel names its own `recipients`."""
+        made = cls(settings.resend_api_key, settings.from_email, settings.from_name,
+                   (spec.recipients if spec is not None else None) or settings.recipients,
+                   api_url=settings.resend_api_url, timeout=timeout)
+        made.action_secret = getattr(settings, "opsfleet_action_secret", None)  # signs the approval links
+        return made
+
+    @classmethod
+    def problems(cls, settings: Any, spec: Any = None) -> list[str]:
+        missing = [v for v, ok in (("RESEND_API_KEY", settings.resend_api_key),
+                                   ("ALERT_EMAIL_RECIPIENTS", (spec and spec.recipients) or settings.recipients))
+                   if not ok]
+        return [f"{', '.join(missing)} not set"] if missing else []
+
+    @classmethod
+    def probe(cls, settings: Any, spec: Any, timeout: float, monitored: Any = None) -> tuple[str, str]:
+        """GET /domains: sends nothing. A sending-only key answers 401 restricted_api_key: the key is valid."""
+        status, body = http_json(settings.resend_api_url.rstrip("/") + "/domains",
+                                 {"Authorization": f"Bearer {settings.resend_api_key}"}, timeout)
+        if status == 200 or (status == 401 and body.get("name") == "restricted_api_key"):
+            return "ok", "Resend accepts the API key" + (" (sending only)" if status == 401 else "")
+        return "fail", f"Resend answered {status} {body.get('name', '')}: {body.get('message', '')}".strip()
+
+    @classmethod
+    def bucket_target(cls, settings: Any, name: str) -> str:
+        return f"email:{settings.resend_api_url}:{settings.from_email}"  # one Resend account and sender
 
     def __init__(
         self,
@@ -295,7 +223,7 @@ class EmailChannel(Channel):
         # A message rendered elsewhere (the daily digest) carries its own parts; still escaped at the source.
         pre = dict(message.extra.get("rendered") or {}) if message.extra else {}
         attachments = pre.pop("attachments", None)  # a report's charts: Resend attachments with content_id
-        rendered = RenderedEmail(**pre) if pre else render(message)
+        rendered = RenderedEmail(**pre) if pre else render(message, action_secret=getattr(self, "action_secret", None))
         params: dict[str, Any] = {
             "from": self.sender,
             "to": list(self.recipients),
@@ -316,7 +244,8 @@ class EmailChannel(Channel):
             params["headers"] = {"References": ref}
         return params
 
-    def send(self, message: Message) -> DeliveryResult:
+    def send(self, message: Message, previous: dict[str, Any] | None = None) -> DeliveryResult:
+        """One email; mail clients thread an alert's mails by their References header, not `previous`."""
         self._check_config()
         if not self.recipients:
             raise DeliveryError("invalid", "no email recipients configured", permanent=True)

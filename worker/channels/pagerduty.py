@@ -10,6 +10,7 @@ with the outbox's backoff, honouring Retry-After.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import httpx2
@@ -26,6 +27,7 @@ from worker.channels.base import (
     header,
     parse_retry_after,
 )
+from worker.fleet.logs import register_secrets
 from worker.fleet.settings import is_loopback_http
 
 DEFAULT_API_URL = "https://events.pagerduty.com"
@@ -37,8 +39,29 @@ _quiet = logging.getLogger("opsfleet.channels.pagerduty.client")
 _quiet.disabled = True  # the client logs its own retry decisions, which are turned off here
 
 
+def routing_key(settings: Any, spec: Any = None) -> tuple[str | None, str]:
+    """The routing key a channel sends with, and the variable it comes from: the one its routing.yaml
+    entry names (routing_key_env), and only that one (a second service's channel never falls back to
+    the first's key), else PAGERDUTY_ROUTING_KEY."""
+    var = getattr(spec, "routing_key_env", None) if spec is not None else None
+    return (os.environ.get(var) or None, var) if var else (settings.pagerduty_routing_key, "PAGERDUTY_ROUTING_KEY")
+
+
 class PagerDutyChannel(Channel):
     kind = "pagerduty"
+
+    @classmethod
+    def from_settings(cls, settings: Any, spec: Any = None, *, monitored: Any = None,
+                      timeout: float = 10.0) -> PagerDutyChannel:
+        """PAGERDUTY_ROUTING_KEY (or the variable routing_key_env names), PAGERDUTY_API_URL."""
+        key, var = routing_key(settings, spec)
+        register_secrets([key])
+        return cls(key, api_url=settings.pagerduty_api_url, timeout=timeout, key_setting=var)
+
+    @classmethod
+    def problems(cls, settings: Any, spec: Any = None) -> list[str]:
+        key, var = routing_key(settings, spec)
+        return [] if key else [f"{var} not set"]
 
     def __init__(self, routing_key: str | None, *, api_url: str | None = None, timeout: float = 10.0,
                  source: str = "opsfleet", key_setting: str = "PAGERDUTY_ROUTING_KEY") -> None:
@@ -74,8 +97,10 @@ class PagerDutyChannel(Channel):
         details: dict[str, Any] = {"check": message.check, "severity": message.severity, "labels": message.labels}
         if message.value is not None:
             details["value"] = message.value
-        if message.description:
-            details["description"] = message.description
+        if message.details:  # below the title (the event's summary): said once
+            details["description"] = "\n\n".join(message.details)
+        if message.evidence:  # what was gathered when it fired, a few lines per section
+            details["evidence"] = {title: lines for title, lines in message.evidence_lines()}
         if message.started_at is not None:
             details["firing_since"] = message.started_at.isoformat()
         if message.runbook:
@@ -87,7 +112,8 @@ class PagerDutyChannel(Channel):
             "group": message.labels.get("system") or None, "class": message.check,
             "custom_details": details}}
 
-    def send(self, message: Message) -> DeliveryResult:
+    def send(self, message: Message, previous: dict[str, Any] | None = None) -> DeliveryResult:
+        """One Events API v2 event; the alert's fingerprint is its dedup_key, so `previous` is not needed."""
         if not self.routing_key:
             raise DeliveryError("auth", f"{self.key_setting} is not set", permanent=True)
         event = self.event(message)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import http.client
 from typing import Any
 from urllib.error import URLError
-from urllib.parse import quote
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -34,34 +33,11 @@ from worker.channels.base import (
     Message,
     classify_status,
     header,
+    http_json,
     parse_retry_after,
 )
-from worker.channels.email import safe_url
+from worker.channels.slack_blocks import build_blocks
 
-# Slack's documented limits (Block Kit reference, chat.postMessage).
-HEADER_MAX = 150
-SECTION_TEXT_MAX = 3000
-FIELD_TEXT_MAX = 2000
-MAX_FIELDS = 10
-CONTEXT_TEXT_MAX = 3000
-MAX_BLOCKS = 50
-MAX_ROWS = 40  # alerts shown one section each in a grouped message (header, body and a tail fit)
-TEXT_MAX = 40000
-FALLBACK_TEXT_MAX = 4000  # Slack's advice for the top-level text; we stay well under TEXT_MAX
-
-EMOJI = {
-    "critical": ":rotating_light:",
-    "high": ":red_circle:",
-    "warning": ":warning:",
-    "medium": ":large_orange_diamond:",
-    "info": ":information_source:",
-}
-RESOLVED_EMOJI = ":white_check_mark:"
-TEST_EMOJI = ":test_tube:"
-
-_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-
-# Web API error codes, by what a retry can do about them.
 _AUTH_ERRORS = frozenset(
     {
         "not_authed",
@@ -101,134 +77,6 @@ _TRANSIENT_ERRORS = {
     "service_unavailable": "server_error",
     "request_timeout": "timeout",
 }
-
-
-def _units(text: str) -> int:
-    """Length in UTF-16 code units (what a JS-side limit counts; never less than len())."""
-    return len(text.encode("utf-16-le")) // 2
-
-
-def fit(text: str, limit: int, *, mrkdwn: bool) -> str:
-    """Escape (for mrkdwn) and truncate to `limit`, ending with an ellipsis; never cuts an entity."""
-    pieces = [_ESCAPES.get(ch, ch) for ch in text] if mrkdwn else list(text)
-    if sum(_units(p) for p in pieces) <= limit:
-        return "".join(pieces)
-    out: list[str] = []
-    used = 0
-    for piece in pieces:
-        n = _units(piece)
-        if used + n > limit - 1:
-            break
-        out.append(piece)
-        used += n
-    return "".join(out) + "…"
-
-
-def link(url: str, label: str) -> str | None:
-    """An mrkdwn link `<url|label>`, or None when the URL is not plain http(s)."""
-    safe = safe_url(url)
-    if safe is None:
-        return None
-    # Characters that would end or split the <url|label> token are percent-encoded; & is escaped
-    # as &amp; (Slack unescapes it), so query strings keep their meaning.
-    target = quote(safe, safe=":/?#[]@!$&'()*+,;=%~-._").replace("&", "&amp;")
-    return f"<{target}|{fit(label, 200, mrkdwn=True)}>"
-
-
-def emoji_for(message: Message) -> str:
-    if message.status == "resolved":
-        return RESOLVED_EMOJI
-    if message.status == "test":
-        return TEST_EMOJI
-    return EMOJI.get(message.severity, ":bell:")
-
-
-def build_blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
-    """(fallback text, Block Kit blocks) for one message, within Slack's limits."""
-    emoji = emoji_for(message)
-    tag = {"resolved": "RESOLVED", "test": "TEST"}.get(message.status, message.severity.upper())
-    title = message.title or message.check or "alert"
-
-    blocks: list[dict[str, Any]] = [{"type": "header", "text": {
-        "type": "plain_text", "text": fit(f"{emoji} {title}", HEADER_MAX, mrkdwn=False), "emoji": True}}]
-
-    body_parts = []
-    if message.summary:
-        body_parts.append(
-            f"*{_escape(message.summary)}*" if message.description else _escape(message.summary)
-        )
-    if message.description and message.description != message.summary:
-        body_parts.append(_escape(message.description))
-    body = "\n\n".join(body_parts) or _escape(title)
-    blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(body, SECTION_TEXT_MAX)}})
-
-    rows = message.rows
-    for row in rows[:MAX_ROWS]:
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(alert_row(row, len(rows) > 1),
-                                                                                  SECTION_TEXT_MAX)}})
-    if len(rows) > MAX_ROWS:
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"and {len(rows) - MAX_ROWS} "
-                                                        "more alerts (see the status page)"}]})
-    if message.status == "test":
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": "Status: test"}]})
-
-    fallback = f"{emoji} [{tag}] {title}"
-    if message.summary:
-        fallback += f": {message.summary}"
-    return fit(fallback, FALLBACK_TEXT_MAX, mrkdwn=True), blocks[:MAX_BLOCKS]
-
-
-def alert_row(m: Message, grouped: bool) -> str:
-    """One alert as mrkdwn: severity and check, value against its condition, labels, since (or how
-    long it fired), runbook and the status page's links. Every piece of text is escaped."""
-    tag = "RESOLVED" if m.status == "resolved" else m.severity.upper()
-    head = f"{emoji_for(m)} *[{tag}] {fit(m.check, 500, mrkdwn=True)}*"
-    if grouped and m.title:
-        head += f" {fit(m.title, 500, mrkdwn=True)}"
-    facts = []
-    if m.value_text is not None:
-        facts.append(f"*Value* {fit(m.value_text, 200, mrkdwn=True)}")
-    labels = [f"`{fit(str(k), 100, mrkdwn=True)}={fit(str(v), 200, mrkdwn=True)}`" for k, v in sorted(m.labels.items())]
-    if labels:
-        facts.append(" ".join(labels[:MAX_FIELDS]))
-    if m.started_at is not None:
-        facts.append(f"*Since* {m.started_at.isoformat(timespec='seconds')}")
-    if m.fired_for:
-        facts.append(f"fired for {m.fired_for}")
-    links = []
-    if m.runbook:
-        links.append(link(m.runbook_link() or "", "Runbook") or f"Runbook: {fit(m.runbook, 500, mrkdwn=True)}")
-    for key, label in (("alert", "View alert"), ("silence", "Silence")):
-        if (url := m.links().get(key)) and (made := link(url, label)):
-            links.append(made)
-    text = head + ("\n" + " · ".join(facts) if facts else "")
-    return text + ("\n:book: " + " · ".join(links) if links else "")
-
-
-def _escape(text: str) -> str:
-    return "".join(_ESCAPES.get(ch, ch) for ch in text)
-
-
-def _cut(escaped: str, limit: int) -> str:
-    """Truncate already-escaped mrkdwn without splitting an &entity;."""
-    if _units(escaped) <= limit:
-        return escaped
-    out: list[str] = []
-    used = 0
-    i = 0
-    while i < len(escaped):
-        piece = escaped[i]
-        if piece == "&":
-            end = escaped.find(";", i, i + 6)
-            if end != -1:
-                piece = escaped[i : end + 1]
-        n = _units(piece)
-        if used + n > limit - 1:
-            break
-        out.append(piece)
-        used += n
-        i += len(piece)
-    return "".join(out) + "…"
 
 
 def _transport_error(exc: BaseException) -> DeliveryError | None:
@@ -279,6 +127,45 @@ def map_api_error(exc: SlackApiError) -> DeliveryError:
 
 class SlackChannel(Channel):
     kind = "slack"
+    rate_limit = (0.95, 1)  # Slack: about 1 message per second per incoming webhook / channel
+    folds = True
+    probing = "on_request"
+
+    @classmethod
+    def from_settings(cls, settings: Any, spec: Any = None, *, monitored: Any = None,
+                      timeout: float = 10.0) -> SlackChannel:
+        """ALERT_SLACK_WEBHOOK_URL, or SLACK_BOT_TOKEN + SLACK_CHANNEL (the routing.yaml channel's
+        `slack_channel` first); SLACK_API_URL for a fake of the Web API."""
+        made = cls(webhook_url=settings.alert_slack_webhook_url, bot_token=settings.slack_bot_token,
+                   channel=(spec.slack_channel if spec is not None else None) or settings.slack_channel,
+                   api_url=settings.slack_api_url, timeout=timeout)
+        # buttons (approve an action, acknowledge, silence) only where `opsfleet serve` can take Slack's clicks
+        made.interactive = bool(getattr(settings, "slack_signing_secret", None))
+        return made
+
+    @classmethod
+    def problems(cls, settings: Any, spec: Any = None) -> list[str]:
+        if settings.slack_bot_token:
+            return [] if (spec and spec.slack_channel) or settings.slack_channel else ["SLACK_CHANNEL not set"]
+        return [] if settings.alert_slack_webhook_url else ["ALERT_SLACK_WEBHOOK_URL (or SLACK_BOT_TOKEN) not set"]
+
+    @classmethod
+    def probe(cls, settings: Any, spec: Any, timeout: float, monitored: Any = None) -> tuple[str, str]:
+        """auth.test with the bot token: sends nothing. An incoming webhook has no such call."""
+        if not settings.slack_bot_token:
+            return "ok", "configured (an incoming webhook has no call that sends nothing: not probed)"
+        base = (settings.slack_api_url or "https://slack.com/api/").rstrip("/") + "/"
+        status, body = http_json(base + "auth.test", {"Authorization": f"Bearer {settings.slack_bot_token}",
+                                                      "Content-Type": "application/x-www-form-urlencoded"},
+                                 timeout, method="POST", data=b"")
+        if status == 200 and body.get("ok"):
+            return "ok", f"Slack auth.test ok ({body.get('team', '')})"
+        return "fail", f"Slack auth.test: {body.get('error') or status}"
+
+    @classmethod
+    def bucket_target(cls, settings: Any, name: str) -> str:
+        # one bucket per bot-token channel or incoming webhook
+        return f"slack:{settings.slack_bot_token and settings.slack_channel or settings.alert_slack_webhook_url}"
 
     def __init__(
         self,
@@ -311,13 +198,24 @@ class SlackChannel(Channel):
     def send(
         self,
         message: Message,
+        previous: dict[str, Any] | None = None,
+        *,
         thread_ts: str | None = None,
         update_ts: str | None = None,
         channel: str | None = None,
     ) -> DeliveryResult:
         """Post a message. With the Web API, `thread_ts` replies in a thread and `update_ts`
         rewrites an earlier message (pass `channel` = the channel id from that message's detail).
+        `previous` (the answer to the alert's first message: its ts and channel id) does that for
+        the fleet: a repeat threads onto it, the resolved notice updates it.
         Returns provider_id = the message ts (None for webhooks, which return no id)."""
+        if previous and previous.get("ts") and previous.get("channel_id") and self.mode == "api" \
+                and thread_ts is None and update_ts is None:
+            if message.status == "resolved":
+                update_ts = previous["ts"]
+            else:
+                thread_ts = previous["ts"]
+            channel = previous["channel_id"]
         # Missing configuration is a permanent delivery failure (the notification goes dead and
         # says why), not a crash of the worker.
         if not self.webhook_url and not self.bot_token:
@@ -328,7 +226,7 @@ class SlackChannel(Channel):
             )
         if self.mode == "api" and not (channel or self.channel):
             raise DeliveryError("invalid", "SLACK_BOT_TOKEN is set but SLACK_CHANNEL is not", permanent=True)
-        text, blocks = build_blocks(message)
+        text, blocks = build_blocks(message, interactive=getattr(self, "interactive", False))
         if self.mode == "webhook":
             return self._send_webhook(text, blocks)
         return self._send_api(text, blocks, thread_ts=thread_ts, update_ts=update_ts, channel=channel)

@@ -13,6 +13,7 @@ request carries the notification id as `Idempotency-Key`, so a receiver can drop
 from __future__ import annotations
 
 import hashlib
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,12 +28,41 @@ from worker.channels.base import (
     header,
     parse_retry_after,
 )
+from worker.fleet.logs import register_secrets
 
 ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's endsAt of an alert still firing
 
 
+def url_of(settings: Any, spec: Any = None) -> tuple[str | None, str]:
+    """The URL a channel posts to, and the variable it comes from: the one its routing.yaml entry names
+    (url_env), and only that one, else ALERT_WEBHOOK_URL."""
+    var = getattr(spec, "url_env", None) if spec is not None else None
+    return (os.environ.get(var) or None, var) if var else (settings.alert_webhook_url, "ALERT_WEBHOOK_URL")
+
+
+def headers_of(spec: Any) -> dict[str, str]:
+    """A webhook channel's headers, each from the variable headers_env names ("" where it is unset)."""
+    return {h: os.environ.get(var, "") for h, var in (spec.headers_env if spec is not None else {}).items()}
+
+
 class WebhookChannel(Channel):
     kind = "webhook"
+
+    @classmethod
+    def from_settings(cls, settings: Any, spec: Any = None, *, monitored: Any = None,
+                      timeout: float = 10.0) -> WebhookChannel:
+        """ALERT_WEBHOOK_URL (or the variable url_env names), headers from headers_env's variables."""
+        url, var = url_of(settings, spec)
+        headers = headers_of(spec)
+        register_secrets([url, *headers.values()])  # a header from the environment is a credential
+        return cls(url, headers={h: v for h, v in headers.items() if v}, timeout=timeout, url_setting=var,
+                   unset=[f"{spec.headers_env[h]} (header {h})" for h, v in headers.items() if not v])
+
+    @classmethod
+    def problems(cls, settings: Any, spec: Any = None) -> list[str]:
+        url, var = url_of(settings, spec)
+        return ([] if url else [f"{var} not set"]) + [
+            f"{spec.headers_env[h]} not set (header {h})" for h, v in headers_of(spec).items() if not v]
 
     def __init__(self, url: str | None, *, headers: dict[str, str] | None = None, timeout: float = 10.0,
                  external_url: str = "", url_setting: str = "ALERT_WEBHOOK_URL",
@@ -51,8 +81,11 @@ class WebhookChannel(Channel):
         labels = {**{k: str(v) for k, v in message.labels.items()}, "alertname": message.check,
                   "severity": message.severity}
         annotations = {"summary": message.title}
-        if message.description:
-            annotations["description"] = message.description
+        if message.details:  # what the summary and the description say beyond the title, once
+            annotations["description"] = "\n\n".join(message.details)
+        if message.evidence:  # Alertmanager's annotations are strings: one text, a block per section
+            annotations["evidence"] = "\n\n".join(title + ":\n" + "\n".join(lines)
+                                                   for title, lines in message.evidence_lines())
         if message.runbook:
             annotations["runbook_url"] = message.runbook
         if message.value is not None:
@@ -69,7 +102,8 @@ class WebhookChannel(Channel):
                 "status": status, "receiver": message.channel, "groupLabels": group, "commonLabels": labels,
                 "commonAnnotations": annotations, "externalURL": self.external_url, "alerts": [alert]}
 
-    def send(self, message: Message) -> DeliveryResult:
+    def send(self, message: Message, previous: dict[str, Any] | None = None) -> DeliveryResult:
+        """One POST of Alertmanager's webhook body; the receiver keys an alert by its fingerprint."""
         if not self.url:
             raise DeliveryError("invalid", f"{self.url_setting} is not set: the webhook channel has no URL", permanent=True)
         if self.unset:  # sent without it, the receiver would answer 401 and hide why

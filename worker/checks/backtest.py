@@ -3,7 +3,7 @@ notifications that would have sent. The tool for tuning thresholds against alert
 
 Nothing is written: each step runs the rule's query with :now set to that instant (READ ONLY) and
 feeds `replay`, which moves the instances with the engine's own state machine (checks.state.advance)
-and asks the outbox's own plan (notify.outbox.plan) what each transition sends, keeping the dedup
+and asks the outbox's own plan (notify.plan.plan) what each transition sends, keeping the dedup
 keys in memory as the outbox's UNIQUE constraint keeps them in the table (and, in `Remembered`, which
 notices a route's mute held back, as fleet.notifications does). What a backtest counts is therefore
 what production would send for the same values at the same instants, mute time intervals and
@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from worker.checks.collect import CheckError, Sample, collect
 from worker.checks.spec import Check
 from worker.checks.state import Instance, advance
-from worker.notify.outbox import Decision, Latest, plan
+from worker.notify.plan import Decision, Latest, plan
 from worker.notify.routing import Routing
 
 
@@ -110,7 +110,11 @@ def replay(check: Check, routing: Routing | None, evaluations: Iterable[tuple[da
 
 
 def backtest(check: Check, engine: Engine, routing: Routing | None, *, start: datetime, end: datetime,
-             step: timedelta, progress: Callable[[int, int], None] | None = None) -> Backtest:
+             step: timedelta, progress: Callable[[int, int], None] | None = None,
+             labels: dict[str, str] | None = None) -> Backtest:
+    """Replay `check` on `engine` (a target's database) from `start` to `end`; `labels` (the target's,
+    worker.targets.Target.alert_labels) go on every instance as the engine puts them, so the routes,
+    mutes and fingerprints are the ones production has on that target."""
     if step.total_seconds() <= 0:
         raise ValueError("step must be positive")
     total = int((end - start) / step) + 1
@@ -120,7 +124,8 @@ def backtest(check: Check, engine: Engine, routing: Routing | None, *, start: da
         done = 0
         while t <= end:
             try:
-                yield t, collect(check, engine, t)
+                samples = collect(check, engine, t)
+                yield t, [Sample({**x.labels, **labels}, x.value, x.reason) for x in samples] if labels else samples
             except CheckError as exc:
                 yield t, str(exc)
             done += 1

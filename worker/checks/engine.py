@@ -3,26 +3,30 @@ transitions and the notifications they cause in one transaction.
 
 Exactly one evaluation per (check, slot): the check_runs row is claimed in the same transaction that
 records the outcome, so a doubled beat or a redelivered task does nothing. What a transition sends
-is the outbox's decision (worker.notify.outbox.plan), not the engine's. Knows nothing of Celery;
+is the outbox's decision (worker.notify.plan.plan), not the engine's. Knows nothing of Celery;
 tasks/checks.py is the thin entry point.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
-from worker.checks import store
+from worker.actions import store as actions
+from worker.actions.catalog import KINDS
+from worker.checks import evidence, store
 from worker.checks.collect import CheckError, Sample, collect
 from worker.checks.spec import Check
 from worker.checks.state import Step, advance
 from worker.checks.templates import public_text, render
 from worker.fleet.logs import get_logger
-from worker.notify import outbox
+from worker.notify import outbox, silences
+from worker.notify.plan import ESCALATED, plan
 from worker.notify.routing import Routing
 
 log = get_logger(__name__)
@@ -45,31 +49,79 @@ class Outcome:
     samples: list[Sample] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)
     notification_ids: list[str] = field(default_factory=list)  # due after their route's group_wait
+    # what to enqueue after commit: per channel, its first new row and when it is due (one delivery
+    # per channel folds the run's other rows into one message)
+    deliveries: dict[str, tuple[str, datetime]] = field(default_factory=dict)
     remediate: bool = False
+    run_actions: list[str] = field(default_factory=list)  # actions approved by `auto`: sent after commit
     error: str | None = None
     duration_ms: int = 0
     note: str | None = None  # why there was no data, as the query said (no_data_reason)
     note_is_new: bool = False  # the run before did not say it: log it (once, not every run)
 
 
+Gatherer = Callable[[dict[str, str]], list[dict[str, Any]]]
+
+
 def evaluate(check: Check, samples: list[Sample], conn: Connection, now: datetime,
-             routing: Routing | None) -> tuple[list[Transition], list[str], bool]:
+             routing: Routing | None, first: dict[str, tuple[str, datetime]] | None = None, *,
+             target: str = "", gather: Gatherer | None = None,
+             run_actions: list[str] | None = None) -> tuple[list[Transition], list[str], bool]:
     """Apply samples to the stored alert states inside `conn`'s transaction.
 
-    Returns (transitions, new notification ids, whether to remediate).
+    `gather(labels)` collects the check's evidence for an instance that goes firing: stored with it
+    (worker.checks.evidence) and carried by its notifications. Returns (transitions, new notification
+    ids, whether to remediate). An instance that goes firing proposes its check's `actions` (those
+    whose labels it has), an `auto` one approved at once and its id added to `run_actions`; one that
+    resolves expires what it proposed and nobody approved.
     """
     transitions: list[Transition] = []
     notifications: list[str] = []
     remediate = False
-    for step in advance(check, store.load_instances(conn, check.name), samples, now):
-        summary = render(check.summary, value=step.value, labels=step.labels, check=check.name)
-        store.save_step(conn, check.name, check.severity, step, now, summary, database_of(check))
+    steps = [(step, render(check.summary, value=step.value, labels=step.labels, check=check.name))
+             for step in advance(check, store.load_instances(conn, check.name, target=target), samples, now)]
+    store.save_steps(conn, check.name, check.severity, steps, now, database_of(check), target)
+    for step, summary in steps:
+        found, proposed = None, None
         if step.changed:
             transitions.append(Transition(step.fingerprint, step.labels, step.before.state, step.after.state, step.value))
             remediate |= step.after.state == "firing"
+            sections: list[dict[str, Any]] = []
+            if step.after.state == "firing" and gather is not None and check.evidence:
+                sections = gather(step.labels)
+                evidence.save(conn, fingerprint=step.fingerprint, target=target, check=check.name, at=now,
+                              reason="firing", sections=sections)
+                found = evidence.compact(sections)
+            if step.after.state == "firing" and check.actions:
+                proposed = _propose(conn, check, step, target, now, sections, run_actions)
+            elif step.after.state == "resolved" and check.actions:
+                actions.expire(conn, fingerprint=step.fingerprint, target=target, at=now)
+            if step.after.state == "resolved":
+                silences.end_with(conn, step.fingerprint, now)  # a silence "until it resolves"
         if routing is not None:
-            notifications += _notify(check, routing, conn, step, now, summary)
+            notifications += _notify(check, routing, conn, step, now, summary, first, found, proposed)
     return transitions, notifications, remediate and check.remediate is not None
+
+
+def _propose(conn: Connection, check: Check, step: Step, target: str, now: datetime,
+             sections: list[dict[str, Any]], run_actions: list[str] | None) -> list[dict[str, Any]]:
+    """The check's actions for this instance: each proposed with its dry run (an `auto` one approved
+    at once); what a message shows of them."""
+    out = []
+    for spec in check.actions:
+        kind = KINDS[spec.kind]
+        if any(not step.labels.get(label) for label in kind.needs):
+            log.warning("action_not_proposed", check=check.name, action=spec.kind,
+                        reason=f"the alert has no {', '.join(kind.needs)} label")
+            continue
+        params = spec.merged()
+        dry_run = kind.describe(step.labels, params, sections)
+        nid = actions.propose(conn, fingerprint=step.fingerprint, target=target, check=check.name, kind=spec.kind,
+                              params=params, labels=step.labels, dry_run=dry_run, at=now, auto=spec.auto)
+        if spec.auto and actions.approve(conn, nid, who="auto", via="auto", at=now) and run_actions is not None:
+            run_actions.append(nid)
+        out.append({"id": nid, "kind": spec.kind, "dry_run": dry_run, "confirm": kind.confirm, "auto": spec.auto})
+    return out
 
 
 def database_of(check: Check) -> str | None:
@@ -77,23 +129,43 @@ def database_of(check: Check) -> str | None:
     return check.database if check.kind == "sql" else None
 
 
-def _notify(check: Check, routing: Routing, conn: Connection, step: Step, now: datetime, summary: str) -> list[str]:
+def _notify(check: Check, routing: Routing, conn: Connection, step: Step, now: datetime, summary: str,
+            first: dict[str, tuple[str, datetime]] | None, found: list[dict[str, Any]] | None = None,
+            proposed: list[dict[str, Any]] | None = None) -> list[str]:
     fired_at = step.after.fired_at
     memory = outbox.StoredMemory(conn, check=check.name, severity=check.severity, fingerprint=step.fingerprint,
                                  labels=step.labels, database=database_of(check), fired_at=fired_at, now=now,
                                  routing=routing)
-    decisions = outbox.plan(
+    decisions = plan(
         routing, check=check.name, severity=check.severity, labels=step.labels, fingerprint=step.fingerprint,
         before=step.before.state, after=step.after.state, fired_at=fired_at, now=now,
         last_eval_at=step.before.evaluated_at, acked=step.after.acked_at is not None, memory=memory)
     if not decisions:
         return []
-    return outbox.write(conn, decisions, check=check.name, fingerprint=step.fingerprint, now=now,
-                        payload=lambda: _payload(check, step, fired_at, now, summary))
+    steps: dict[str, list] = {}  # an escalation step's message says so: its own payload per step
+    for d in decisions:
+        steps.setdefault(d.dedup_key.rsplit(":", 1)[1] if d.reason == ESCALATED and d.dedup_key else "", []).append(d)
+    ids: list[str] = []
+    for step_no, group in steps.items():
+        ids += outbox.write(conn, group, check=check.name, fingerprint=step.fingerprint, now=now, first=first,
+                            payload=lambda n=step_no: _escalated(_payload(check, step, fired_at, now, summary, found,
+                                                                          proposed), n, fired_at, now))
+    return ids
 
 
-def _payload(check: Check, step: Step, fired_at: datetime, now: datetime, summary: str) -> dict[str, Any]:
-    """What every channel's message is built from (no secret, nothing of the provider)."""
+def _escalated(payload: dict[str, Any], step_no: str, fired_at: datetime, now: datetime) -> dict[str, Any]:
+    """An escalation step's notice: the alert's, titled as escalated (how long it has fired unacknowledged)."""
+    if not step_no:
+        return payload
+    minutes = int((now - fired_at).total_seconds() // 60)
+    return {**payload, "escalation": int(step_no) + 1,
+            "title": f"Escalated: {payload['title']} (firing {minutes} min, not acknowledged)"}
+
+
+def _payload(check: Check, step: Step, fired_at: datetime, now: datetime, summary: str,
+             found: list[dict[str, Any]] | None = None, proposed: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """What every channel's message is built from (no secret, nothing of the provider); `evidence`, the
+    compact form of what was gathered when the instance went firing, where the check declares any."""
     return {
         "check": check.name, "severity": check.severity,
         "status": "resolved" if step.after.state == "resolved" else "firing",
@@ -103,27 +175,33 @@ def _payload(check: Check, step: Step, fired_at: datetime, now: datetime, summar
         "labels": step.labels, "value": step.value, "condition": str(check.condition),
         "fingerprint": step.fingerprint, "runbook": check.runbook,
         "started_at": fired_at.isoformat(), "at": now.isoformat(), "database": database_of(check),
+        **({"evidence": found} if found else {}),
+        **({"actions": [a for a in proposed if not a["auto"]]} if proposed else {}),
     }
 
 
 def run_check(check: Check, *, monitored: Engine, fleet: Engine, now: datetime, routing: Routing | None,
               slot: datetime | None = None, task_id: str | None = None, redis_url: str | None = None,
-              fleet_queries: Engine | None = None) -> Outcome:
-    """Evaluate `check` once for its slot (see the module docstring).
+              fleet_queries: Engine | None = None, target: str = "",
+              target_labels: dict[str, str] | None = None) -> Outcome:
+    """Evaluate `check` once for its slot on `target` (see the module docstring).
 
-    `monitored` runs the queries of monitored-database checks, `fleet_queries` (default: `fleet`)
-    those of fleet-database checks; `fleet` holds the state. The workers pass
-    worker.fleet.db.checks_engine() for both query engines."""
+    `monitored` runs the queries of monitored-database checks (the target's database), `fleet_queries`
+    (default: `fleet`) those of fleet-database checks; `fleet` holds the state. The workers pass
+    worker.fleet.db.checks_engine() for both query engines. `target` keys the slot and the instances
+    ("": what runs once for the fleet); `target_labels` go on every instance (worker.targets)."""
     slot = slot or check.schedule.slot(now)
     started = time.monotonic()
     with fleet.connect() as conn, conn.begin():
-        run_id = store.claim_slot(conn, check.name, slot, now, task_id)
+        run_id = store.claim_slot(conn, check.name, slot, now, task_id, target)
         if run_id is None:
             return Outcome(check.name, slot, "skipped")
         outcome = Outcome(check.name, slot, "ok")
         try:
             source = (fleet_queries or fleet) if check.database == "fleet" else monitored
             outcome.samples = collect(check, source, now, redis_url=redis_url)
+            if target_labels:
+                outcome.samples = [Sample({**s.labels, **target_labels}, s.value, s.reason) for s in outcome.samples]
         except CheckError as exc:
             outcome.status, outcome.error = "error", str(exc)
         if outcome.status == "ok":
@@ -131,9 +209,11 @@ def run_check(check: Check, *, monitored: Engine, fleet: Engine, now: datetime, 
                 outcome.status = "no_data"
                 outcome.note = next((s.reason for s in outcome.samples if s.reason), None)
                 outcome.note_is_new = outcome.note is not None and store.note_is_new(conn, check.name, slot,
-                                                                                     outcome.note)
+                                                                                     outcome.note, target)
             outcome.transitions, outcome.notification_ids, outcome.remediate = evaluate(
-                check, outcome.samples, conn, now, routing
+                check, outcome.samples, conn, now, routing, outcome.deliveries, target=target,
+                gather=lambda labels: evidence.gather(source, check.evidence, labels, now, fleet=fleet, target=target),
+                run_actions=outcome.run_actions,
             )
         outcome.duration_ms = int((time.monotonic() - started) * 1000)
         store.finish_run(conn, run_id, finished_at=now + timedelta(milliseconds=outcome.duration_ms),

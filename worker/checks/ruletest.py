@@ -34,15 +34,17 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from pydantic import Field, ValidationError, model_validator
 from sqlalchemy.engine import Engine
 
-from worker.checks.collect import CheckError, collect
+from worker.checks.collect import CheckError, Sample, collect
 from worker.checks.engine import evaluate
 from worker.checks.spec import Check
+from worker.fleet.calls import closest
 from worker.fleet.errors import ConfigError
 from worker.fleet.fields import Strict
 from worker.fleet.sqltext import quote_ident
@@ -61,7 +63,7 @@ Rows = dict[str, list[dict[str, Any]]]
 
 class ExpectedAlert(Strict):
     labels: dict[str, str] = Field(default_factory=dict)
-    state: str = "firing"
+    state: Literal["pending", "firing"] = "firing"  # what an instance can be afterwards (resolved ones are gone)
     value: float | None = None
 
 
@@ -89,6 +91,9 @@ class RuleTest(Strict):
     expect: Expect | None = None  # the one evaluation's expectations, when there is no `evaluations:`
     # the check's own config, changed for this test (e.g. {keep_firing_for: 10m})
     check_overrides: dict[str, Any] = Field(default_factory=dict)
+    # evaluate as on this target of config/targets.yaml: the `target` label on every instance, and
+    # the state kept under it (expectations need not name it)
+    target: str | None = Field(default=None, pattern=r"^[a-z0-9_]+$")
 
     @model_validator(mode="after")
     def _one_way(self) -> RuleTest:
@@ -141,8 +146,10 @@ def offset(text: str | int | float, where: str) -> timedelta:
 class Runner:
     """Runs rule test files against one throwaway database holding the fleet's schema and the app's."""
 
-    def __init__(self, engine: Engine, checks: dict[str, Check], routing: Routing | None) -> None:
+    def __init__(self, engine: Engine, checks: dict[str, Check], routing: Routing | None,
+                 schema: str = "the sample application's") -> None:
         self.engine, self.checks, self.routing = engine, checks, routing
+        self.schema = schema  # where the application's tables came from, for the message naming a missing one
         self._types: dict[str, dict[str, str]] = {}
         self._dirty: set[str] = set()
         self._superuser: bool | None = None
@@ -153,7 +160,8 @@ class Runner:
         result = Result(path)
         check = self.checks.get(spec.check)
         if check is None:
-            raise doc.error(("check",), f"no check {spec.check!r} in the enabled packs (`opsfleet checks list`)")
+            hint = closest(spec.check, self.checks)
+            raise doc.error(("check",), f"no check {spec.check!r} in the enabled packs{hint} (`opsfleet checks list`)")
         if check.kind != "sql":
             raise doc.error(("check",), f"{spec.check} is a {check.kind} probe: rule tests run SQL checks")
         for i, test in enumerate(spec.tests):
@@ -175,7 +183,7 @@ class Runner:
                 at = now + offset(ev.at, doc.where((*loc, "at")))
                 context = f"(test {test.name!r}, evaluation at {ev.at})"
                 result.failures += [f"{doc.where((*loc, 'expect', key))}: {msg} {context}"
-                                    for key, msg in self._evaluate(subject, at, ev.expect)]
+                                    for key, msg in self._evaluate(subject, at, ev.expect, test.target)]
         self._reset()
         return result
 
@@ -207,7 +215,9 @@ class Runner:
         if table not in self._types:
             with self.engine.connect() as conn:
                 if conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": quote_ident(table)}).scalar() is None:
-                    raise ConfigError(f"{where}: no table {table!r} in the schema the tests run against")
+                    raise ConfigError(f"{where}: no table {table!r} in the schema the tests run against ({self.schema}): "
+                                      "`opsfleet test --schema-from URL` copies a database's tables, `--schema FILE` "
+                                      "runs an SQL file (`pg_dump -s` output too)")
                 self._types[table] = dict(conn.execute(sa.text(
                     """SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
                        WHERE a.attrelid = CAST(:t AS regclass) AND a.attnum > 0 AND NOT a.attisdropped"""),
@@ -264,9 +274,11 @@ class Runner:
             raise ConfigError(f"{where}: the row does not go into {table}: {reason}") from None
 
     # -- one evaluation ------------------------------------------------------------------------
-    def _evaluate(self, check: Check, at: datetime, expect: Expect) -> list[tuple[str, str]]:
+    def _evaluate(self, check: Check, at: datetime, expect: Expect, target: str | None = None) -> list[tuple[str, str]]:
         try:
             samples = collect(check, self.engine, at)
+            if target is not None:
+                samples = [Sample({**s.labels, "target": target}, s.value, s.reason) for s in samples]
         except CheckError as exc:
             if expect.error is not None and expect.error in str(exc):
                 return []
@@ -275,12 +287,17 @@ class Runner:
         if expect.error is not None:
             return [("error", f"expected an error containing {expect.error!r}, got none")]
         with self.engine.begin() as conn:
-            _, ids, _ = evaluate(check, samples, conn, at, self.routing)
+            _, ids, _ = evaluate(check, samples, conn, at, self.routing, target=target or "")
         with self.engine.connect() as conn:
             alerts = conn.execute(sa.text("SELECT labels, state, last_value FROM fleet.alerts WHERE check_name = :c "
-                                          "AND state IN ('pending', 'firing')"), {"c": check.name}).all()
+                                          "AND target = :t AND state IN ('pending', 'firing')"),
+                                  {"c": check.name, "t": target or ""}).all()
             channels = [r[0] for r in conn.execute(sa.text(
                 "SELECT channel FROM fleet.notifications WHERE id = ANY(CAST(:ids AS uuid[]))"), {"ids": ids})]
+        if target is not None:  # the target's own label is the test's, not an expectation's
+            samples = [Sample({k: v for k, v in s.labels.items() if k != "target"}, s.value, s.reason) for s in samples]
+            alerts = [SimpleNamespace(labels={k: v for k, v in dict(a.labels).items() if k != "target"}, state=a.state,
+                                      last_value=a.last_value) for a in alerts]
         out: list[tuple[str, str]] = []
         tol = expect.tolerance
 

@@ -11,11 +11,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, PlainSerializer, field_validator, model_validator
 
+from worker.actions.spec import ActionField
+from worker.checks.evidence import EvidenceField
+from worker.checks.sqlcalls import read_only_problem
 from worker.checks.templates import Template
 from worker.fleet.db import psycopg_text
 from worker.fleet.fields import IDENT_RE, SEVERITIES, Duration, Name, ScheduleField, Strict
 from worker.fleet.names import beat_entry
-from worker.fleet.sqltext import code_only, second_statement
 
 # -- conditions ------------------------------------------------------------------------------------
 _COND = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(-?\d+(?:\.\d+)?)\s*$")
@@ -55,14 +57,8 @@ ConditionField = Annotated[Condition, BeforeValidator(Condition.parse), PlainSer
 
 # -- checks ----------------------------------------------------------------------------------------
 PROM_LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-# what worker/metrics.py sets on every check series itself, and the query columns that are never labels
+# what worker/watch/metrics.py sets on every check series itself, and the query columns that are never labels
 RESERVED_EXPORT_LABELS = frozenset({"check", "severity", "state", "value", "no_data_reason"})
-
-
-# functions a READ ONLY transaction still lets a query call, with effects outside it (tests/reliability
-# shows each on a real server): refused in a check's query, called like a function, outside literals
-SIDE_EFFECTS = re.compile(r"\b(pg_terminate_backend|pg_cancel_backend|pg_reload_conf|pg_(?:try_)?advisory_\w+|"
-                          r"lo_\w+|dblink\w*)\s*\(", re.IGNORECASE)
 
 
 class HttpProbe(Strict):
@@ -97,12 +93,14 @@ class Check(Strict):
     keep_firing_for: Duration = timedelta(0)  # Prometheus's: stays firing this long after the condition stops
     severity: Literal[SEVERITIES]
     labels: dict[str, str] = Field(default_factory=dict)
-    export_labels: list[str] = Field(default_factory=list)  # label columns on /metrics (worker/metrics.py)
+    export_labels: list[str] = Field(default_factory=list)  # label columns on /metrics (worker/watch/metrics.py)
     summary: Template
     details: Template | None = None
     runbook: str | None = None
     no_data: Literal["ok", "alerting", "keep"] = "ok"
     remediate: Remediate | None = None
+    evidence: list[EvidenceField] = Field(default_factory=list)  # gathered when an instance fires (worker.checks.evidence)
+    actions: list[ActionField] = Field(default_factory=list)  # fixes its alerts propose (worker.actions)
     timeout: Duration = timedelta(seconds=10)
     enabled: bool = True
 
@@ -119,6 +117,11 @@ class Check(Strict):
         elif self.kind == "redis":
             if not isinstance(self.probe, RedisProbe):
                 raise ValueError("a redis check needs `probe: {metric: keyspace_hit_ratio}`")
+        if self.database == "fleet" and any(a.kind in ("terminate_session", "cancel_blocker", "vacuum_table",
+                                                       "drop_slot") for a in self.actions):
+            raise ValueError("actions: a check of the fleet's own database proposes no fix to it")
+        if self.kind != "sql" and self.evidence:
+            raise ValueError("evidence: a probe has no database to ask; evidence is for sql checks")
         if self.kind != "sql":
             unknown = [k for k in self.export_labels if k not in self.labels]
             if unknown:
@@ -133,20 +136,9 @@ class Check(Strict):
     def _query(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        line = second_statement(v)
-        if line is not None:
-            raise ValueError(f"the query holds a second SQL statement (line {line} of the query); a check runs "
-                             "one statement, READ ONLY")
-        code = code_only(v)
-        first = re.match(r"\s*\(*\s*(\w+)", code)
-        if first is None or first.group(1).lower() not in ("select", "with", "values", "table"):
-            raise ValueError(f"the query starts with {(first.group(1) if first else code.strip()[:20])!r}: a check "
-                             "runs one SELECT (or WITH ... SELECT), READ ONLY")
-        side = SIDE_EFFECTS.search(code)
-        if side:
-            raise ValueError(f"the query calls {side.group(1)}(), which acts even in a READ ONLY transaction "
-                             "(signals backends, reloads the server, takes session locks, reads or writes server "
-                             "files, or writes through another connection); a check only reads")
+        problem = read_only_problem(v, "a check")
+        if problem:
+            raise ValueError(problem)
         unknown = sorted(set(psycopg_text(v)[1]) - {"now"})
         if unknown:
             raise ValueError(f"unknown bind parameter :{unknown[0]} (only :now is bound; write `::` for a cast)")
@@ -194,8 +186,46 @@ def queue_for(check: Check) -> str:
     return "notify" if check.database == "fleet" else "checks"
 
 
-def beat_entries(checks: Iterable[Check]) -> dict[str, dict[str, Any]]:
-    """One checks.run per enabled check, on its schedule and queue (stale runs expire instead of piling up)."""
-    return {f"check:{c.name}": beat_entry("checks.run", c.schedule.celery_schedule(), {"name": c.name}, expires=300,
-                                          queue=queue_for(c))
-            for c in checks if c.enabled}
+@dataclass(frozen=True)
+class Scheduled:
+    """One check on one target, as beat schedules it (the composer, worker/beat.py, pairs them)."""
+
+    check: Check
+    target: str | None = None  # the target a run is given; None: the check has one, and needs none
+    key: str = ""  # the target's key in the fleet's state ("": the fleet's own, or the implicit default)
+    queue: str | None = None  # the target's own queue, if it has one
+
+    @property
+    def queue_name(self) -> str:
+        return queue_for(self.check) if self.check.database == "fleet" else (self.queue or queue_for(self.check))
+
+    @property
+    def entry(self) -> str:
+        return f"check:{self.check.name}" if self.target is None else f"check:{self.check.name}@{self.target}"
+
+
+def beat_entries(runs: Iterable[Scheduled | Check]) -> dict[str, dict[str, Any]]:
+    """The checks as beat sends them (stale runs expire instead of piling up). The enabled checks of one
+    target that share a schedule and a queue go as one checks.run_batch, evaluated one after another on
+    the target's kept connection (a fleet of 300 targets sends 300 tasks a minute, not 6,300: a Celery
+    task's own cost, a few ms, was most of an evaluation's, bench/targets.py); a check alone on its
+    schedule goes as checks.run, as before. Each check still claims its own (check, target, slot)."""
+    groups: dict[tuple, list[Scheduled]] = {}
+    for run in runs:
+        run = run if isinstance(run, Scheduled) else Scheduled(run)
+        if run.check.enabled:
+            groups.setdefault((run.target, run.check.schedule.text, run.queue_name, run.queue is not None), []).append(run)
+    out = {}
+    for (target, schedule, queue, own_queue), group in groups.items():
+        where = {"target": target} if target is not None else {}
+        if len(group) == 1:
+            out[group[0].entry] = beat_entry("checks.run", group[0].check.schedule.celery_schedule(),
+                                             {"name": group[0].check.name, **where}, expires=300, queue=queue,
+                                             own_queue=own_queue)
+        else:
+            name = f"checks[{schedule}]" + (f"@{target}" if target is not None else "") + \
+                   ("" if queue == "checks" else f":{queue}")
+            out[name] = beat_entry("checks.run_batch", group[0].check.schedule.celery_schedule(),
+                                   {"names": [r.check.name for r in group], **where}, expires=300, queue=queue,
+                                   own_queue=own_queue)
+    return out

@@ -28,7 +28,11 @@ ALERTING = ("pending", "firing")
 
 
 def fingerprint(check_name: str, labels: dict[str, str]) -> str:
-    raw = json.dumps([check_name, sorted(labels.items())], separators=(",", ":"))
+    """The instance's identity: its check and labels. `target` is one of them, except the `default`
+    target's, so a fleet of one database keeps the fingerprints it had before targets (no re-fire, no
+    resolved notice when it upgrades)."""
+    items = sorted((k, v) for k, v in labels.items() if not (k == "target" and v == "default"))
+    raw = json.dumps([check_name, items], separators=(",", ":"))
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 

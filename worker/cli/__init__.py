@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from worker.cli import checks, dev, fleet, jobs, notify, report
+from worker.cli import checks, dev, fleet, jobs, notify, report, targets
 from worker.cli.common import VERBOSITY, err
 from worker.fleet.errors import OpsfleetError, ServiceUnavailable
 
@@ -33,6 +33,7 @@ app.add_typer(notify.notify_app, name="notify")
 app.add_typer(notify.digest_app, name="digest")
 app.add_typer(jobs.backlog_app, name="backlog")
 app.add_typer(report.report_app, name="report")
+app.add_typer(targets.targets_app, name="targets")
 app.add_typer(fleet.task_app, name="task")
 app.command("test")(dev.rule_test)
 app.command()(fleet.ping)
@@ -42,6 +43,48 @@ app.command()(fleet.serve)
 app.command()(fleet.init)
 app.command()(dev.demo)
 app.command("demo-show")(dev.demo_show)
+
+
+_LABELS = {"Path": "PATH", "int": "INTEGER", "float": "NUMBER", "str": "TEXT"}
+
+
+def tidy_help(command) -> None:
+    """Help that reads well at 80 columns, for every command of the tree: a docstring's hard-wrapped
+    lines joined into paragraphs (typer's rich panels keep a docstring's line breaks, so a summary
+    came out ragged), and click's value labels instead of typer's Python types (`--dry-run` and
+    `--help` have none, `--target TEXT`, an argument `NAME`, not `name <str>`)."""
+    import inspect
+
+    for attr in ("help", "short_help"):
+        text = getattr(command, attr, None)
+        if text:
+            setattr(command, attr, "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n")))
+    for param in command.params:
+        _label(param)
+    help_option = command.get_help_option
+
+    def get_help_option(ctx, make=help_option):
+        option = make(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = get_help_option
+    for sub in getattr(command, "commands", {}).values():
+        tidy_help(sub)
+
+
+def _label(param) -> None:
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    inner = getattr(annotation, "__args__", (annotation,))[0]
+    label = _LABELS.get(getattr(inner, "__name__", ""), "VALUE")
+    if param.param_type_name == "option":
+        if param.metavar is None:
+            param.metavar = "" if param.is_flag or param.count else label
+    elif param.param_type_name == "argument":
+        param.metavar = (param.metavar or param.name.upper()) + ("..." if param.nargs != 1 else "")
+        param.display_type_rich = lambda ctx: None  # its name says it: no `<str>` after it
+        param.get_usage_pieces = (lambda ctx, p=param: [p.metavar if p.required else f"[{p.metavar}]"])
 
 
 def _usage_line(exc) -> str:
@@ -60,7 +103,9 @@ def main() -> None:
 
     click_errors = (click.ClickException, typer_click.ClickException)
     try:
-        rc = app(standalone_mode=False, prog_name="opsfleet")
+        command = typer.main.get_command(app)
+        tidy_help(command)
+        rc = command(standalone_mode=False, prog_name="opsfleet")
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except OpsfleetError as exc:

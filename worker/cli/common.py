@@ -17,7 +17,7 @@ from worker.fleet.settings import Settings, get_settings
 # Where stdout is not a terminal (a pipe, a file, a CI log) a table is never cut to 80 columns: names
 # and ids are printed whole, for grep and for people alike.
 console = Console(width=None if sys.stdout.isatty() else 4096)
-err = Console(stderr=True)
+err = Console(stderr=True, markup=False)  # errors name fields as checks[name]: never markup
 VERBOSITY = {"level": "WARNING"}  # `opsfleet -v`: INFO, `-vv`: DEBUG
 
 
@@ -27,6 +27,21 @@ def settings() -> Settings:
     s = get_settings()
     configure_logging(level=VERBOSITY["level"])
     return s
+
+
+def target_named(given: str | None, option: str = "--target") -> Any:
+    """The target `--target` names (worker.targets.Target), None when not given; ArgumentError (one line,
+    exit 2) naming the option and the targets when it names none."""
+    from worker.config import get_config
+    from worker.fleet.errors import ArgumentError
+
+    if given is None:
+        return None
+    targets = get_config().targets
+    if given not in targets:
+        raise ArgumentError(f"{option} {given!r}: no such target (targets: {', '.join(targets)}; "
+                            "`opsfleet targets list`)")
+    return targets[given]
 
 
 def labels_text(labels: dict[str, str]) -> str:

@@ -58,7 +58,7 @@ def demo_show(n: Annotated[int | None, typer.Argument(help="which message (1-bas
                                                            "default the last")] = None,
               run_dir: Annotated[Path | None, typer.Option(help="the demo's folder")] = None) -> None:
     """Print a message the demo captured, whole: an email's headers and text part, a Slack message's text."""
-    from ops.devkit.demo import show
+    from ops.devkit.demo_show import show
 
     console.print(show(n, run_dir), highlight=False, soft_wrap=True, markup=False)
 
@@ -66,21 +66,36 @@ def demo_show(n: Annotated[int | None, typer.Argument(help="which message (1-bas
 def rule_test(
     files: Annotated[list[Path] | None, typer.Argument(help="rule test files (default: <pack>/tests/*.yaml of "
                                                            "the config folder and its enabled packs)")] = None,
-    schema: Annotated[Path | None, typer.Option(help="an SQL file that creates the application's tables "
-                                                     "(default: the sample application's)")] = None,
+    schema: Annotated[Path | None, typer.Option(help="an SQL file that creates the application's tables; "
+                                                     "`pg_dump -s` output as it is")] = None,
+    schema_from: Annotated[str | None, typer.Option(help="a database URL whose tables (columns, types, primary "
+                                                         "keys, defaults), views and functions are copied")] = None,
+    sample_schema: Annotated[bool, typer.Option("--sample-schema",
+                                                help="the sample application's tables (ops/sample_app/)")] = False,
 ) -> None:
     """Run rule tests: fixture rows, evaluation instants, expected alerts and notifications, against a
-    throwaway database (on DATABASE_URL's server, or an embedded one when it is not set)."""
+    throwaway database (on DATABASE_URL's server, or an embedded one when it is not set).
+
+    Its application tables are copied from DATABASE_URL's database (the sample application's when that
+    has none, or DATABASE_URL is not set), or from --schema-from, --schema or --sample-schema."""
     import contextlib
     import os
     import tempfile
 
+    import psycopg
+
+    from worker.checks import testschema
     from worker.checks.ruletest import Runner, discover
     from worker.config import get_config
-    from worker.fleet.db import create
-    from worker.fleet.errors import ConfigError
+    from worker.fleet.db import create, safe_url
+    from worker.fleet.errors import ArgumentError, ConfigError
     from worker.fleet.migrate import upgrade
 
+    given = [o for o, v in (("--schema", schema), ("--schema-from", schema_from), ("--sample-schema", sample_schema)) if v]
+    if len(given) > 1:
+        raise ArgumentError(f"{' and '.join(given)}: give one of them (where the application's tables come from)")
+    if schema is not None and not schema.is_file():
+        raise ArgumentError(f"--schema {schema}: no such file")
     cfg = get_config()
     paths = list(files or discover([cfg.root, *(p.folder for p in cfg.packs.values())]))
     if not paths:
@@ -88,16 +103,21 @@ def rule_test(
     for p in paths:
         if not p.is_file():
             raise OpsfleetError(f"{p}: no such rule test file")
-    schema_sql = None
-    if schema is not None:
-        try:
-            schema_sql = schema.read_text()
-        except OSError as exc:
-            raise OpsfleetError(f"--schema {schema}: cannot read: {exc.strerror}") from None
+    database_url = os.environ.get("DATABASE_URL")
+    source, option = (schema_from, "--schema-from") if schema_from else (database_url, "DATABASE_URL")
+    catalog = None
+    if schema is None and not sample_schema and source:
+        try:  # before any database is made: a source that does not answer is said at once
+            catalog = testschema.read_catalog(source)
+        except psycopg.Error as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ArgumentError(f"{option} {safe_url(source)}: cannot read its catalog: {reason}") from None
+        if not catalog.tables and not schema_from:  # a database of the fleet's only: the demo's tables
+            catalog = None
     with contextlib.ExitStack() as stack:
         from ops.devkit.servers import PostgresServer, throwaway_database
 
-        server_url = os.environ.get("DATABASE_URL")
+        server_url = database_url
         if not server_url:
             err.print("starting an embedded Postgres for the rule tests ...", highlight=False)
             run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="opsfleet-test-")))
@@ -106,25 +126,26 @@ def rule_test(
             server_url = server.url
         url = stack.enter_context(throwaway_database(server_url))
         upgrade(url)
+        if schema is not None:
+            loaded, what = testschema.load_script(schema, url), f"--schema {schema}"
+        elif catalog is not None:
+            loaded, what = testschema.copy_catalog(catalog, url, option), f"copied from {option} {safe_url(source or '')}"
+        else:
+            from ops.sample_app import schema_sql as sample_sql
+
+            loaded = testschema.load_sql(sample_sql(), "the sample application's schema", url)
+            what = "the sample application's" + ("" if sample_schema or not database_url
+                                                 else "; DATABASE_URL's database has no tables")
+        for line in loaded.warnings:
+            err.print(f"warning: {line}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"application schema: {what} ({loaded.summary()}; search_path {loaded.search_path})",
+                  highlight=False, markup=False, soft_wrap=True)
         engine = create(url)
         stack.callback(engine.dispose)
-        import psycopg
-
-        from ops.sample_app import schema_sql as sample_schema
-
-        raw = engine.raw_connection()
-        try:
-            with raw.driver_connection.transaction():
-                raw.driver_connection.execute(schema_sql if schema_sql is not None else sample_schema())
-        except psycopg.Error as exc:  # the user's SQL file: its error, one line
-            raise OpsfleetError(f"--schema {schema or 'the sample application'}: "
-                                f"{str(exc).strip().splitlines()[0]}") from None
-        finally:
-            raw.close()
         from worker.config import load_config
 
         # a file may test a check of a pack this folder does not enable: every pack's checks are known
-        runner = Runner(engine, {**load_config(cfg.root, packs="all").checks, **cfg.checks}, cfg.routing)
+        runner = Runner(engine, {**load_config(cfg.root, packs="all").checks, **cfg.checks}, cfg.routing, what)
         tests = evaluations = failing = broken = 0
         for path in paths:
             shown = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -110,20 +109,34 @@ def ping() -> None:
 
 def metrics(port: Annotated[int, typer.Option(help="port to serve /metrics on")] = 9808,
             host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1") -> None:
-    """Serve Prometheus metrics of the fleet (read from its state on each scrape)."""
-    from prometheus_client import REGISTRY, start_http_server
+    """Serve Prometheus metrics of the fleet (read from its state on each scrape), behind
+    OPSFLEET_METRICS_AUTH when it is set (and /health, open)."""
+    from prometheus_client import CollectorRegistry
 
     from worker.config import get_config
     from worker.fleet.db import fleet_engine, ping
-    from worker.metrics import FleetCollector
+    from worker.watch.metrics import FleetCollector
+    from worker.web.server import Fleet, make_server
 
-    settings()
+    s = settings()
     ping(fleet_engine(), "the fleet database")
-    REGISTRY.register(FleetCollector(fleet_engine(), get_config()))
-    start_http_server(port, addr=host)
-    console.print(f"serving metrics on http://{host}:{port}/metrics")
-    while True:
-        time.sleep(3600)
+    cfg = get_config()
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(fleet_engine(), cfg))
+    server = make_server(Fleet(s, cfg, registry), host, port)
+    console.print(f"serving metrics on http://{host}:{server.server_address[1]}/metrics "
+                  + _metrics_auth_note(s), soft_wrap=True)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        server.server_close()
+
+
+def _metrics_auth_note(s) -> str:
+    if s.opsfleet_metrics_auth:
+        return "(" + ("bearer token" if s.opsfleet_metrics_auth.startswith("Bearer ") else "basic auth") + \
+            ": OPSFLEET_METRICS_AUTH)"
+    return "(open: set OPSFLEET_METRICS_AUTH, its labels come from your checks' query columns)"
 
 
 _STATE_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "off": "dim"}
@@ -134,25 +147,30 @@ def health(json_out: Annotated[bool, typer.Option("--json", help="one JSON docum
                                                               "(Slack auth.test, Resend GET /domains)")] = False,
            timeout: Annotated[float, typer.Option(min=0.5, max=30, help="seconds per probe")] = 3.0) -> None:
     """Every dependency with its state and latency: databases, broker, Redis, the workers of each
-    queue, beat, the channels, the outbox, checks in error, stale jobs. Exit 0 when nothing fails,
-    1 when something does."""
+    queue, beat, the channels, the outbox, checks in error, stale jobs; and each target (does its
+    database answer, when did its checks last run), with a line per target down. Exit 0 when nothing
+    fails, 1 when something does; a target down is its own alert, not the fleet's failure (exit 0)."""
     import json as jsonlib
 
-    from worker import health as fleet_health
     from worker.config import get_config
+    from worker.watch import health as fleet_health
 
     s = settings()
     cfg = get_config()
     probes = fleet_health.run_all(s, cfg, probe=probe, timeout=timeout)
     status = fleet_health.overall(probes)
     if json_out:
-        print(jsonlib.dumps({"status": status, "probes": [p.as_dict() for p in probes]}, indent=2, default=str))
+        print(jsonlib.dumps({"status": status, "probes": [p.as_dict() for p in probes],
+                             "targets": fleet_health.target_entries(probes)}, indent=2, default=str))
     else:
         t = table("dependency", "state", "ms", "detail", title=f"opsfleet health: {status}")
         for p in probes:
             t.add_row(p.name, f"[{_STATE_STYLE[p.state]}]{p.state}[/]",
                       "-" if p.latency_ms is None else f"{p.latency_ms:g}", p.detail)
         console.print(t)
+        for p in fleet_health.down_targets(probes):
+            console.print(f"{p.name} is down: {p.detail.removeprefix('down: ')} (its alert, not the fleet's failure)",
+                          highlight=False, soft_wrap=True, markup=False)
     if status == "unhealthy":
         raise typer.Exit(1)
 
@@ -166,7 +184,7 @@ def serve(port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
 
     from worker.config import get_config
     from worker.fleet.db import fleet_engine
-    from worker.metrics import FleetCollector
+    from worker.watch.metrics import FleetCollector
     from worker.web.server import Fleet, make_server
 
     s = settings()
@@ -176,7 +194,7 @@ def serve(port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
     registry.register(FleetCollector(engine, cfg))
     server = make_server(Fleet(s, cfg, registry, engine=engine), host, port)
     base = f"http://{host}:{server.server_address[1]}"
-    console.print(f"serving {base}/health and /metrics; the status page at {base}/ "
+    console.print(f"serving {base}/health and /metrics {_metrics_auth_note(s)}; the status page at {base}/ "
                   + ("(basic auth: OPSFLEET_UI_AUTH)" if s.opsfleet_ui_auth else "(off: set OPSFLEET_UI_AUTH=user:password)"),
                   soft_wrap=True)
     try:
@@ -191,7 +209,8 @@ STARTER = Path(__file__).resolve().parent.parent / "starter"
 def init(directory: Annotated[Path, typer.Argument(help="the config folder to create")] = Path("opsfleet-config"),
          force: Annotated[bool, typer.Option("--force", help="overwrite files that are there")] = False) -> None:
     """Write a starter config for your own application: packs.yaml (postgres, fleet and your app),
-    routing.yaml, and app/ with an example check. Point OPSFLEET_CONFIG_DIR at it."""
+    targets.yaml (one target, DATABASE_URL), routing.yaml, and app/ with an example check. Point
+    OPSFLEET_CONFIG_DIR at it."""
     import shutil
 
     files = sorted(p for p in STARTER.rglob("*.yaml"))
@@ -206,6 +225,29 @@ def init(directory: Annotated[Path, typer.Argument(help="the config folder to cr
         console.print(f"wrote {dest}", highlight=False)
     console.print(f"next: export OPSFLEET_CONFIG_DIR={directory.resolve()}; opsfleet config validate", soft_wrap=True,
                   highlight=False)
+
+
+TASK_VALUE_MAX = 300  # characters of a result or kwargs shown; --json prints them whole
+
+
+def task_lines(task_id: str, doc: dict) -> list[str]:
+    """`opsfleet task show`: one `field: value` line each, a result or kwargs as JSON, cut after
+    TASK_VALUE_MAX characters with a pointer to --json (a progress result holds thousands)."""
+    import json
+
+    out = [f"task {task_id}"]
+    for key in ("state", "name", "kwargs", "date_done", "result", "error"):
+        value = doc[key]
+        if value in (None, {}):
+            continue
+        if key == "state" and value == "PENDING":
+            value = "PENDING: not started, or unknown (a wrong id, a notify task, or older than 24 h)"
+        text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
+        text = " ".join(text.split())  # one line: a traceback's or a message's newlines are spaces
+        if len(text) > TASK_VALUE_MAX:
+            text = f"{text[:TASK_VALUE_MAX]} ... ({len(text):,} characters; `opsfleet task show {task_id} --json` has it all)"
+        out.append(f"{key + ':':<10} {text}")
+    return out
 
 
 task_app = typer.Typer(no_args_is_help=True, help="Tasks sent with `celery call` (which prints only an id).")
@@ -231,14 +273,7 @@ def task_show(task_id: Annotated[str, typer.Argument(help="the id `celery call` 
 
         emit_json(doc)
     else:
-        t = table("field", "value", title=f"task {task_id}")
-        if state == "PENDING":
-            t.add_row("state", "PENDING: not started, or unknown (a wrong id, a notify task, or older than 24 h)")
-        else:
-            t.add_row("state", state)
-        for key in ("name", "kwargs", "date_done", "result", "error"):
-            if doc[key] not in (None, {}):
-                t.add_row(key, str(doc[key]))
-        console.print(t)
+        for line in task_lines(task_id, doc):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
     if state == "FAILURE":
         raise typer.Exit(1)

@@ -1,4 +1,4 @@
-"""`opsfleet silence`, `opsfleet notify test` and `opsfleet digest`."""
+"""`opsfleet silence`, `opsfleet notify test|dead|retry` and `opsfleet digest`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from worker.cli.common import console, emit_json, settings, table
-from worker.fleet.errors import OpsfleetError
+from worker.fleet.errors import ArgumentError, OpsfleetError
 
 silence_app = typer.Typer(no_args_is_help=True, help="Silences: mute notifications for a check or labels.")
 notify_app = typer.Typer(no_args_is_help=True, help="Notifications.")
@@ -19,6 +19,7 @@ digest_app = typer.Typer(no_args_is_help=True, help="The daily digest.")
 def silence_add(
     check: Annotated[str | None, typer.Option(help="check name")] = None,
     label: Annotated[list[str] | None, typer.Option(help="k=v, repeatable")] = None,
+    target: Annotated[str | None, typer.Option(help="only this target's alerts (the label target=NAME)")] = None,
     for_: Annotated[str, typer.Option("--for", help="how long, e.g. 2h")] = "1h",
     comment: Annotated[str, typer.Option(help="why")] = "",
     author: Annotated[str | None, typer.Option(help="who; default $USER")] = None,
@@ -38,8 +39,12 @@ def silence_add(
             raise OpsfleetError(f"--label {item!r}: use key=value")
         k, v = item.split("=", 1)
         labels[k.strip()] = v.strip()
+    if target is not None:
+        if target not in get_config().targets or not get_config().targets_declared:
+            raise OpsfleetError(f"--target {target!r}: not a target of targets.yaml ({', '.join(get_config().targets)})")
+        labels["target"] = target
     if check and check not in get_config().checks:
-        raise OpsfleetError(f"--check {check!r}: no such check (`opsfleet checks list`)")
+        raise OpsfleetError(f"--check: {get_config().unknown_check(check)} (`opsfleet checks list`)")
     try:
         duration = parse_duration(for_)
         sid = silences.add(fleet_engine(), check=check, labels=labels, duration=duration, comment=comment,
@@ -129,21 +134,135 @@ def notify_test(channel: Annotated[str | None, typer.Option(help="one channel fr
         raise typer.Exit(1)
 
 
+def _channel_named(given: str | None) -> str | None:
+    """`--channel`: a channel of routing.yaml; ArgumentError (one line, exit 2) naming them when not."""
+    from worker.config import get_config
+
+    routing = get_config().routing
+    names = [n for n, c in (routing.channels.items() if routing else ()) if c.kind != "digest"]
+    if given is not None and given not in names:
+        raise ArgumentError(f"--channel {given!r}: not a channel of routing.yaml ({', '.join(names) or 'none'})")
+    return given
+
+
+DEAD_FIELDS = ("id", "channel", "check", "transition", "attempts", "dead_at", "error", "refused")
+
+
+@notify_app.command("dead")
+def notify_dead(
+    channel: Annotated[str | None, typer.Option(help="only this channel's (routing.yaml)")] = None,
+    since: Annotated[str | None, typer.Option(help="only those dead within this long, e.g. 24h")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="a JSON list: " + ", ".join(DEAD_FIELDS)
+                                           + " (refused: why `notify retry` would not send it; null: it would)")] = False,
+) -> None:
+    """Dead notifications, newest first: the provider's last error, and whether `opsfleet notify retry`
+    would send it again (or why not)."""
+    from worker.fleet.db import fleet_engine, fleet_now
+    from worker.fleet.timeutil import parse_duration
+    from worker.notify import recover
+
+    settings()
+    channel = _channel_named(channel)
+    try:
+        span = parse_duration(since) if since is not None else None
+    except ValueError as exc:
+        raise ArgumentError(f"--since {since!r}: {exc}") from None
+    now = fleet_now()
+    with fleet_engine().connect() as conn:
+        records = [d.record() for d in recover.dead(conn, now, channel=channel, since=now - span if span else None)]
+    if json_out:
+        emit_json(records)
+        return
+    if not records:
+        console.print("no dead notifications" + (f" on {channel}" if channel else ""))
+        return
+    t = table("id", "channel", "check", "transition", "dead (UTC)", "attempts", "error", "retry")
+    for r in records:
+        t.add_row(r["id"], r["channel"], r["check"] or "-", r["transition"],
+                  r["dead_at"].strftime("%Y-%m-%d %H:%M") if r["dead_at"] else "-", str(r["attempts"]),
+                  (r["error"] or "")[:200], f"refused: {r['refused']}" if r["refused"] else "yes")
+    console.print(t)
+
+
+RETRY_FIELDS = ("id", "channel", "check", "transition", "result", "detail")
+
+
+@notify_app.command("retry")
+def notify_retry(
+    ids: Annotated[list[str] | None, typer.Argument(help="dead notifications' ids, or their first 8+ characters "
+                                                     "(`opsfleet notify dead`)", show_default=False, metavar="ID")] = None,
+    all_dead: Annotated[bool, typer.Option("--all-dead", help="every dead notification (of --channel)")] = False,
+    channel: Annotated[str | None, typer.Option(help="only this channel's (routing.yaml)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="a JSON list: " + ", ".join(RETRY_FIELDS))] = False,
+) -> None:
+    """Send dead notifications again once their channel is fixed: each is requeued as it was (the same
+    dedup key and idempotency key, so a provider that got an earlier attempt does not send twice) and
+    delivered now through the real pipeline; prints what the provider answered. A firing notice whose
+    alert has resolved since, and a resolved one whose channel was never told it fired, are refused
+    with the reason. Exit 1 when one did not go out (or, named by id, was refused)."""
+    from worker.config import get_config
+    from worker.fleet.db import fleet_engine, fleet_now, maintenance_engine
+    from worker.notify import recover
+    from worker.notify.delivery import deliver
+
+    s = settings()
+    if ids and all_dead:
+        raise ArgumentError("give dead notifications' ids or --all-dead, not both")
+    if not ids and not all_dead:
+        raise ArgumentError("give the ids of dead notifications (`opsfleet notify dead`) or --all-dead")
+    channel = _channel_named(channel)
+    fleet = fleet_engine()
+    with fleet.begin() as conn:  # every id is checked before any row is requeued
+        try:
+            done = recover.retry(conn, fleet_now(fleet), ids=ids, channel=channel, all_dead=all_dead)
+        except ValueError as exc:
+            raise ArgumentError(str(exc)) from None
+    records, failed = [], False
+    for r in done:
+        result, detail = "refused", r.reason
+        if r.requeued:
+            out = deliver(r.id, fleet=fleet, settings=s, routing=get_config().routing, now=fleet_now(fleet),
+                          monitored=maintenance_engine())
+            result, detail = out.status, out.provider_id or out.error or _AFTER.get(out.status, "")
+            failed |= out.status in ("dead", "retrying")
+        else:
+            failed |= not all_dead
+        records.append({"id": r.id, "channel": r.channel, "check": r.check, "transition": r.transition,
+                        "result": result, "detail": detail})
+    if json_out:
+        emit_json(records)
+    elif not records:
+        console.print("no dead notifications" + (f" on {channel}" if channel else ""))
+    else:
+        t = table(*RETRY_FIELDS)
+        for rec in records:
+            t.add_row(rec["id"], rec["channel"], rec["check"] or "-", rec["transition"], rec["result"], rec["detail"] or "")
+        console.print(t)
+    if failed:
+        raise typer.Exit(1)
+
+
+_AFTER = {"skipped": "a worker took it and delivers it", "throttled": "waits for the channel's rate limit: a worker "
+          "sends it", "early": "waits for its firing notice", "suppressed": "held back (a silence or an inhibition)"}
+
+
 @digest_app.command("send")
 def digest_send(preview: Annotated[bool, typer.Option("--preview", help="print the text part, send nothing")] = False) -> None:
     """Queue today's digest now (or print it)."""
     from worker.config import get_config
-    from worker.fleet.db import fleet_engine, monitored_engine
+    from worker.fleet.db import fleet_engine
     from worker.notify import digest
+    from worker.reports import queries
 
     settings()
     now = datetime.now(UTC)
+    summaries = queries.sources(get_config())  # DATABASE_URL, or each target with the confirmations pack
     if preview:
-        console.print(digest.render(digest.collect(fleet_engine(), monitored_engine(), now))["text"], highlight=False)
+        console.print(digest.render(digest.collect(fleet_engine(), summaries, now))["text"], highlight=False)
         return
     routing = get_config().routing
     channel = routing.digest.channel if routing and routing.digest else "email"
-    nid = digest.enqueue(fleet_engine(), monitored_engine(), channel, now)
+    nid = digest.enqueue(fleet_engine(), summaries, channel, now)
     if nid is None:
         console.print("today's digest was already queued")
         return

@@ -38,6 +38,13 @@ def rejected(task: str, problems: list[str], accepts: Mapping[str, str]) -> Argu
                          f"Accepted arguments: {accepted(accepts)}")
 
 
+def pack_off(task: str, problem: str | None) -> None:
+    """ArgumentError, one line, when `problem` says what the call names is in a pack that is not enabled
+    (FleetConfig.pack_off): the task does nothing rather than fail on the tables that pack needs."""
+    if problem:
+        raise ArgumentError(f"{task} rejected its arguments, nothing was done: {problem}")
+
+
 def check_arguments(task: str, fn: Callable[..., Any], args: tuple, kwargs: Mapping[str, Any],
                     accepts: Mapping[str, str], *, bound: bool) -> None:
     """Raise ArgumentError naming every argument the call gets wrong (a task taking **kwargs checks

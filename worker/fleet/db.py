@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import threading
@@ -20,6 +21,14 @@ from worker.fleet.errors import ServiceUnavailable
 from worker.fleet.settings import get_settings
 
 POOL_RECYCLE_S = 1800  # a pooled (or kept) connection older than this is closed and replaced
+# No named prepared statements (psycopg's default prepares a statement at its 6th run on a connection):
+# behind a transaction pooler (PgBouncer pool_mode=transaction, Supabase's pooler) a server connection
+# serves many clients one transaction at a time, so a statement one client prepared meets the next
+# client ("prepared statement "_pg3_1" already exists") or is missing where it runs next. Every
+# connection to a monitored database takes this; the fleet database's too with FLEET_DATABASE_POOLED
+# (fleet_engine: there prepared statements save measurable server CPU per check run, bench/RESULTS.md).
+# tests/reliability/test_transaction_pooler.py.
+NO_PREPARED: dict[str, Any] = {"prepare_threshold": None}
 
 
 def normalize_url(url: str) -> str:
@@ -36,15 +45,16 @@ def safe_url(url: str) -> str:
 
 
 def create(url: str, *, application_name: str = "opsfleet", pool_size: int = 5, pre_ping: bool = True,
-           **options: Any) -> Engine:
-    """An engine with the fleet's pool settings (`options`: more sqlalchemy.create_engine arguments)."""
+           prepared: bool = False, **options: Any) -> Engine:
+    """An engine with the fleet's pool settings (`options`: more sqlalchemy.create_engine arguments);
+    `prepared`: let psycopg prepare repeated statements (not through a transaction pooler: NO_PREPARED)."""
     engine = sa.create_engine(
         normalize_url(url),
         pool_pre_ping=pre_ping,
         pool_size=pool_size,
         max_overflow=5,
         pool_recycle=POOL_RECYCLE_S,
-        connect_args={"application_name": application_name, "connect_timeout": 5},
+        connect_args={**({} if prepared else NO_PREPARED), "application_name": application_name, "connect_timeout": 5},
         **options,
     )
     _ENGINES.add(engine)
@@ -63,6 +73,20 @@ def maintenance_engine() -> Engine:
     """The monitored database as MAINTENANCE_DATABASE_URL's role (default DATABASE_URL), for what writes
     to it: maintenance jobs, backlogs, the system_alerts channel."""
     return create(get_settings().require_maintenance_database_url(), application_name="opsfleet-maintenance")
+
+
+_maintenance_engines: dict[str, Engine] = {}
+
+
+def maintenance_engine_at(url: str | None) -> Engine:
+    """A target's database as its maintenance role (Target.maintenance_database_url): one engine per
+    URL per process; None is maintenance_engine() (MAINTENANCE_DATABASE_URL, the implicit target)."""
+    if url is None:
+        return maintenance_engine()
+    engine = _maintenance_engines.get(url)
+    if engine is None:
+        engine = _maintenance_engines.setdefault(url, create(url, application_name="opsfleet-maintenance"))
+    return engine
 
 
 _ROLE = sa.text("""
@@ -94,7 +118,9 @@ def checks_role_warnings(engine: Engine) -> list[str]:
 
 @lru_cache(maxsize=1)
 def fleet_engine() -> Engine:
-    return create(get_settings().require_fleet_database_url(), application_name="opsfleet")
+    settings = get_settings()
+    return create(settings.require_fleet_database_url(), application_name="opsfleet",
+                  prepared=not settings.fleet_database_pooled)
 
 
 def fleet_now(engine: Engine | None = None) -> datetime:
@@ -124,14 +150,30 @@ def create_for_checks(url: str, *, application_name: str = "opsfleet-checks", po
 _checks_engines: dict[str, Engine] = {}
 
 
-def checks_engine(database: str = "monitored") -> Engine:
-    """Where the sql checks of `database` (a check's `database:` field: monitored | fleet) run."""
-    engine = _checks_engines.get(database)
+def checks_engine(database: str = "monitored", *, url: str | None = None) -> Engine:
+    """Where the sql checks of `database` (a check's `database:` field: monitored | fleet) run, or, with
+    `url`, those of a target (config/targets.yaml): one engine per database URL per process."""
+    key = url or database
+    engine = _checks_engines.get(key)
     if engine is None:  # (two threads racing here both get the engine that setdefault kept)
         settings = get_settings()
-        url = settings.require_fleet_database_url() if database == "fleet" else settings.require_database_url()
-        engine = _checks_engines.setdefault(database, create_for_checks(url))
+        if url is None:
+            url = settings.require_fleet_database_url() if database == "fleet" else settings.require_database_url()
+        engine = _checks_engines.setdefault(key, create_for_checks(url))
     return engine
+
+
+def kept_connections_cap() -> int:
+    """OPSFLEET_CHECK_CONNECTIONS: how many check connections one worker thread keeps open across
+    databases (a prefork child has one thread: per worker process). Past it, the connection used
+    least recently is closed before another database's is opened, so each monitored server sees at
+    most this many from a worker process, whatever the number of targets; a target whose connection
+    was closed pays one connect at its next check. Default 10."""
+    raw = os.environ.get("OPSFLEET_CHECK_CONNECTIONS", "").strip()
+    try:
+        return max(1, int(raw)) if raw else 10
+    except ValueError:
+        return 10
 
 
 def ping(engine: Engine, what: str) -> None:
@@ -170,11 +212,12 @@ def read_only_query(engine: Engine, query: str, params: dict[str, Any], *, state
     transaction with statement and lock timeouts, always rolled back; (column names, rows).
 
     Three round trips: BEGIN READ ONLY with the timeouts in one message, the query, ROLLBACK. The query
-    goes as a prepared statement: the extended protocol takes exactly one statement, so a query cannot
-    end the read-only transaction (`...; COMMIT; DELETE ...`), and the server keeps it parsed for the
-    next run (planned afresh each time: force_custom_plan, as an unprepared query is). ROLLBACK goes
-    through libpq, since psycopg forgets every prepared statement on a ROLLBACK it sees (a guard for DDL,
-    which a READ ONLY transaction cannot run). On a create_for_checks() engine each thread keeps its
+    goes through the extended protocol, which takes exactly one statement, so a query cannot end the
+    read-only transaction (`...; COMMIT; DELETE ...`), as the unnamed statement: psycopg sends a query
+    without parameters as a simple Query (any number of statements) unless in pipeline mode, hence the
+    pipeline; and no named statement, which a transaction pooler would leave on a server connection
+    another client gets next (NO_PREPARED). Planned afresh each time (force_custom_plan, as a
+    prepared statement would be). On a create_for_checks() engine each thread keeps its
     pool connection from one check to the next (no checkout per check); on any other engine it is
     checked out and back. A connection that broke is invalidated and ConnectionLost raised; any other
     error propagates as psycopg's.
@@ -191,7 +234,8 @@ def read_only_query(engine: Engine, query: str, params: dict[str, Any], *, state
             cur.execute(f"BEGIN READ ONLY; SET LOCAL statement_timeout = {int(statement_timeout_ms)}; "
                         f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}; "
                         "SET LOCAL plan_cache_mode = force_custom_plan")
-            cur.execute(query, params, prepare=True)
+            with conn.pipeline():  # the extended protocol even without parameters: one statement only
+                cur.execute(query, params, prepare=False)
             description = cur.description
             if description is None:
                 return [], []
@@ -226,6 +270,7 @@ class _Kept:
 
     def connection(self, engine: Engine) -> Any:
         key = threading.get_ident()
+        _mark_used(self)
         held = self.by_thread.get(key)
         if held is not None:
             if time.monotonic() - held[1] < self.recycle:
@@ -235,6 +280,13 @@ class _Kept:
         fairy = engine.raw_connection()
         self.by_thread[key] = (fairy, time.monotonic())
         return fairy
+
+    def drop(self) -> None:
+        """Close this thread's kept connection for good (the cap across databases was reached)."""
+        held = self.by_thread.pop(threading.get_ident(), None)
+        if held is not None:
+            with contextlib.suppress(Exception):
+                held[0].invalidate()  # closed, not handed back to an idle pool that would keep it open
 
     def forget(self) -> None:
         self.by_thread.pop(threading.get_ident(), None)
@@ -247,6 +299,23 @@ class _Kept:
 
 
 _KEPT: weakref.WeakKeyDictionary[Engine, _Kept] = weakref.WeakKeyDictionary()
+_RECENT = threading.local()  # per thread: the _Kept it used, least recently first
+
+
+def _mark_used(kept: _Kept) -> None:
+    """`kept` is this thread's most recent database; past the cap, the least recent one's connection
+    is closed (only this thread's: another thread's may be in use)."""
+    order = getattr(_RECENT, "order", None)
+    if order is None:
+        order = _RECENT.order = collections.OrderedDict()
+    order[id(kept)] = weakref.ref(kept)
+    order.move_to_end(id(kept))
+    cap = kept_connections_cap()
+    while len(order) > cap:
+        _, ref = order.popitem(last=False)
+        victim = ref()
+        if victim is not None:
+            victim.drop()
 
 
 _INHERITED: list[Any] = []  # a forked child's copies of its parent's kept connections: never used, never closed

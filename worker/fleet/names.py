@@ -15,22 +15,27 @@ QUEUES: dict[str, dict[str, int]] = {
     "digest": {"soft_time_limit": 300, "time_limit": 360},
 }
 VISIBILITY_TIMEOUT = 7200
+BEAT_TICK_KEY = "opsfleet:beat:tick"  # the leading beat writes it each tick; health reads it
 assert VISIBILITY_TIMEOUT > max(q["time_limit"] for q in QUEUES.values())
 
 # Every task the fleet has, by its dotted name (family.verb). Config may only name these.
 KNOWN_TASKS = frozenset({
     "checks.run",
+    "checks.run_batch",
+    "checks.snapshot_statements",
     "notify.deliver",
     "notify.sweep",
     "notify.heartbeat",
     "maintenance.run",
+    "maintenance.action",
     "digest.daily_summary",
     "digest.weekly_report",
     "digest.monthly_growth",
     "backlog.reprocess_confirmations",
     "backlog.resend_failed_emails",
 })
-TASK_MODULES = ["tasks.checks", "tasks.notify", "tasks.maintenance", "tasks.digest", "tasks.backlog", "tasks.heartbeat"]
+TASK_MODULES = ["tasks.checks", "tasks.notify", "tasks.maintenance", "tasks.digest", "tasks.reports", "tasks.backlog",
+                "tasks.heartbeat", "tasks.actions"]
 
 
 def queue_of(task_name: str) -> str:
@@ -39,12 +44,13 @@ def queue_of(task_name: str) -> str:
 
 
 def beat_entry(task_name: str, schedule: float | object, kwargs: dict[str, Any] | None = None,
-               expires: float | None = None, queue: str | None = None) -> dict[str, Any]:
+               expires: float | None = None, queue: str | None = None, own_queue: bool = False) -> dict[str, Any]:
     """A celery beat entry for a known task, sent to its family's queue or `queue` (`expires`: a run not
-    started by then is dropped instead of piling up)."""
+    started by then is dropped instead of piling up; `own_queue`: `queue` is a target's own, which
+    workers near it consume, config/targets.yaml)."""
     if task_name not in KNOWN_TASKS:
         raise ValueError(f"task {task_name!r} is not in worker.fleet.names.KNOWN_TASKS")
-    if queue is not None and queue not in QUEUES:
+    if queue is not None and queue not in QUEUES and not own_queue:
         raise ValueError(f"queue {queue!r} is not one of {', '.join(QUEUES)}")
     options: dict[str, Any] = {"queue": queue or queue_of(task_name)}
     if expires is not None:

@@ -12,6 +12,11 @@ run at once) and the run's own liveness lock, inserts the `running` row, and clo
 whose worker died (their liveness lock is gone with its connection); `Run.heartbeat()` keeps the
 figures current; `Run.finish()` records the outcome and lets the locks go. A run that finds its job
 busy, and a dry run, are one row that starts and finishes at once (`record()`).
+
+A job of a pack runs once per target that enables it (config/targets.yaml): its runs, its lock and its
+schedule are the job's on that target (`target` holds the target's key: "" for the implicit default
+target and for what runs once for the whole fleet, so a fleet of one database keeps its rows and locks
+where they were, migration 0009).
 """
 
 from __future__ import annotations
@@ -54,8 +59,27 @@ def name_key(space: Space, name: str) -> int:
     return lock_key(space, int.from_bytes(hashlib.sha256(name.encode()).digest()[:6], "big"))
 
 
-def job_key(family: str, job: str) -> int:
-    return name_key(FAMILIES[family], job)
+def job_key(family: str, job: str, target: str = "") -> int:
+    """The lock of `job` on `target` (its key): the same job on two targets never waits for the other."""
+    return name_key(FAMILIES[family], f"{job}@{target}" if target else job)
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where beat runs a job (FleetConfig.scheduled_maintenance / scheduled_backlogs): the target its
+    runs are given (None: the job has one target and needs none, as before targets) and that target's
+    key in the fleet's state ("": the implicit default, or the fleet itself)."""
+
+    target: str | None = None
+    key: str = ""
+
+    @property
+    def suffix(self) -> str:
+        """What a beat entry's name ends with: `@target`, or nothing (the names of before)."""
+        return f"@{self.target}" if self.target else ""
+
+    def kwargs(self) -> dict[str, str]:
+        return {"target": self.target} if self.target else {}
 
 
 class Busy(Exception):
@@ -102,25 +126,25 @@ class Run:
 
 
 def start(fleet: Engine, *, family: str, job: str, kind: str, params: dict[str, Any], task_id: str | None,
-          exclusive: bool) -> Run:
-    """Begin a recorded run of `job` (see the module docstring). Raises Busy when `exclusive` and
-    another run holds the job."""
+          exclusive: bool, target: str = "") -> Run:
+    """Begin a recorded run of `job` on `target` (a key; see the module docstring). Raises Busy when
+    `exclusive` and another run holds the job on that target."""
     conn = fleet.connect()
     try:
         fn = "pg_try_advisory_lock" if exclusive else "pg_try_advisory_lock_shared"
-        got = conn.execute(sa.text(f"SELECT {fn}(:k)"), {"k": job_key(family, job)}).scalar()
+        got = conn.execute(sa.text(f"SELECT {fn}(:k)"), {"k": job_key(family, job, target)}).scalar()
         conn.commit()
         if not got:
             conn.close()
             raise Busy(record(fleet, job=job, kind=kind, status="skipped", params=params, task_id=task_id,
-                              error="another run of this job is in progress"))
+                              error="another run of this job is in progress", target=target))
         run_id = conn.execute(sa.text("SELECT nextval(pg_get_serial_sequence('fleet.job_runs', 'id'))")).scalar()
         # the liveness lock is taken before the row exists, so no one ever sees the row without it
         conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": lock_key(Space.RUN, run_id)})
         conn.execute(sa.text(
-            """INSERT INTO fleet.job_runs (id, job, kind, started_at, status, params, task_id)
-               VALUES (:id, :j, :k, now(), 'running', CAST(:p AS jsonb), :t)"""),
-            {"id": run_id, "j": job, "k": kind, "p": json.dumps(params, default=str), "t": task_id})
+            """INSERT INTO fleet.job_runs (id, job, target, kind, started_at, status, params, task_id)
+               VALUES (:id, :j, :tg, :k, now(), 'running', CAST(:p AS jsonb), :t)"""),
+            {"id": run_id, "j": job, "tg": target, "k": kind, "p": json.dumps(params, default=str), "t": task_id})
         conn.commit()
         close_orphaned(conn)
     except Busy:
@@ -140,13 +164,13 @@ def _drop(conn: Connection) -> None:
 
 
 def record(fleet: Engine, *, job: str, kind: str, status: str, params: dict[str, Any], task_id: str | None,
-           error: str | None = None) -> int:
+           error: str | None = None, target: str = "") -> int:
     """A run that starts and finishes at once (skipped, dry run); its id."""
     with fleet.begin() as conn:
         return conn.execute(sa.text(
-            """INSERT INTO fleet.job_runs (job, kind, started_at, finished_at, status, error, params, task_id)
-               VALUES (:j, :k, now(), now(), :s, :e, CAST(:p AS jsonb), :t) RETURNING id"""),
-            {"j": job, "k": kind, "s": status, "e": error, "p": json.dumps(params, default=str),
+            """INSERT INTO fleet.job_runs (job, target, kind, started_at, finished_at, status, error, params, task_id)
+               VALUES (:j, :tg, :k, now(), now(), :s, :e, CAST(:p AS jsonb), :t) RETURNING id"""),
+            {"j": job, "tg": target, "k": kind, "s": status, "e": error, "p": json.dumps(params, default=str),
              "t": task_id}).scalar()
 
 
@@ -170,43 +194,50 @@ def close_orphaned(conn: Connection) -> int:
     return len(dead)
 
 
-def running(fleet: Engine, kind: str) -> list[dict[str, Any]]:
-    """The runs of `kind` in progress, oldest first, each with whether its worker is alive."""
+def running(fleet: Engine, kind: str, target: str | None = None) -> list[dict[str, Any]]:
+    """The runs of `kind` in progress (on `target`, a key, if given), oldest first, each with whether
+    its worker is alive."""
     with fleet.connect() as conn:
         live = _live(conn)
         runs = [dict(m) for m in conn.execute(sa.text(
-            """SELECT id, job, status, started_at, rows_affected, batches, task_id, params
-               FROM fleet.job_runs WHERE kind = :k AND status = 'running' ORDER BY started_at"""),
-            {"k": kind}).mappings()]
+            """SELECT id, job, target, status, started_at, rows_affected, batches, task_id, params
+               FROM fleet.job_runs WHERE kind = :k AND status = 'running'
+                 AND (CAST(:tg AS text) IS NULL OR target = :tg) ORDER BY started_at"""),
+            {"k": kind, "tg": target}).mappings()]
     for run in runs:
         run["alive"] = lock_key(Space.RUN, run["id"]) in live
     return runs
 
 
-def last_finished(fleet: Engine, kind: str) -> list[dict[str, Any]]:
-    """The last finished run of each job of `kind`."""
+def last_finished(fleet: Engine, kind: str, target: str | None = None) -> list[dict[str, Any]]:
+    """The last finished run of each (job, target) of `kind` (on `target`, a key, if given)."""
     with fleet.connect() as conn:
         return [dict(m) for m in conn.execute(sa.text(
-            """SELECT DISTINCT ON (job) id, job, status, started_at, finished_at, rows_affected, batches, error
-               FROM fleet.job_runs WHERE kind = :k AND status <> 'running' ORDER BY job, started_at DESC"""),
-            {"k": kind}).mappings()]
+            """SELECT DISTINCT ON (job, target) id, job, target, status, started_at, finished_at, rows_affected,
+                      batches, error
+               FROM fleet.job_runs WHERE kind = :k AND status <> 'running'
+                 AND (CAST(:tg AS text) IS NULL OR target = :tg) ORDER BY job, target, started_at DESC"""),
+            {"k": kind, "tg": target}).mappings()]
 
 
-def last_by_job(fleet: Engine) -> dict[str, dict[str, Any]]:
-    """Each job's latest run (any status but dry_run), by job name."""
+def last_by_job(fleet: Engine) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each job's latest run on each target (any status but dry_run), by (job, target key)."""
     with fleet.connect() as conn:
-        return {m["job"]: dict(m) for m in conn.execute(sa.text(
-            """SELECT DISTINCT ON (job) id, job, kind, status, started_at, finished_at, rows_affected, batches, error
-               FROM fleet.job_runs WHERE status <> 'dry_run' ORDER BY job, started_at DESC""")).mappings()}
+        return {(m["job"], m["target"]): dict(m) for m in conn.execute(sa.text(
+            """SELECT DISTINCT ON (job, target) id, job, target, kind, status, started_at, finished_at, rows_affected,
+                      batches, error
+               FROM fleet.job_runs WHERE status <> 'dry_run' ORDER BY job, target, started_at DESC""")).mappings()}
 
 
 # -- job_schedule ----------------------------------------------------------------------------------------
 def record_schedule(conn: Connection, jobs: list[dict[str, Any]], now: datetime) -> None:
     """The maintenance jobs and backlogs a beat schedules (`scheduled_jobs` of each domain's spec) in
     fleet.job_schedule, replacing what was there: `maintenance_job_health` compares each job's last
-    run with it (a job that is late, or never ran since the beat started)."""
+    run with it (a job that is late, or never ran since the beat started), on each target (a row's
+    `target`, a key; "" when it has none)."""
     conn.execute(sa.text("DELETE FROM fleet.job_schedule"))
     if jobs:
-        conn.execute(sa.text("""INSERT INTO fleet.job_schedule (family, job, queue, longest_gap_s, enabled, recorded_at)
-                                VALUES (:family, :job, :queue, :longest_gap_s, :enabled, :at)"""),
-                     [{**j, "at": now} for j in jobs])
+        conn.execute(sa.text("""INSERT INTO fleet.job_schedule (family, job, target, queue, longest_gap_s, enabled,
+                                                                recorded_at)
+                                VALUES (:family, :job, :target, :queue, :longest_gap_s, :enabled, :at)"""),
+                     [{"target": "", **j, "at": now} for j in jobs])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,6 +20,9 @@ REPO_CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 DOCS: dict[str, str] = {
     "DATABASE_URL": "the monitored application's Postgres (postgresql://user:pass@host:5432/db)",
     "FLEET_DATABASE_URL": "where the fleet keeps its state (schema fleet); default DATABASE_URL",
+    "FLEET_DATABASE_POOLED": "true when FLEET_DATABASE_URL (default DATABASE_URL) goes through a transaction pooler "
+                             "(PgBouncer pool_mode=transaction, Supabase's pooler): the fleet's connections then "
+                             "prepare no statements (monitored databases' never do); default false",
     "MAINTENANCE_DATABASE_URL": "the monitored database as a role that may write, for maintenance jobs, backlogs and "
                                 "the system_alerts table; default DATABASE_URL (which checks use: make it a "
                                 "read-only monitoring role)",
@@ -40,6 +44,14 @@ DOCS: dict[str, str] = {
     "OPSFLEET_PACKS_DIR": "where the shipped packs are (the image: /opt/opsfleet/packs); default ./config",
     "FLOWER_BASIC_AUTH": "user:password for Flower (required by the compose file)",
     "OPSFLEET_UI_AUTH": "user:password for the status page and /api/ of `opsfleet serve` (refused without it)",
+    "OPSFLEET_METRICS_AUTH": "credentials /metrics asks for: user:password (basic auth) or `Bearer TOKEN`; without "
+                             "it /metrics is open (it carries check labels: set it)",
+    "SLACK_SIGNING_SECRET": "the Slack app's signing secret: `opsfleet serve` takes its interaction payloads (the "
+                            "Approve buttons) at /slack/interactions only when it is set and the signature holds",
+    "SLACK_TEAM_ID": "the Slack workspace (T...) whose interaction payloads are taken; a payload from another is "
+                     "refused (403); default: any workspace whose payload is signed with the secret",
+    "OPSFLEET_ACTION_SECRET": "the key that signs the approval links of alert emails (single-use, expiring); "
+                              "without it emails carry no approval link (the page and Slack still approve)",
     "OPSFLEET_PUBLIC_URL": "the status page's address as people reach it (https://opsfleet.example.com): alert "
                            "messages link to the alert and its silence form",
     "HEARTBEAT_URL": "a dead-man's switch (healthchecks.io, Cronitor, ...): pinged every HEARTBEAT_INTERVAL only "
@@ -53,8 +65,11 @@ DOCS: dict[str, str] = {
 
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+socket")
 BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "redis+socket", "memory")
-SECRET_FIELDS = ("resend_api_key", "alert_slack_webhook_url", "slack_bot_token", "flower_basic_auth", "opsfleet_ui_auth",
-                 "heartbeat_url", "pagerduty_routing_key", "alert_webhook_url")
+# A setting is secret by its name: API keys, tokens, credentials (`..._auth`: user:password or a bearer
+# token), webhook and heartbeat URLs (the URL is the credential). SECRET_FIELDS is derived from the model
+# below, so a new setting named so is masked without a list to remember; a password inside any other
+# `..._url` (a DSN, a broker URL) is masked too.
+SECRET_NAME = re.compile(r"(_key|_token|_auth|_password|_secret|webhook_url|heartbeat_url)$")
 
 
 def is_loopback_http(url: str) -> bool:
@@ -77,6 +92,7 @@ class Settings(BaseSettings):
 
     database_url: str | None = None
     fleet_database_url: str | None = None
+    fleet_database_pooled: bool = False
     maintenance_database_url: str | None = None
     celery_broker_url: str = "redis://127.0.0.1:6379/0"
     celery_result_backend: str | None = None
@@ -96,7 +112,11 @@ class Settings(BaseSettings):
     opsfleet_config_dir: Path = Field(default=REPO_CONFIG_DIR)
     flower_basic_auth: str | None = None
     opsfleet_ui_auth: str | None = None
+    opsfleet_metrics_auth: str | None = None
     opsfleet_public_url: str | None = None
+    slack_signing_secret: str | None = None
+    slack_team_id: str | None = None
+    opsfleet_action_secret: str | None = None
     heartbeat_url: str | None = None
     heartbeat_interval: str = "1m"
     heartbeat_fail: bool | None = None
@@ -160,6 +180,20 @@ class Settings(BaseSettings):
         if v and (":" not in v or not v.split(":", 1)[0] or not v.split(":", 1)[1]):
             raise ValueError(f"{info.field_name.upper()} must be user:password")
         return v or None
+
+    @field_validator("opsfleet_metrics_auth")
+    @classmethod
+    def _metrics_auth(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        scheme, _, token = v.partition(" ")
+        if scheme.lower() == "bearer":
+            if not token.strip() or " " in token.strip():
+                raise ValueError("OPSFLEET_METRICS_AUTH: `Bearer TOKEN` needs one token after Bearer")
+            return f"Bearer {token.strip()}"
+        if ":" not in v or not v.split(":", 1)[0] or not v.split(":", 1)[1]:
+            raise ValueError("OPSFLEET_METRICS_AUTH must be user:password (basic auth) or `Bearer TOKEN`")
+        return v
 
     @field_validator("heartbeat_url")
     @classmethod
@@ -237,15 +271,25 @@ class Settings(BaseSettings):
         return self.maintenance_database_url or self.require_database_url()
 
     def secret_values(self) -> list[str]:
-        """Exact secret strings to mask in logs, besides the patterns logging knows."""
-        values = [getattr(self, f) for f in SECRET_FIELDS]
-        for url in (self.database_url, self.fleet_database_url, self.maintenance_database_url, self.celery_broker_url,
-                    self.celery_result_backend, self.redis_url):
-            if url:
-                pw = urlsplit(url).password
-                if pw:
-                    values.append(pw)
+        """Exact secret strings to mask in logs, besides the patterns logging knows: each secret setting
+        (and the password of user:password, the token of `Bearer TOKEN`), each password in a URL."""
+        values = []
+        for f in SECRET_FIELDS:
+            v = getattr(self, f)
+            if isinstance(v, str) and v:
+                values.append(v)
+                if f.endswith("_auth"):
+                    values.append(v.partition(" ")[2] if v.startswith("Bearer ") else v.partition(":")[2])
+        for f in URL_FIELDS:
+            url = getattr(self, f)
+            pw = urlsplit(url).password if isinstance(url, str) and url else None
+            if pw:
+                values.append(pw)
         return [v for v in values if v and len(v) >= 4]
+
+
+SECRET_FIELDS = tuple(n for n in Settings.model_fields if SECRET_NAME.search(n))
+URL_FIELDS = tuple(n for n in Settings.model_fields if n.endswith(("_url", "_backend")) and n not in SECRET_FIELDS)
 
 
 def _format_validation_error(exc: ValidationError) -> str:

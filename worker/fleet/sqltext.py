@@ -103,3 +103,23 @@ def code_only(sql: str) -> str:
         else:
             out.append(sql[start])
     return "".join(out)
+
+
+def statements(sql: str) -> list[tuple[int, str]]:
+    """The statements of an SQL script, each with the 1-based line it starts on (its first line that is
+    not blank or a comment), split at each top-level `;`; empty ones are left out."""
+    out: list[tuple[int, str]] = []
+    first = None  # the offset of the current statement's first character that is not blank or a comment
+    for kind, start, end in _pieces(sql):
+        if kind == "comment":
+            continue
+        c = sql[start]
+        if kind == "code" and c == ";":
+            if first is not None:
+                out.append((sql.count("\n", 0, first) + 1, sql[first:end]))
+            first = None
+        elif first is None and not (kind == "code" and c.isspace()):
+            first = start
+    if first is not None:
+        out.append((sql.count("\n", 0, first) + 1, sql[first:].rstrip()))
+    return out

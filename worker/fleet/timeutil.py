@@ -159,3 +159,15 @@ def _like(slot: datetime, now: datetime) -> datetime:
 def _cron_day(c: crontab, d: date) -> bool:
     """Celery's crontab runs on a day that matches day_of_month and month_of_year and day_of_week (0 = Sunday)."""
     return d.day in c.day_of_month and d.month in c.month_of_year and (d.isoweekday() % 7) in c.day_of_week
+
+
+def human_duration(seconds: float) -> str:
+    """45s, 12m 05s, 3h 07m, 2d 04h."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600:02d}h"

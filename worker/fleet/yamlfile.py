@@ -52,8 +52,11 @@ def _reject_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _reject_duplicates)
 
 
-def _lines(node: yaml.Node, loc: Loc, out: dict[Loc, int], within: frozenset[int] = frozenset()) -> None:
+def _lines(node: yaml.Node, loc: Loc, out: dict[Loc, int], within: frozenset[int] = frozenset(),
+           blocks: dict[Loc, tuple[int, int]] | None = None) -> None:
     out[loc] = node.start_mark.line + 1
+    if blocks is not None and isinstance(node, yaml.ScalarNode) and node.style in ("|", ">"):
+        blocks[loc] = (node.start_mark.line + 1, node.end_mark.line)  # its text's lines, 0-based, end excluded
     if id(node) in within:  # an alias of a node that holds it (`a: &x [*x]`): its lines are known
         return
     within = within | {id(node)}
@@ -61,18 +64,53 @@ def _lines(node: yaml.Node, loc: Loc, out: dict[Loc, int], within: frozenset[int
         for k, v in node.value:
             key = k.value
             out[(*loc, key)] = k.start_mark.line + 1
-            _lines(v, (*loc, key), out, within)
+            _lines(v, (*loc, key), out, within, blocks)
             out[(*loc, key)] = k.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _lines(item, (*loc, i), out, within)
+            _lines(item, (*loc, i), out, within, blocks)
 
 
 class YamlDoc:
-    def __init__(self, path: Path, data: Any, lines: dict[Loc, int]) -> None:
+    def __init__(self, path: Path, data: Any, lines: dict[Loc, int], text: str = "",
+                 blocks: dict[Loc, tuple[int, int]] | None = None) -> None:
         self.path = path
         self.data = data
         self.lines = lines
+        self.text_lines = text.splitlines()
+        self.blocks = blocks or {}  # each block scalar (`query: |`): the lines of its text
+
+    def field(self, loc: Loc) -> str:
+        """The dotted name of `loc`, an element of a list by its `name` where it has one:
+        `checks[orders_failed].condition` (not `checks.2.condition`)."""
+        out, node = "", self.data
+        for part in loc:
+            named = None
+            if isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node):
+                node = node[part]
+                named = node.get("name") if isinstance(node, dict) else None
+            else:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(named, (str, int)) and not isinstance(named, bool) and str(named).strip():
+                out += f"[{named}]"
+            else:
+                out += f"{'.' if out else ''}{part}"
+        return out
+
+    def swallowed(self, loc: Loc) -> str | None:
+        """Where the missing field `loc` was written into a block scalar of its mapping (a line
+        `field: ...` indented deeper than the block's key, so YAML read it as the block's text), or None."""
+        parent, key = tuple(loc[:-1]), loc[-1]
+        for block, (first, end) in self.blocks.items():
+            if block[:-1] != parent:
+                continue
+            for n in range(first, min(end, len(self.text_lines))):
+                text = self.text_lines[n].strip()
+                if text.startswith(f"{key}:") and (len(text) == len(key) + 1 or text[len(key) + 1].isspace()):
+                    return (f"{self.path}:{n + 1}: {self.field(loc)}: required field is missing: line {n + 1} "
+                            f"({text[:60]}) is read as part of `{block[-1]}`'s text, as it is indented deeper than "
+                            f"`{block[-1]}:`; indent `{key}:` as `{block[-1]}:` is")
+        return None
 
     def line_of(self, loc: Loc) -> int:
         loc = tuple(loc)
@@ -84,7 +122,7 @@ class YamlDoc:
         return f"{self.path}:{self.line_of(loc)}"
 
     def error(self, loc: Loc, message: str) -> ConfigError:
-        field = ".".join(str(p) for p in loc) if loc else "(top level)"
+        field = self.field(loc) if loc else "(top level)"
         return ConfigError(f"{self.where(loc)}: {field}: {message}")
 
     def validation_error(self, exc: ValidationError, base: Loc = ()) -> ConfigError:
@@ -96,7 +134,10 @@ class YamlDoc:
                 msg = "unknown key (check its spelling against config/README.md)"
             elif err["type"] == "missing":
                 msg = "required field is missing"
-            msgs.append(f"{self.where(loc)}: {'.'.join(str(p) for p in loc)}: {msg}")
+                if swallowed := self.swallowed(loc):
+                    msgs.append(swallowed)
+                    continue
+            msgs.append(f"{self.where(loc)}: {self.field(loc)}: {msg}")
         more = len(exc.errors()) - 5
         if more > 0:
             msgs.append(f"... and {more} more")
@@ -117,7 +158,9 @@ def load_yaml(path: Path) -> YamlDoc:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
+        # libyaml marks a problem found at the end of the text on the line after the last one when the
+        # text has no final newline: name the file's last line
+        line = min(mark.line + 1 if mark else 1, text.count("\n") + 1)
         context = ""
         if exc.context and exc.context_mark and exc.problem_mark and exc.context_mark.line != exc.problem_mark.line:
             context = f" ({exc.context} started at line {exc.context_mark.line + 1})"
@@ -127,6 +170,7 @@ def load_yaml(path: Path) -> YamlDoc:
     except RecursionError:
         raise ConfigError(f"{path}:1: malformed YAML: nested too deeply") from None
     lines: dict[Loc, int] = {}
+    blocks: dict[Loc, tuple[int, int]] = {}
     if node is not None:
-        _lines(node, (), lines)
-    return YamlDoc(path, data, lines)
+        _lines(node, (), lines, blocks=blocks)
+    return YamlDoc(path, data, lines, text, blocks)

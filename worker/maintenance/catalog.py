@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from worker.fleet.db import normalize_url, ping
+from worker.fleet.db import NO_PREPARED, normalize_url, ping
 from worker.fleet.errors import ConfigError
 from worker.fleet.sqltext import quote_ident
 from worker.maintenance.spec import MaintenanceJob
@@ -77,7 +77,7 @@ def check_catalog_at(database_url: str, jobs: Iterable[MaintenanceJob],
     if not jobs:
         return []
     engine = sa.create_engine(normalize_url(database_url), poolclass=sa.pool.NullPool,
-                              connect_args={"application_name": "opsfleet", "connect_timeout": 5})
+                              connect_args={**NO_PREPARED, "application_name": "opsfleet", "connect_timeout": 5})
     try:
         ping(engine, "the monitored database")
         return check_catalog(jobs, engine, where=where)

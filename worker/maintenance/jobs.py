@@ -93,10 +93,12 @@ def _purge_sql(table: str, key: str, age: str, where: str | None) -> str:
 
 
 def run_job(job: MaintenanceJob, *, monitored: Engine, fleet: Engine, now: datetime, task_id: str | None = None,
-            progress: Callable[[int, int], None] | None = None) -> JobResult:
-    target = fleet if job.kind == "fleet_retention" else monitored
+            progress: Callable[[int, int], None] | None = None, target: str = "") -> JobResult:
+    """Run `job` against `monitored` (a target's database; the fleet's own for fleet_retention), recorded
+    in fleet.job_runs under `target` (the target's key: "" for the implicit default and the fleet)."""
+    on = fleet if job.kind == "fleet_retention" else monitored
     try:
-        run = runs.start(fleet, family="maintenance", job=job.name, kind=job.kind,
+        run = runs.start(fleet, family="maintenance", job=job.name, kind=job.kind, target=target,
                          params=job.model_dump(mode="json", by_alias=True), task_id=task_id, exclusive=True)
     except runs.Busy as busy:
         log.info("maintenance_skipped", job=job.name, reason="another run holds the lock")
@@ -104,7 +106,7 @@ def run_job(job: MaintenanceJob, *, monitored: Engine, fleet: Engine, now: datet
     result = JobResult(job.name, "ok", run_id=run.id)
     started = time.monotonic()
     try:
-        _work(job, target, now, result, progress, started)
+        _work(job, on, now, result, progress, started)
     except (sa.exc.DBAPIError, ConfigError, JobFailed) as exc:
         result.status = "error"
         result.error = (str(exc.orig).strip().splitlines()[0] if isinstance(exc, sa.exc.DBAPIError) and exc.orig

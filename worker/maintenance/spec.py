@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from worker.fleet.fields import Duration, Identifier, Name, ScheduleField, Strict
 from worker.fleet.names import beat_entry, queue_of
+from worker.fleet.runs import Place
 
 
 class MaintenanceJob(Strict):
@@ -52,13 +53,20 @@ class MaintenanceFile(Strict):
     jobs: list[MaintenanceJob] = Field(default_factory=list)
 
 
-def beat_entries(jobs: Iterable[MaintenanceJob]) -> dict[str, dict[str, Any]]:
-    """One maintenance.run per enabled job, on its schedule."""
-    return {f"maintenance:{j.name}": beat_entry("maintenance.run", j.schedule.celery_schedule(), {"job": j.name})
-            for j in jobs if j.enabled}
+def _placed(jobs: Iterable[MaintenanceJob | tuple[MaintenanceJob, Place]]) -> list[tuple[MaintenanceJob, Place]]:
+    return [j if isinstance(j, tuple) else (j, Place()) for j in jobs]
 
 
-def scheduled_jobs(jobs: Iterable[MaintenanceJob]) -> list[dict[str, Any]]:
-    """What beat records of each job in fleet.job_schedule (maintenance_job_health reads it)."""
-    return [{"family": "maintenance", "job": j.name, "queue": queue_of("maintenance.run"),
-             "longest_gap_s": j.schedule.longest_gap().total_seconds(), "enabled": j.enabled} for j in jobs]
+def beat_entries(jobs: Iterable[MaintenanceJob | tuple[MaintenanceJob, Place]]) -> dict[str, dict[str, Any]]:
+    """One maintenance.run per enabled job and target (FleetConfig.scheduled_maintenance), on its
+    schedule, on the maintenance queue (a target's own `queue:` is for its checks: a job holds a
+    worker for up to an hour, and the maintenance queue's workers and time limits are sized for it)."""
+    return {f"maintenance:{j.name}{p.suffix}": beat_entry("maintenance.run", j.schedule.celery_schedule(),
+                                                          {"job": j.name, **p.kwargs()})
+            for j, p in _placed(jobs) if j.enabled}
+
+
+def scheduled_jobs(jobs: Iterable[MaintenanceJob | tuple[MaintenanceJob, Place]]) -> list[dict[str, Any]]:
+    """What beat records of each job on each target in fleet.job_schedule (maintenance_job_health reads it)."""
+    return [{"family": "maintenance", "job": j.name, "target": p.key, "queue": queue_of("maintenance.run"),
+             "longest_gap_s": j.schedule.longest_gap().total_seconds(), "enabled": j.enabled} for j, p in _placed(jobs)]

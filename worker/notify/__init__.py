@@ -1,3 +1,5 @@
-"""Notifications: who is told (routing, silences), what and why (the outbox's plan), and how it is
-sent (delivery through the channels, paced by the rate limits). The outbox is the one writer of
-fleet.notifications and fleet.held_back; the digest is queued through it like any notification."""
+"""Notifications: who is told (routing), what a transition sends and why (plan: the pure policy),
+what holds a notice back (holds: silences and inhibition, read-only), the table (outbox: the one
+writer of fleet.notifications and fleet.held_back), and how a row is sent (delivery's stages, paced
+by the rate limits, then the follow-up chain). The digest is queued through the outbox like any
+notification."""

@@ -20,6 +20,7 @@ _TIMELINE = sa.text("""
                NULL AS detail, e.id AS ord
         FROM fleet.alert_events e
         WHERE e.at >= :since AND (CAST(:c AS text) IS NULL OR e.check_name = :c)
+          AND (CAST(:t AS text) IS NULL OR e.target = :t)
         UNION ALL
         SELECT COALESCE(CAST(n.payload->>'at' AS timestamptz), n.created_at), 'notification', n.check_name,
                n.payload->>'severity', COALESCE(n.payload->'labels', '{}'::jsonb), n.fingerprint, n.transition,
@@ -36,19 +37,23 @@ _TIMELINE = sa.text("""
                END, 0
         FROM fleet.notifications n
         WHERE n.created_at >= :since AND n.fingerprint IS NOT NULL
-          AND (CAST(:c AS text) IS NULL OR n.check_name = :c)
+          AND (CAST(:c AS text) IS NULL OR n.check_name = :c) AND (CAST(:t AS text) IS NULL OR EXISTS (
+              SELECT 1 FROM fleet.alerts a WHERE a.fingerprint = n.fingerprint AND a.target = :t))
     ) t ORDER BY at DESC, kind, ord DESC LIMIT :lim""")
 
 
-def timeline(conn: Connection, since: datetime, check: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-    """Transitions and notifications since `since`, newest first; a notification's `what` is its
-    transition (firing, repeat, resolved, unsilenced), its `detail` what became of it."""
-    rows = conn.execute(_TIMELINE, {"since": since, "c": check, "lim": limit}).mappings().all()
+def timeline(conn: Connection, since: datetime, check: str | None = None, limit: int = 1000,
+             target: str | None = None) -> list[dict[str, Any]]:
+    """Transitions and notifications since `since`, newest first (of one target, its key, when `target`
+    is given: a notification belongs to the target of the alert it is about); a notification's `what`
+    is its transition (firing, repeat, resolved, unsilenced), its `detail` what became of it."""
+    rows = conn.execute(_TIMELINE, {"since": since, "c": check, "lim": limit, "t": target}).mappings().all()
     return [{k: r[k] for k in FIELDS} for r in rows]
 
 
 def held_back(conn: Connection, since: datetime, check: str | None = None) -> dict[str, dict[str, int]]:
-    """reason -> channel -> count, for the days since `since` (fleet.held_back counts per day)."""
+    """reason -> channel -> count, for the days since `since` (fleet.held_back counts per day and check,
+    not per target)."""
     out: dict[str, dict[str, int]] = {}
     for r in conn.execute(sa.text(
             """SELECT reason, channel, sum(count) AS n FROM fleet.held_back
@@ -58,12 +63,16 @@ def held_back(conn: Connection, since: datetime, check: str | None = None) -> di
     return out
 
 
-def sent_per_channel(conn: Connection, since: datetime, check: str | None = None) -> dict[str, dict[str, int]]:
-    """channel -> status -> count of the notifications created since `since`."""
+def sent_per_channel(conn: Connection, since: datetime, check: str | None = None,
+                     target: str | None = None) -> dict[str, dict[str, int]]:
+    """channel -> status -> count of the notifications created since `since` (about one target's alerts
+    when `target`, a key, is given)."""
     out: dict[str, dict[str, int]] = {}
     for r in conn.execute(sa.text(
-            """SELECT channel, status, count(*) AS n FROM fleet.notifications
+            """SELECT channel, status, count(*) AS n FROM fleet.notifications n
                WHERE created_at >= :since AND (CAST(:c AS text) IS NULL OR check_name = :c)
-               GROUP BY 1, 2 ORDER BY 1, 2"""), {"since": since, "c": check}):
+                 AND (CAST(:t AS text) IS NULL OR EXISTS (
+                      SELECT 1 FROM fleet.alerts a WHERE a.fingerprint = n.fingerprint AND a.target = :t))
+               GROUP BY 1, 2 ORDER BY 1, 2"""), {"since": since, "c": check, "t": target}):
         out.setdefault(r.channel, {})[r.status] = int(r.n)
     return out

@@ -1,6 +1,7 @@
 """Token buckets in Redis, one per provider target, shared by every worker.
 
-Defaults sit just under the providers' documented limits (Resend: 2 requests per second per team;
+Each channel class names its default rate (`rate_limit`, worker/channels/), just under the
+providers' documented limits (Resend: 2 requests per second per team;
 Slack: about 1 message per second per incoming webhook / channel): a bucket at exactly the limit
 meets the provider's 429 whenever scheduling jitter puts two requests inside one of its windows
 (bench/RESULTS.md, Notifications).
@@ -13,8 +14,6 @@ import time
 from collections.abc import Callable
 
 import redis
-
-DEFAULTS = {"email": (1.9, 2), "slack": (0.95, 1), "table": (50.0, 50)}  # kind -> (rate/s, burst)
 
 # The buckets' clock is the Redis server's (TIME), shared by every worker whatever its host's clock
 # says (tests/reliability/test_clock_skew.py); a test passes its own as now >= 0.

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from worker.channels.registry import KINDS
 from worker.fleet.fields import Duration, ScheduleField, Strict
 from worker.fleet.names import beat_entry
 from worker.fleet.timeutil import Schedule
@@ -17,7 +18,7 @@ from worker.notify.timeintervals import NamedInterval
 
 
 class ChannelSpec(Strict):
-    kind: Literal["email", "slack", "table", "digest", "pagerduty", "webhook"]
+    kind: Literal[KINDS]  # type: ignore[valid-type]  # the registry's kinds, and `digest`
     # per-channel overrides of the environment (names of settings, never secrets inline)
     recipients: list[str] | None = None
     slack_channel: str | None = None
@@ -34,6 +35,19 @@ class ChannelSpec(Strict):
     pack: str | None = None  # the pack this channel belongs to: left out while that pack is not enabled
 
 
+class EscalationStep(Strict):
+    """Who else is told once an alert has fired `after` this long and nobody acknowledged it."""
+
+    after: Duration
+    notify: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _positive(self) -> EscalationStep:
+        if self.after.total_seconds() <= 0:
+            raise ValueError("after must be positive (the route's own channels are told at once)")
+        return self
+
+
 class Route(Strict):
     match: dict[str, str] = Field(default_factory=dict)
     channels: list[str]
@@ -45,6 +59,8 @@ class Route(Strict):
     repeat_interval_max: Duration | None = None
     mute_time_intervals: list[str] = Field(default_factory=list)  # names under time_intervals:
     active_time_intervals: list[str] = Field(default_factory=list)  # outside all of them: muted
+    # steps taken while the alert fires and nobody acknowledged it, each once per alert episode
+    escalate: list[EscalationStep] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _repeat(self) -> Route:
@@ -73,16 +89,17 @@ class Route(Strict):
 class Digest(Strict):
     schedule: ScheduleField = Field(default_factory=lambda: Schedule.parse("0 8 * * *"))
     channel: str = "email"
-    # seed 000's weekly performance review and monthly growth analysis (worker/reports), on `channel`;
-    # null turns one off
-    weekly_schedule: ScheduleField | None = Field(default_factory=lambda: Schedule.parse("0 8 * * 1"))
-    monthly_schedule: ScheduleField | None = Field(default_factory=lambda: Schedule.parse("0 8 1 * *"))
+    # deprecated: the reports' schedules, now under `reports:` (worker/reports/spec.py); still read
+    # (with a deprecation line) while a routing.yaml has no `reports:` section
+    weekly_schedule: ScheduleField | None = None
+    monthly_schedule: ScheduleField | None = None
 
 
 class Routing(Strict):
     channels: dict[str, ChannelSpec]
     routes: list[Route]
     digest: Digest | None = None
+    reports: dict[str, Any] | None = None  # worker.reports.spec.Reports, parsed by the config loader
     sweep_interval: Duration = timedelta(seconds=30)
     inhibit_rules: list[InhibitRule] = Field(default_factory=list)
     time_intervals: list[NamedInterval] = Field(default_factory=list)
@@ -96,12 +113,19 @@ class Routing(Strict):
             for ch in route.channels:
                 if ch not in self.channels:
                     raise ValueError(f"routes[{i}] names channel {ch!r}, which is not under `channels:`")
+            for j, step in enumerate(route.escalate):
+                for ch in step.notify:
+                    if ch not in self.channels:
+                        raise ValueError(f"routes[{i}].escalate[{j}].notify names channel {ch!r}, which is not "
+                                         "under `channels:`")
             for field in ("mute_time_intervals", "active_time_intervals"):
                 for name in getattr(route, field):
                     if name not in names:
                         raise ValueError(f"routes[{i}].{field} names {name!r}, which is not under `time_intervals:`")
         if self.digest is not None and self.digest.channel not in self.channels:
             raise ValueError(f"digest.channel {self.digest.channel!r} is not under `channels:`")
+        if self.reports is not None and self.reports.get("channel", "email") not in self.channels:
+            raise ValueError(f"reports.channel {self.reports.get('channel', 'email')!r} is not under `channels:`")
         return self
 
     def muted_by(self, route: Route, at: datetime) -> str | None:
@@ -126,17 +150,12 @@ class Routing(Strict):
 
 
 def beat_entries(routing: Routing | None) -> dict[str, dict[str, Any]]:
-    """The outbox sweeper (re-enqueues what is due or whose lease expired), the daily digest and the
-    weekly and monthly reports."""
+    """The outbox sweeper (re-enqueues what is due or whose lease expired) and the daily digest (the
+    reports declare their own: worker.reports.spec)."""
     if routing is None:
         return {}
     sched = {"notify:sweep": beat_entry("notify.sweep", routing.sweep_interval.total_seconds(), expires=60)}
     digest = routing.digest
     if digest is not None:
         sched["digest:daily_summary"] = beat_entry("digest.daily_summary", digest.schedule.celery_schedule())
-        if digest.weekly_schedule is not None:
-            sched["digest:weekly_report"] = beat_entry("digest.weekly_report", digest.weekly_schedule.celery_schedule())
-        if digest.monthly_schedule is not None:
-            sched["digest:monthly_growth"] = beat_entry("digest.monthly_growth",
-                                                        digest.monthly_schedule.celery_schedule())
     return sched

@@ -14,12 +14,14 @@ from sqlalchemy.engine import Connection, Engine
 
 
 def add(fleet: Engine, *, check: str | None, labels: dict[str, str], duration: timedelta, comment: str,
-        author: str, now: datetime) -> str:
+        author: str, now: datetime, until_resolved: str | None = None) -> str:
+    """A silence of `check` and `labels` for `duration`; `until_resolved` (an alert's fingerprint): it
+    ends when that alert resolves (end_with()), or after `duration` at the latest."""
     if not check and not labels:
         raise ValueError("a silence needs a check or at least one label")
     if not comment.strip():
         raise ValueError("a silence needs a comment saying why")
-    matchers = {"check": check, "labels": labels}
+    matchers = {"check": check, "labels": labels, **({"until_resolved": until_resolved} if until_resolved else {})}
     with fleet.begin() as conn:
         return str(conn.execute(
             sa.text("""INSERT INTO fleet.silences (matchers, starts_at, ends_at, author, comment)
@@ -44,6 +46,13 @@ def expire(fleet: Engine, silence_id: str, now: datetime) -> bool:
         except sa.exc.DataError:
             raise ValueError(f"{silence_id!r} is not a silence id (see `opsfleet silence list`)") from None
     return n > 0
+
+
+def end_with(conn: Connection, fingerprint: str, now: datetime) -> int:
+    """The alert `fingerprint` resolved: the silences made "until it resolves" end now (the engine calls
+    it in the transaction that records the resolve)."""
+    return conn.execute(sa.text("UPDATE fleet.silences SET ends_at = :now WHERE matchers->>'until_resolved' = :fp "
+                                "AND ends_at > :now"), {"now": now, "fp": fingerprint}).rowcount
 
 
 def matches(check_sql: str, labels_sql: str) -> str:

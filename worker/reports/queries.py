@@ -188,17 +188,38 @@ def monthly(engine: Any, now: datetime, *, timeout_ms: int = STATEMENT_TIMEOUT_M
             "latest": latest}
 
 
-
 KINDS = ("weekly", "monthly")
 
 
-def collect(kind: str, engine: Any, now: datetime, *, timeout_ms: int = STATEMENT_TIMEOUT_MS) -> dict[str, Any]:
-    """The figures of the `kind` report (weekly | monthly) at `now`."""
+def collect(kind: str, engine: Any, now: datetime, *, timeout_ms: int = STATEMENT_TIMEOUT_MS,
+            target: str | None = None) -> dict[str, Any]:
+    """The figures of the `kind` report (weekly | monthly) at `now`, from `engine`: the database of
+    `target` (a declared target's name, which the report then names; None: DATABASE_URL's)."""
     if kind not in KINDS:
         raise ValueError(f"unknown report {kind!r} (known: {', '.join(KINDS)})")
-    return (weekly if kind == "weekly" else monthly)(engine, now, timeout_ms=timeout_ms)
+    return {**(weekly if kind == "weekly" else monthly)(engine, now, timeout_ms=timeout_ms), "target": target}
 
 
 def period(data: dict[str, Any]) -> str:
     """What a report covers, for its dedup key and file name: the week's first day, or the month."""
     return data["first"] if data["kind"] == "weekly" else data["month"]
+
+
+def engine_for(target: Any) -> Any:
+    """Where the reports of `target` (worker.targets.Target) read: a declared target's database (its
+    monitoring role, as its checks), or DATABASE_URL for the implicit one."""
+    from worker.fleet.db import checks_engine, monitored_engine
+    from worker.fleet.settings import get_settings
+
+    return checks_engine(url=target.database_url(get_settings())) if target.where else monitored_engine()
+
+
+def sources(cfg: Any) -> Any:
+    """What the daily digest's seed 000 summary reads (worker.notify.digest.collect's `monitored`):
+    DATABASE_URL's engine without targets.yaml, else target name -> engine for each target whose packs
+    name the confirmations pack (the targets the reports are for)."""
+    from worker.reports.spec import report_targets
+
+    if not cfg.targets_declared:
+        return engine_for(report_targets(cfg)[0])
+    return {t.name: engine_for(t) for t in report_targets(cfg)}

@@ -45,14 +45,16 @@ _env.filters.update(num=_num, pct=_pct, signed=_signed)
 
 
 def subject(data: dict[str, Any]) -> str:
+    """The email's subject and the page's title; a target's report names it (`of target a,`)."""
+    of = f" of target {data['target']}," if data.get("target") else ""
     if data["kind"] == "weekly":
         t = data["totals"]
-        return (f"[opsfleet] weekly performance {data['first']} to {data['last']}: {t['registrations']:,} "
+        return (f"[opsfleet] weekly performance{of} {data['first']} to {data['last']}: {t['registrations']:,} "
                 f"registrations, {_pct(t['success_rate'])} confirmed, {t['error_count']:,} webhook errors")
     latest = data["latest"]
     if latest is None:
-        return f"[opsfleet] monthly growth to {data['month']}: no registrations in {data['month']}"
-    return (f"[opsfleet] monthly growth {data['month']}: {latest['registrations']:,} registrations "
+        return f"[opsfleet] monthly growth{of} to {data['month']}: no registrations in {data['month']}"
+    return (f"[opsfleet] monthly growth{of} {data['month']}: {latest['registrations']:,} registrations "
             f"({_signed(latest['growth_rate_percent'])} on the month before)")
 
 
@@ -62,7 +64,7 @@ def render(data: dict[str, Any], images: Literal["cid", "inline"]) -> dict[str, 
     pngs = charts.weekly(data) if data["kind"] == "weekly" else charts.monthly(data)
     encoded = {cid: base64.b64encode(png).decode("ascii") for cid, png in pngs.items()}
     src = {cid: f"cid:{cid}" if images == "cid" else f"data:image/png;base64,{b64}" for cid, b64 in encoded.items()}
-    context = {**data, "subject": subject(data), "img": src, "alt": ALT,
+    context = {**data, "target": data.get("target"), "subject": subject(data), "img": src, "alt": ALT,
                "size": {"width": charts.WIDTH, "height": charts.HEIGHT}}
     out: dict[str, Any] = {
         "subject": context["subject"],

@@ -1,7 +1,8 @@
 """`opsfleet serve`: /health (seed 003's shape), /health/database, /health/redis, /health/broker,
 /health/email, /health/slack, /metrics (Prometheus), and the status page with its JSON API
-(worker/web/ui.py: `/`, `/api/`, behind basic auth), on one small threaded HTTP server. /health and
-/metrics stay open for load balancers and Prometheus; they tell no alert text.
+(worker/web/ui.py: `/`, `/api/`, behind basic auth), on one small threaded HTTP server. /health stays
+open for load balancers and tells no alert text; /metrics carries check labels (values from query
+columns) and asks for OPSFLEET_METRICS_AUTH once it is set (basic auth or a bearer token).
 
 A health answer is 200 while nothing fails (healthy or degraded) and 503 when something does, so a
 load balancer or an uptime checker needs no parsing. Probes run at most every `cache_s` seconds,
@@ -9,6 +10,8 @@ whatever the request rate."""
 
 from __future__ import annotations
 
+import base64
+import hmac
 import json
 import threading
 import time
@@ -20,13 +23,13 @@ from urllib.parse import parse_qs, urlsplit
 import sqlalchemy as sa
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from worker import health
 from worker.config import FleetConfig
 from worker.fleet.logs import get_logger, mask_text
 from worker.fleet.settings import Settings
+from worker.watch import health
 from worker.web.ui import MAX_BODY, UI, Answer
 
-# the probe groups each sub-endpoint runs (worker.health.GROUPS), and the probes of them it shows
+# the probe groups each sub-endpoint runs (worker.watch.health.GROUPS), and the probes of them it shows
 GROUPS = {"database": {"database"}, "redis": {"redis"}, "broker": {"broker"}, "workers": {"workers"},
           "email": {"channels"}, "slack": {"channels"}}
 SUBSETS: dict[str, Callable[[health.Probe], bool]] = {
@@ -39,6 +42,12 @@ SUBSETS: dict[str, Callable[[health.Probe], bool]] = {
 }
 
 
+# /health probes every group but the targets: a monitored database down is that target's alert (the
+# status page's targets overview, `opsfleet health`), not a reason to take this server out of a pool,
+# and a load balancer's polling should not open a connection to every target
+SERVED = set(health.GROUPS) - {"targets"}
+
+
 class Fleet:
     """What the server answers from: settings, config, a metrics registry, cached probes."""
 
@@ -47,7 +56,8 @@ class Fleet:
                  engine: Any = None) -> None:
         self.settings, self.cfg, self.registry, self.cache_s = settings, cfg, registry, cache_s
         self.engine = engine  # the fleet database (the status page); None: /health and /metrics only
-        self._probe = probe or (lambda groups: health.run_all(settings, cfg, timeout=2.0, groups=groups))
+        self._probe = probe or (lambda groups: health.run_all(settings, cfg, timeout=2.0,
+                                                                   groups=groups or SERVED))
         self._lock = threading.Lock()
         self._cached: dict[str, tuple[float, list[health.Probe]]] = {}
 
@@ -65,6 +75,24 @@ class Fleet:
 log = get_logger(__name__)
 
 
+def metrics_allowed(expected: str | None, authorization: str | None) -> bool:
+    """Whether a request's Authorization header carries OPSFLEET_METRICS_AUTH (unset: /metrics is open):
+    `Bearer TOKEN` as Prometheus's `authorization`, else user:password as its `basic_auth`. Compared in
+    constant time (hmac.compare_digest), whatever the scheme given."""
+    if not expected:
+        return True
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    given = given.strip()
+    if expected.startswith("Bearer "):
+        same = hmac.compare_digest(given.encode(), expected[len("Bearer "):].encode())
+        return same and scheme.lower() == "bearer"
+    try:
+        decoded = base64.b64decode(given, validate=True).decode() if scheme.lower() == "basic" else ""
+    except (ValueError, UnicodeDecodeError):
+        decoded = ""
+    return hmac.compare_digest(decoded.encode(), expected.encode())
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "opsfleet"
@@ -76,10 +104,23 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         path = parts.path.rstrip("/") or "/"
         fleet = self.server.fleet
+        if fleet.engine is not None and path.startswith("/act/"):  # an email's approval link: its token is the key
+            self._ui(lambda ui: ui.act_page(path[len("/act/"):]), public=True)
+            return
         if fleet.engine is not None and not (path == "/metrics" or path == "/health" or path.startswith("/health/")):
             self._ui(lambda ui: ui.get(path, parse_qs(parts.query)))
             return
         if path == "/metrics" and fleet.registry is not None:
+            if not metrics_allowed(fleet.settings.opsfleet_metrics_auth, self.headers.get("Authorization")):
+                body = b"credentials required: OPSFLEET_METRICS_AUTH (basic auth or a bearer token)\n"
+                self.send_response(401)
+                scheme = "Bearer" if (fleet.settings.opsfleet_metrics_auth or "").startswith("Bearer ") else "Basic"
+                self.send_header("WWW-Authenticate", f'{scheme} realm="opsfleet metrics"')
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             self._send(200, generate_latest(fleet.registry), CONTENT_TYPE_LATEST)
             return
         if path == "/health" or path.startswith("/health/"):
@@ -111,19 +152,27 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(413, b"request body too large\n", "text/plain; charset=utf-8")
             return
         body = self.rfile.read(length) if length > 0 else b""
+        if path == "/slack/interactions":  # Slack's signature is the credential (worker.actions.approve)
+            self._ui(lambda ui: ui.slack(body, dict(self.headers.items())), public=True)
+            return
+        if path.startswith("/act/"):
+            self._ui(lambda ui: ui.act_post(path[len("/act/"):], body), public=True)
+            return
         self._ui(lambda ui: ui.post(path, body, self.headers.get("Content-Type") or ""))
 
     def do_DELETE(self) -> None:  # noqa: N802 - stdlib naming
         path = urlsplit(self.path).path.rstrip("/") or "/"
         self._ui(lambda ui: ui.delete(path))
 
-    def _ui(self, answer: Callable[[UI], Answer]) -> None:
+    def _ui(self, answer: Callable[[UI], Answer], public: bool = False) -> None:
+        """`public`: a route whose request carries its own proof (a Slack signature, a signed link),
+        not the page's basic auth."""
         fleet = self.server.fleet
         if fleet.engine is None:
             self._json(404, {"error": "no status page here (serve without a fleet database)"})
             return
         ui = UI(fleet)
-        got = ui.refuse(self.headers.get("Authorization"))
+        got = None if public else ui.refuse(self.headers.get("Authorization"))
         if got is None:
             try:
                 got = answer(ui)

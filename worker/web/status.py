@@ -1,7 +1,9 @@
 """What the status page and /api/ show, read from the fleet's state (never the monitored database,
 so the page stays fast and harmless whatever the application does): the firing and pending alerts
-by severity, every check with its state and runs, the silences, the outbox per channel, the job runs
-and backlogs. Each function returns plain JSON-able dicts; the templates and the API share them."""
+by severity, every check with its state and runs, the targets (worker.watch.targets: up or down,
+firing by severity, last run), the silences, the outbox per channel, the job runs and backlogs. The
+alerts and checks narrow to one target (`target`: its name, already known to be one). Each function
+returns plain JSON-able dicts; the templates and the API share them."""
 
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from worker.checks import store
+from worker.actions import store as action_store
+from worker.checks import evidence, store
 from worker.config import FleetConfig
 from worker.fleet.fields import SEVERITIES, severity_rank
-from worker.notify import history, silences
+from worker.notify import history, holds, recover
+from worker.watch import targets as target_state
 
 OUTBOX_ERRORS = 20  # the latest dead or retrying notifications shown with their errors
 
@@ -32,19 +36,21 @@ def _alert(r: Any, cfg: FleetConfig, now: datetime) -> dict[str, Any]:
         "summary": r.summary, "since": _iso(since), "for_s": int((now - since).total_seconds()) if since else None,
         "runbook": check.runbook if check else None, "acked_by": r.acked_by, "ack_comment": r.ack_comment,
         "silenced_by": r.silenced_by,
+        "target": target_state.about(cfg, r.check_name, r.target, (r.labels or {}).get("target")),
     }
 
 
 _ACTIVE = sa.text(f"""
-    SELECT a.*, (SELECT CAST(s.id AS text) FROM fleet.silences s WHERE {silences.matches("a.check_name", "a.labels")}
-                 ORDER BY s.ends_at DESC LIMIT 1) AS silenced_by
+    SELECT a.*, {holds.silenced_by_sql("a.check_name", "a.labels")} AS silenced_by
     FROM fleet.alerts a WHERE (CAST(:fp AS text) IS NULL AND a.state IN ('pending', 'firing'))
                            OR a.fingerprint = :fp""")  # noqa: S608 - the predicate is our own constant SQL
 
 
-def alerts(conn: Connection, cfg: FleetConfig, now: datetime) -> list[dict[str, Any]]:
-    """Firing, then pending; worst severity first; longest-standing first."""
+def alerts(conn: Connection, cfg: FleetConfig, now: datetime, target: str | None = None) -> list[dict[str, Any]]:
+    """Firing, then pending (of the alerts about `target` when given); worst severity first;
+    longest-standing first."""
     rows = [_alert(r, cfg, now) for r in conn.execute(_ACTIVE, {"now": now, "fp": None})]
+    rows = [a for a in rows if target is None or a["target"] == target]
     rows.sort(key=lambda a: (a["state"] != "firing", severity_rank(a["severity"]), -(a["for_s"] or 0), a["check"]))
     return rows
 
@@ -55,27 +61,51 @@ def by_severity(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, An
 
 
 def alert(conn: Connection, cfg: FleetConfig, fingerprint: str, now: datetime) -> dict[str, Any] | None:
-    """One alert instance (any state) with its history of the last 30 days, or None."""
+    """One alert instance (any state) with its history of the last 30 days and the evidence gathered
+    when it last fired, or None."""
     r = conn.execute(_ACTIVE, {"now": now, "fp": fingerprint}).first()
     if r is None:
         return None
     doc = _alert(r, cfg, now)
     doc["history"] = [e for e in history.timeline(conn, now - timedelta(days=30), r.check_name, 500)
                       if e["fingerprint"] == fingerprint]
+    doc["evidence"] = evidence.latest(conn, fingerprint, r.target)  # {gathered_at, reason, sections} or None
+    check = cfg.checks.get(r.check_name)
+    doc["gathers"] = bool(check is not None and check.evidence)  # the page may gather it again
+    doc["actions"] = action_store.for_alert(conn, fingerprint, r.target)  # proposed fixes and what became of them
     return doc
 
 
-def checks(conn: Connection, cfg: FleetConfig, now: datetime) -> list[dict[str, Any]]:
-    last, states = store.last_runs(conn), store.states_by_check(conn)
+_LAST_OF_TARGET = sa.text(
+    "SELECT DISTINCT ON (check_name) check_name, started_at, status, error, note FROM fleet.check_runs "
+    "WHERE target = :t ORDER BY check_name, started_at DESC")
+_STATES_OF_TARGET = sa.text(
+    "SELECT check_name, string_agg(DISTINCT state, ',') AS states FROM fleet.alerts WHERE target = :t "
+    "GROUP BY check_name")
+
+
+def checks(conn: Connection, cfg: FleetConfig, now: datetime, target: str | None = None) -> list[dict[str, Any]]:
+    """Every check (those that run on `target` when given, with that target's runs and states) and the
+    targets it runs on."""
+    key = cfg.targets[target].key if target is not None else None
+    if key is None:
+        last, states = store.last_runs(conn), store.states_by_check(conn)
+    else:
+        last = {r.check_name: r for r in conn.execute(_LAST_OF_TARGET, {"t": key})}
+        states = {r.check_name: r.states for r in conn.execute(_STATES_OF_TARGET, {"t": key})}
     errors = {r.check_name: r for r in conn.execute(sa.text(
         """SELECT DISTINCT ON (check_name) check_name, started_at, error FROM fleet.check_runs
-           WHERE status = 'error' ORDER BY check_name, started_at DESC"""))}
+           WHERE status = 'error' AND (CAST(:t AS text) IS NULL OR target = :t)
+           ORDER BY check_name, started_at DESC"""), {"t": key})}
     out = []
     for name, c in sorted(cfg.checks.items()):
+        on = [t for t in cfg.targets_of(name) if t in cfg.targets]
+        if target is not None and target not in on:
+            continue
         run, err = last.get(name), errors.get(name)
         out.append({
             "name": name, "pack": cfg.check_pack.get(name), "severity": c.severity, "enabled": c.enabled,
-            "schedule": c.schedule.text, "condition": str(c.condition),
+            "schedule": c.schedule.text, "condition": str(c.condition), "targets": on,
             "states": sorted((states.get(name) or "").split(",")) if states.get(name) else [],
             "last_run": _iso(run.started_at) if run else None, "last_status": run.status if run else None,
             "next_run": _iso(c.schedule.next_slot(now)) if c.enabled else None,
@@ -94,7 +124,8 @@ def silences(conn: Connection, now: datetime) -> list[dict[str, Any]]:
 
 
 def outbox(conn: Connection, cfg: FleetConfig, now: datetime) -> dict[str, Any]:
-    """Per channel: due now, retrying, dead and sent in 24 h; and the latest failures with their errors."""
+    """Per channel: due now, retrying, dead and sent in 24 h; the latest failures with their errors; and
+    the latest dead notifications, each with why a retry would not send it (`refused`, None: it would)."""
     counts = {r.channel: dict(r._mapping) for r in conn.execute(sa.text(
         """SELECT channel,
                   count(*) FILTER (WHERE status IN ('pending', 'retrying') AND next_attempt_at <= :now) AS due,
@@ -116,34 +147,46 @@ def outbox(conn: Connection, cfg: FleetConfig, now: datetime) -> dict[str, Any]:
                               COALESCE(dead_at, created_at) AS at FROM fleet.notifications
                        WHERE status IN ('dead', 'retrying') ORDER BY COALESCE(dead_at, created_at) DESC LIMIT :n"""),
                     {"n": OUTBOX_ERRORS})]
-    return {"channels": channels, "failures": failures}
+    dead = [{**d.record(), "dead_at": _iso(d.dead_at)}  # `refused`: why a retry would not send it
+            for d in recover.dead(conn, now, limit=OUTBOX_ERRORS)]
+    return {"channels": channels, "failures": failures, "dead": dead}
 
 
 def jobs(conn: Connection, cfg: FleetConfig, now: datetime) -> list[dict[str, Any]]:
-    """Each maintenance job and backlog: its last run (running ones first), and when it runs next."""
-    last = {r.job: r for r in conn.execute(sa.text(
-        """SELECT DISTINCT ON (job) job, kind, status, started_at, finished_at, rows_affected, batches, error
-           FROM fleet.job_runs WHERE status <> 'dry_run' ORDER BY job, started_at DESC"""))}
+    """Each maintenance job and backlog on each target it runs on (`target`: None where it has one):
+    its last run there (running ones first), and when it runs next."""
+    last = {(r.job, r.target): r for r in conn.execute(sa.text(
+        """SELECT DISTINCT ON (job, target) job, target, kind, status, started_at, finished_at, rows_affected, batches,
+                  error FROM fleet.job_runs WHERE status <> 'dry_run' ORDER BY job, target, started_at DESC"""))}
     out = []
-    for kind, specs in (("maintenance", cfg.maintenance), ("backlog", cfg.backlogs)):
-        for name, spec in sorted(specs.items()):
-            r = last.get(name)
+    for kind, pairs in (("maintenance", cfg.scheduled_maintenance()), ("backlog", cfg.scheduled_backlogs())):
+        for spec, place in sorted(pairs, key=lambda p: (p[0].name, p[1].key)):
+            r = last.get((spec.name, place.key))
             schedule = getattr(spec, "schedule", None)
             enabled = getattr(spec, "enabled", True)
             out.append({
-                "job": name, "kind": kind, "enabled": enabled, "schedule": schedule.text if schedule else None,
+                "job": spec.name, "target": place.target, "kind": kind, "enabled": enabled,
+                "schedule": schedule.text if schedule else None,
                 "status": r.status if r else None, "started_at": _iso(r.started_at) if r else None,
                 "duration_s": round((r.finished_at - r.started_at).total_seconds(), 1) if r and r.finished_at else None,
                 "rows": int(r.rows_affected) if r else None, "error": r.error if r else None,
                 "next_run": _iso(schedule.next_slot(now)) if schedule and enabled else None,
             })
-    out.sort(key=lambda j: (j["status"] != "running", j["status"] != "error", j["kind"], j["job"]))
+    out.sort(key=lambda j: (j["status"] != "running", j["status"] != "error", j["kind"], j["job"], j["target"] or ""))
     return out
 
 
-def everything(conn: Connection, cfg: FleetConfig, now: datetime) -> dict[str, Any]:
-    active = alerts(conn, cfg, now)
-    return {"at": now.isoformat(), "alerts": active, "checks": checks(conn, cfg, now),
+def targets(conn: Connection, cfg: FleetConfig, now: datetime, target: str | None = None) -> list[dict[str, Any]]:
+    """Each target (or `target` alone): up or down and why, firing by severity, last run."""
+    return [t for t in target_state.overview(conn, cfg, now) if target is None or t["name"] == target]
+
+
+def everything(conn: Connection, cfg: FleetConfig, now: datetime, target: str | None = None) -> dict[str, Any]:
+    """The page's and /api/status's document: alerts and checks of `target` when given; the targets
+    overview lists every target (the page links each row to its filter)."""
+    active = alerts(conn, cfg, now, target)
+    return {"at": now.isoformat(), "target": target, "targets": targets(conn, cfg, now),
+            "alerts": active, "checks": checks(conn, cfg, now, target),
             "silences": silences(conn, now), "outbox": outbox(conn, cfg, now), "jobs": jobs(conn, cfg, now),
             "counts": {"firing": sum(a["state"] == "firing" for a in active),
                        "pending": sum(a["state"] == "pending" for a in active)}}

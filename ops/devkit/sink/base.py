@@ -14,6 +14,7 @@ ROUTES = (
     "resend.emails.get",
     "resend.domains",
     "slack.webhook",
+    "slack.response",
     "slack.chat.postMessage",
     "slack.chat.update",
     "slack.auth.test",

@@ -143,6 +143,11 @@ class ProviderSink(ResendRoutes, SlackRoutes, PagingRoutes, RateLimits):
         return self.url + path
 
     @property
+    def slack_response_url(self) -> str:
+        """What an interaction payload gives as its response_url (POST a message there)."""
+        return self.url + "/actions/T00000000/1234567890/sinkResponseToken0000001"  # Slack's path shape
+
+    @property
     def slack_api_url(self) -> str:
         """For slack_sdk.WebClient(base_url=...)."""
         return self.url + "/api/"
@@ -206,6 +211,8 @@ class ProviderSink(ResendRoutes, SlackRoutes, PagingRoutes, RateLimits):
             return "resend.domains", None
         if method == "POST" and path.startswith("/services/"):
             return "slack.webhook", None
+        if method == "POST" and path.startswith("/actions/"):
+            return "slack.response", None
         if method == "POST" and path == "/v2/enqueue":
             return "pagerduty.enqueue", None
         if method == "POST" and path.startswith("/hooks/"):
@@ -253,6 +260,8 @@ class ProviderSink(ResendRoutes, SlackRoutes, PagingRoutes, RateLimits):
             return self._webhook(rec, raw)
         if route == "slack.webhook":
             return self._slack_webhook(rec, raw)
+        if route == "slack.response":  # a response_url: Slack answers "ok" to a JSON message
+            return Response(200, "ok") if isinstance(rec.body, dict) else Response(400, "invalid_payload")
         return self._slack_api(rec, raw, route, token)
 
 

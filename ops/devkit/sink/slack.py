@@ -236,3 +236,29 @@ class SlackRoutes:
         self._slack.append(record)
         self._capture("slack", record)
         return record
+
+
+def signed_interaction(signing_secret: str, *, value: str, action_id: str, user: str = "ana",
+                       team: str = "T00000000", response_url: str | None = None,
+                       timestamp: int | None = None) -> tuple[bytes, dict[str, str]]:
+    """What Slack POSTs to an app's interactivity URL when someone clicks a button: a block_actions
+    payload, form-encoded as `payload=<json>`, signed as Slack signs (X-Slack-Signature: v0= HMAC-SHA256
+    of `v0:<timestamp>:<body>` with the app's signing secret; X-Slack-Request-Timestamp)."""
+    import hmac
+    from urllib.parse import urlencode
+
+    ts = int(time.time()) if timestamp is None else timestamp
+    payload = {
+        "type": "block_actions", "team": {"id": team, "domain": "example"},
+        "user": {"id": "U0000000001", "username": user, "name": user, "team_id": team},
+        "api_app_id": "A0000000001", "token": "legacy-verification-token", "trigger_id": f"{ts}.1.abc",
+        "container": {"type": "message", "message_ts": f"{ts}.000100", "channel_id": "C0000000001"},
+        "channel": {"id": "C0000000001", "name": "alerts"},
+        "response_url": response_url or "https://hooks.slack.com/actions/T00000000/1/x",
+        "actions": [{"action_id": action_id, "block_id": "opsfleet_actions", "value": value, "type": "button",
+                     "action_ts": f"{ts}.000200", "text": {"type": "plain_text", "text": "Approve"}}],
+    }
+    body = urlencode({"payload": json.dumps(payload)}).encode()
+    digest = hmac.new(signing_secret.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
+    return body, {"Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": str(ts),
+                  "X-Slack-Signature": f"v0={digest}"}

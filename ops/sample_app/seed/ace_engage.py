@@ -9,6 +9,12 @@ from datetime import datetime, timedelta
 
 from ops.sample_app.seed.common import DAY, FAILING_WEBHOOK, HISTORY, HOUR, Put, Row, ages, clamp, marked
 
+# the schema files its database needs: 000 too, since its email log is confirmation_emails (the pack
+# requires it; a database of ACE Engage alone has it empty)
+SCHEMA = ("000_confirmations.sql", "001_ace_engage.sql")
+TABLES = ("sms_delivery_log", "error_logs", "performance_metrics", "user_sessions", "rate_limit_logs",
+          "system_alerts", "backup_log")  # what write() fills
+
 SMS_COLUMNS = ("id", "recipient_phone", "message_type", "delivery_status", "provider", "provider_message_id",
                 "error_code", "error_message", "created_at", "delivered_at")
 _SMS_ERRORS = (("30003", "Unreachable destination handset"), ("30005", "Unknown destination handset"),

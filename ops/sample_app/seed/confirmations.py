@@ -24,6 +24,9 @@ from ops.sample_app.seed.common import (
     person,
 )
 
+SCHEMA = ("000_confirmations.sql",)  # the schema files its database needs
+TABLES = ("registrations", "confirmation_emails", "webhook_logs", "maintenance_log")  # what write() fills
+
 REGISTRATION_COLUMNS = ("id", "customer_id", "event_id", "email", "full_name", "amount_in_cents", "status",
                         "payment_status", "payment_intent_id", "confirmation_number", "confirmation_generated_at",
                         "email_status", "created_at", "updated_at")

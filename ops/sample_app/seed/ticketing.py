@@ -11,6 +11,10 @@ from datetime import datetime, timedelta
 
 from ops.sample_app.seed.common import DAY, DOUBLE_BOOKING_ERROR, HISTORY, Put, Row, ages, clamp
 
+SCHEMA = ("004_ticketing.sql",)  # the schema files its database needs
+TABLES = ("shows", "show_seats", "seat_reservations", "reservation_seats", "seat_reservation_audit_log",
+          "ticket_orders", "tickets", "reservation_cleanup_runs")  # what write() fills
+
 SEATS_PER_ROW = 20
 _SECTIONS = (("ORCH", 8900), ("MEZZ", 6500), ("BALC", 3900))
 _TITLES = ("Hamlet", "The Magic Flute", "Swan Lake", "Jazz at Midnight", "La Traviata", "Stand-up Gala")

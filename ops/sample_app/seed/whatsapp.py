@@ -19,6 +19,9 @@ from ops.sample_app.seed.common import (
     marked,
 )
 
+SCHEMA = ("003_whatsapp.sql",)  # the schema files its database needs
+TABLES = ("whatsapp_notifications", "whatsapp_error_logs", "whatsapp_sessions")  # what write() fills
+
 WA_COLUMNS = ("id", "order_id", "phone_number", "message_type", "status", "error_message", "attempts",
                "created_at", "sent_at")
 _WA_TYPES = ("order_confirmation", "ticket_delivery", "event_reminder")
