@@ -12,17 +12,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from worker.actions import store as actions
 from worker.actions.catalog import KINDS
 from worker.checks import evidence, store
 from worker.checks.collect import CheckError, Sample, collect
 from worker.checks.spec import Check
-from worker.checks.state import Step, advance
+from worker.checks.state import Instance, Step, advance
 from worker.checks.templates import public_text, render
 from worker.fleet.logs import get_logger
 from worker.notify import outbox, silences
@@ -65,21 +66,23 @@ Gatherer = Callable[[dict[str, str]], list[dict[str, Any]]]
 
 def evaluate(check: Check, samples: list[Sample], conn: Connection, now: datetime,
              routing: Routing | None, first: dict[str, tuple[str, datetime]] | None = None, *,
-             target: str = "", gather: Gatherer | None = None,
-             run_actions: list[str] | None = None) -> tuple[list[Transition], list[str], bool]:
+             target: str = "", gather: Gatherer | None = None, run_actions: list[str] | None = None,
+             instances: dict[str, Instance] | None = None) -> tuple[list[Transition], list[str], bool]:
     """Apply samples to the stored alert states inside `conn`'s transaction.
 
     `gather(labels)` collects the check's evidence for an instance that goes firing: stored with it
     (worker.checks.evidence) and carried by its notifications. Returns (transitions, new notification
     ids, whether to remediate). An instance that goes firing proposes its check's `actions` (those
     whose labels it has), an `auto` one approved at once and its id added to `run_actions`; one that
-    resolves expires what it proposed and nobody approved.
+    resolves expires what it proposed and nobody approved. `instances`: the check's stored instances,
+    loaded and locked by the caller (run_check's claim); default: loaded here.
     """
     transitions: list[Transition] = []
     notifications: list[str] = []
     remediate = False
     steps = [(step, render(check.summary, value=step.value, labels=step.labels, check=check.name))
-             for step in advance(check, store.load_instances(conn, check.name, target=target), samples, now)]
+             for step in advance(check, store.load_instances(conn, check.name, target=target)
+                                 if instances is None else instances, samples, now)]
     store.save_steps(conn, check.name, check.severity, steps, now, database_of(check), target)
     for step, summary in steps:
         found, proposed = None, None
@@ -192,32 +195,55 @@ def run_check(check: Check, *, monitored: Engine, fleet: Engine, now: datetime, 
     ("": what runs once for the fleet); `target_labels` go on every instance (worker.targets)."""
     slot = slot or check.schedule.slot(now)
     started = time.monotonic()
+    outcome = Outcome(check.name, slot, "ok")
+    source = (fleet_queries or fleet) if check.database == "fleet" else monitored
+    try:  # the query first, outside the fleet's transaction: a duplicate of the run queries, then writes nothing
+        outcome.samples = collect(check, source, now, redis_url=redis_url)
+        if target_labels:
+            outcome.samples = [Sample({**s.labels, **target_labels}, s.value, s.reason) for s in outcome.samples]
+    except CheckError as exc:
+        outcome.status, outcome.error = "error", str(exc)
+    if outcome.status == "ok" and (not outcome.samples or all(s.value is None for s in outcome.samples)):
+        outcome.status = "no_data"
+        outcome.note = next((s.reason for s in outcome.samples if s.reason), None)
+    outcome.duration_ms = int((time.monotonic() - started) * 1000)
+    for attempt in (1, 2):
+        try:
+            return _record(check, outcome, fleet, now, routing, task_id, target, source)
+        except DBAPIError as exc:  # a kept connection that died while idle (a restart): once more, on a new one
+            if attempt == 2 or not exc.connection_invalidated or not isinstance(exc.__cause__, StaleAtClaim):
+                raise
+            log.warning("fleet_connection_replaced", reason=str(exc.orig).strip().splitlines()[0] if exc.orig else "")
+    raise AssertionError("unreachable")
+
+
+class StaleAtClaim(Exception):
+    """Marks a lost connection met by the run's first statement: nothing was written, retrying is safe."""
+
+
+def _record(check: Check, outcome: Outcome, fleet: Engine, now: datetime, routing: Routing | None,
+            task_id: str | None, target: str, source: Engine) -> Outcome:
+    """The run's one fleet transaction: claim the slot (the run's row, whole) with the instances,
+    move them, write what the transitions send; a run whose slot is taken: skipped, nothing written."""
+    slot, samples = outcome.slot, outcome.samples
     with fleet.connect() as conn, conn.begin():
-        run_id = store.claim_slot(conn, check.name, slot, now, task_id, target)
+        try:
+            run_id, instances = store.claim(
+                conn, check.name, slot, now, task_id, target, duration_ms=outcome.duration_ms, rows=len(samples),
+                status=outcome.status, error=outcome.error, note=outcome.note,
+                value=samples[0].value if len(samples) == 1 else None)
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise exc from StaleAtClaim()
+            raise
         if run_id is None:
             return Outcome(check.name, slot, "skipped")
-        outcome = Outcome(check.name, slot, "ok")
-        try:
-            source = (fleet_queries or fleet) if check.database == "fleet" else monitored
-            outcome.samples = collect(check, source, now, redis_url=redis_url)
-            if target_labels:
-                outcome.samples = [Sample({**s.labels, **target_labels}, s.value, s.reason) for s in outcome.samples]
-        except CheckError as exc:
-            outcome.status, outcome.error = "error", str(exc)
-        if outcome.status == "ok":
-            if not outcome.samples or all(s.value is None for s in outcome.samples):
-                outcome.status = "no_data"
-                outcome.note = next((s.reason for s in outcome.samples if s.reason), None)
-                outcome.note_is_new = outcome.note is not None and store.note_is_new(conn, check.name, slot,
-                                                                                     outcome.note, target)
+        if outcome.note is not None:
+            outcome.note_is_new = store.note_is_new(conn, check.name, slot, outcome.note, target)
+        if outcome.status != "error":
             outcome.transitions, outcome.notification_ids, outcome.remediate = evaluate(
-                check, outcome.samples, conn, now, routing, outcome.deliveries, target=target,
+                check, samples, conn, now, routing, outcome.deliveries, target=target, instances=instances,
                 gather=lambda labels: evidence.gather(source, check.evidence, labels, now, fleet=fleet, target=target),
                 run_actions=outcome.run_actions,
             )
-        outcome.duration_ms = int((time.monotonic() - started) * 1000)
-        store.finish_run(conn, run_id, finished_at=now + timedelta(milliseconds=outcome.duration_ms),
-                         duration_ms=outcome.duration_ms, rows=len(outcome.samples), status=outcome.status,
-                         error=outcome.error, note=outcome.note,
-                         value=outcome.samples[0].value if len(outcome.samples) == 1 else None)
     return outcome

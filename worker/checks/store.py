@@ -5,8 +5,9 @@ fleet.alerts (each instance's state), fleet.alert_events (every transition) and 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,55 +17,79 @@ from worker.checks.spec import Check, Scheduled
 from worker.checks.state import Instance, Step
 
 # Statements the evaluation runs every time, parsed once (sa.text() parses its text for bind names).
-_CLAIM = sa.text("""INSERT INTO fleet.check_runs (check_name, target, slot, started_at, task_id)
-                    VALUES (:c, :t, :slot, :now, :tid) ON CONFLICT (check_name, target, slot) DO NOTHING
-                    RETURNING id""")
-_FINISH = sa.text("""UPDATE fleet.check_runs SET finished_at = :fin, duration_ms = :d, rows = :rows,
-                     status = :s, error = :e, value = :v, note = :note WHERE id = :id""")
+_COLUMNS = ("fingerprint, state, labels, active_at, fired_at, keep_firing_since, acked_at, last_eval_at")
+_WHERE_CHECK = "check_name = :c AND (target = :t OR (:t = 'default' AND target = ''))"
+# The run's row, whole (its query has run: the outcome is known), claimed with the instances it may
+# move, locked, in one statement: a concurrent duplicate blocks on the unique key until the first
+# commits, then gets no row (and locks nothing).
+_CLAIM = sa.text(f"""
+    WITH claim AS (
+        INSERT INTO fleet.check_runs (check_name, target, slot, started_at, task_id, finished_at, duration_ms,
+                                      rows, status, error, value, note)
+        VALUES (:c, :t, :slot, :now, :tid, :fin, :d, :rows, :s, :e, :v, :note)
+        ON CONFLICT (check_name, target, slot) DO NOTHING RETURNING id)
+    SELECT claim.id AS run_id, a.* FROM claim
+    LEFT JOIN LATERAL (SELECT {_COLUMNS} FROM fleet.alerts WHERE {_WHERE_CHECK} FOR UPDATE) a ON true""")  # noqa: S608 (constants)
 _PREVIOUS_NOTE = sa.text("""SELECT note FROM fleet.check_runs WHERE check_name = :c AND target = :t AND slot < :slot
                             AND finished_at IS NOT NULL ORDER BY slot DESC LIMIT 1""")
-_INSTANCES = ("SELECT fingerprint, state, labels, active_at, fired_at, keep_firing_since, acked_at, last_eval_at "
-              "FROM fleet.alerts WHERE check_name = :c AND (target = :t OR (:t = 'default' AND target = ''))")
+_INSTANCES = f"SELECT {_COLUMNS} FROM fleet.alerts WHERE {_WHERE_CHECK}"  # noqa: S608 (constants)
 _INSTANCES_LOCKED, _INSTANCES_READ = sa.text(_INSTANCES + " FOR UPDATE"), sa.text(_INSTANCES)
-_SAVE = sa.text("""
-    INSERT INTO fleet.alerts (fingerprint, check_name, labels, severity, state, since, active_at,
-                              fired_at, resolved_at, last_value, last_eval_at, summary, keep_firing_since,
-                              database, target)
-    VALUES (:fp, :c, CAST(:labels AS jsonb), :sev, :state, :now, :active_at, :fired_at,
-            :resolved_at, :value, :now, :summary, :keep, :db, :target)
-    ON CONFLICT (fingerprint) DO UPDATE SET
-        state = EXCLUDED.state,
-        since = CASE WHEN fleet.alerts.state = EXCLUDED.state THEN fleet.alerts.since ELSE EXCLUDED.since END,
-        active_at = EXCLUDED.active_at, fired_at = EXCLUDED.fired_at,
-        keep_firing_since = EXCLUDED.keep_firing_since,
-        -- an acknowledgement lasts the episode: a new one (or none) clears it
-        acked_at = CASE WHEN :keep_ack THEN fleet.alerts.acked_at END,
-        acked_by = CASE WHEN :keep_ack THEN fleet.alerts.acked_by END,
-        ack_comment = CASE WHEN :keep_ack THEN fleet.alerts.ack_comment END,
-        resolved_at = COALESCE(EXCLUDED.resolved_at, fleet.alerts.resolved_at),
-        last_value = COALESCE(EXCLUDED.last_value, fleet.alerts.last_value),
-        last_eval_at = EXCLUDED.last_eval_at, severity = EXCLUDED.severity, database = EXCLUDED.database,
-        summary = EXCLUDED.summary, labels = EXCLUDED.labels,
-        target = EXCLUDED.target  -- a declared `default` adopts the instances of the implicit one
-""")
-_EVENT = sa.text("""INSERT INTO fleet.alert_events (fingerprint, check_name, labels, severity, from_state,
-                    to_state, value, at, target)
-                    VALUES (:fp, :c, CAST(:labels AS jsonb), :sev, :f, :t, :v, :now, :target)""")
+# Where every instance is after an evaluation, in one statement however many (the rows as one jsonb
+# array): those the evaluation loaded (locked) updated, new ones inserted (a concurrent run of another
+# slot may have inserted one meanwhile: then updated as new), and the transitions recorded.
+_STEPS = """
+    WITH r AS (SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+                   fp text, labels jsonb, state text, active_at timestamptz, fired_at timestamptz,
+                   resolved_at timestamptz, value float8, summary text, keep timestamptz, keep_ack boolean,
+                   known boolean)),
+    updated AS (
+        UPDATE fleet.alerts a SET
+            state = r.state, since = CASE WHEN a.state = r.state THEN a.since ELSE :now END,
+            active_at = r.active_at, fired_at = r.fired_at, keep_firing_since = r.keep,
+            -- an acknowledgement lasts the episode: a new one (or none) clears it
+            acked_at = CASE WHEN r.keep_ack THEN a.acked_at END,
+            acked_by = CASE WHEN r.keep_ack THEN a.acked_by END,
+            ack_comment = CASE WHEN r.keep_ack THEN a.ack_comment END,
+            resolved_at = COALESCE(r.resolved_at, a.resolved_at), last_value = COALESCE(r.value, a.last_value),
+            last_eval_at = :now, severity = :sev, database = :db, summary = r.summary, labels = r.labels,
+            target = :target  -- a declared `default` adopts the instances of the implicit one
+        FROM r WHERE r.known AND a.fingerprint = r.fp),
+    inserted AS (
+        INSERT INTO fleet.alerts (fingerprint, check_name, labels, severity, state, since, active_at, fired_at,
+                                  resolved_at, last_value, last_eval_at, summary, keep_firing_since, database,
+                                  target)
+        SELECT r.fp, :c, r.labels, :sev, r.state, :now, r.active_at, r.fired_at, r.resolved_at, r.value, :now,
+               r.summary, r.keep, :db, :target FROM r WHERE NOT r.known
+        ON CONFLICT (fingerprint) DO UPDATE SET
+            state = EXCLUDED.state,
+            since = CASE WHEN fleet.alerts.state = EXCLUDED.state THEN fleet.alerts.since ELSE EXCLUDED.since END,
+            active_at = EXCLUDED.active_at, fired_at = EXCLUDED.fired_at,
+            keep_firing_since = EXCLUDED.keep_firing_since, acked_at = NULL, acked_by = NULL, ack_comment = NULL,
+            resolved_at = COALESCE(EXCLUDED.resolved_at, fleet.alerts.resolved_at),
+            last_value = COALESCE(EXCLUDED.last_value, fleet.alerts.last_value),
+            last_eval_at = EXCLUDED.last_eval_at, severity = EXCLUDED.severity, database = EXCLUDED.database,
+            summary = EXCLUDED.summary, labels = EXCLUDED.labels, target = EXCLUDED.target)"""
+_EVENTS = """,
+    events AS (
+        INSERT INTO fleet.alert_events (fingerprint, check_name, labels, severity, from_state, to_state, value, at,
+                                        target)
+        SELECT e.fp, :c, e.labels, :sev, e.f, e.t, e.v, :now, :target
+        FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS e(fp text, labels jsonb, f text, t text, v float8))"""
+_SAVE, _SAVE_WITH_EVENTS = sa.text(_STEPS + "\n    SELECT 1"), sa.text(_STEPS + _EVENTS + "\n    SELECT 1")
 
 
 # -- check_runs --------------------------------------------------------------------------------------
-def claim_slot(conn: Connection, check: str, slot: datetime, now: datetime, task_id: str | None,
-               target: str = "") -> int | None:
-    """The run's row for (check, target, slot), or None when another run has it: a concurrent duplicate
-    blocks on the unique key until the first commits, then gets nothing."""
-    row = conn.execute(_CLAIM, {"c": check, "t": target, "slot": slot, "now": now, "tid": task_id}).first()
-    return None if row is None else row.id
-
-
-def finish_run(conn: Connection, run_id: int, *, finished_at: datetime, duration_ms: int, rows: int, status: str,
-               error: str | None, value: float | None = None, note: str | None = None) -> None:
-    conn.execute(_FINISH, {"fin": finished_at, "d": duration_ms, "rows": rows, "s": status, "e": error, "v": value,
-                           "note": note, "id": run_id})
+def claim(conn: Connection, check: str, slot: datetime, now: datetime, task_id: str | None, target: str, *,
+          duration_ms: int, rows: int, status: str, error: str | None, value: float | None,
+          note: str | None) -> tuple[int | None, dict[str, Instance]]:
+    """The run of (check, target, slot), recorded with its outcome, and the check's instances on the
+    target (locked for the transaction); (None, {}) when another run has the slot."""
+    found = conn.execute(_CLAIM, {"c": check, "t": target, "slot": slot, "now": now, "tid": task_id,
+                                  "fin": now + timedelta(milliseconds=duration_ms), "d": duration_ms, "rows": rows,
+                                  "s": status, "e": error, "v": value, "note": note}).all()
+    if not found:
+        return None, {}
+    return found[0].run_id, {r.fingerprint: _instance(r) for r in found if r.fingerprint is not None}
 
 
 def note_is_new(conn: Connection, check: str, slot: datetime, note: str, target: str = "") -> bool:
@@ -79,32 +104,49 @@ def load_instances(conn: Connection, check: str, *, lock: bool = True, target: s
     """The stored instances of a check on one target, by fingerprint (locked for the evaluation's
     transaction): another target's instances of the same check are not this evaluation's."""
     rows = conn.execute(_INSTANCES_LOCKED if lock else _INSTANCES_READ, {"c": check, "t": target})
-    return {r.fingerprint: Instance(state=r.state, labels=dict(r.labels), active_at=r.active_at, fired_at=r.fired_at,
-                                    keep_firing_since=r.keep_firing_since, acked_at=r.acked_at,
-                                    evaluated_at=r.last_eval_at)
-            for r in rows}
+    return {r.fingerprint: _instance(r) for r in rows}
+
+
+def _instance(r: Any) -> Instance:
+    return Instance(state=r.state, labels=dict(r.labels), active_at=r.active_at, fired_at=r.fired_at,
+                    keep_firing_since=r.keep_firing_since, acked_at=r.acked_at, evaluated_at=r.last_eval_at)
 
 
 def save_steps(conn: Connection, check: str, severity: str, steps: list[tuple[Step, str]], now: datetime,
                database: str | None = None, target: str = "") -> None:
     """Store where each instance is after an evaluation (each with its rendered summary), and the
-    transitions they made: one statement for the instances and one for the transitions, however many
-    (psycopg sends an executemany's rows in one pipeline: a 40-instance check is not 40 round trips)."""
-    saves, events = [], []
+    transitions they made: one statement, however many instances (a 40-instance check is one round
+    trip). A step whose instance was loaded (its `before` has an evaluation) updates that row."""
+    if not steps:
+        return
+    rows, events = [], []
     for step, summary in steps:
-        after, labels = step.after, json.dumps(step.labels)
-        saves.append({"fp": step.fingerprint, "c": check, "labels": labels, "sev": severity, "state": after.state,
-                      "now": now, "active_at": after.active_at, "fired_at": after.fired_at,
-                      "resolved_at": now if after.state == "resolved" else None, "value": step.value,
-                      "summary": summary, "keep": after.keep_firing_since, "keep_ack": after.acked_at is not None,
-                      "db": database, "target": target})
+        after = step.after
+        rows.append({"fp": step.fingerprint, "labels": step.labels, "state": after.state,
+                     "active_at": _iso(after.active_at), "fired_at": _iso(after.fired_at),
+                     "resolved_at": _iso(now) if after.state == "resolved" else None, "value": _num(step.value),
+                     "summary": summary, "keep": _iso(after.keep_firing_since), "keep_ack": after.acked_at is not None,
+                     "known": step.before.evaluated_at is not None})
         if step.changed:
-            events.append({"fp": step.fingerprint, "c": check, "labels": labels, "sev": severity,
-                           "f": step.before.state, "t": after.state, "v": step.value, "now": now, "target": target})
-    if saves:
-        conn.execute(_SAVE, saves)
+            events.append({"fp": step.fingerprint, "labels": step.labels, "f": step.before.state, "t": after.state,
+                           "v": _num(step.value)})
+    params = {"rows": json.dumps(rows), "c": check, "sev": severity, "now": now, "db": database, "target": target}
     if events:
-        conn.execute(_EVENT, events)
+        conn.execute(_SAVE_WITH_EVENTS, {**params, "events": json.dumps(events)})
+    else:
+        conn.execute(_SAVE, params)
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
+
+
+def _num(value: float | None) -> float | str | None:
+    """A value as JSON carries it to float8: NaN and the infinities as the text float8 reads."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else str(value)  # 'nan', 'inf', '-inf'
 
 
 def acknowledge(conn: Connection, given: str, *, author: str, comment: str, now: datetime,

@@ -206,18 +206,23 @@ def psycopg_text(query: str) -> tuple[str, tuple[str, ...]]:
     return str(compiled), tuple(compiled.params)
 
 
+_TIMEOUTS = ("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true), "
+             "set_config('plan_cache_mode', 'force_custom_plan', true)")  # SET LOCAL, as one statement
+
+
 def read_only_query(engine: Engine, query: str, params: dict[str, Any], *, statement_timeout_ms: int,
                     lock_timeout_ms: int = 2000) -> tuple[list[str], list[tuple[Any, ...]]]:
     """The checks' query path: `query` (psycopg's %(name)s placeholders, see psycopg_text) in a READ ONLY
     transaction with statement and lock timeouts, always rolled back; (column names, rows).
 
-    Three round trips: BEGIN READ ONLY with the timeouts in one message, the query, ROLLBACK. The query
-    goes through the extended protocol, which takes exactly one statement, so a query cannot end the
-    read-only transaction (`...; COMMIT; DELETE ...`), as the unnamed statement: psycopg sends a query
-    without parameters as a simple Query (any number of statements) unless in pipeline mode, hence the
-    pipeline; and no named statement, which a transaction pooler would leave on a server connection
-    another client gets next (NO_PREPARED). Planned afresh each time (force_custom_plan, as a
-    prepared statement would be). On a create_for_checks() engine each thread keeps its
+    One round trip: BEGIN READ ONLY, the timeouts (set_config(..., is_local)), the query and ROLLBACK
+    go in one pipeline, answered at its one Sync (a failed statement skips the rest: the ROLLBACK is
+    then sent on its own). Every statement goes through the extended protocol, which takes exactly
+    one statement, so a query cannot end the read-only transaction (`...; COMMIT; DELETE ...`), as the
+    unnamed statement: psycopg sends a query without parameters as a simple Query (any number of
+    statements) unless in pipeline mode, hence the pipeline; and no named statement, which a
+    transaction pooler would leave on a server connection another client gets next (NO_PREPARED).
+    Planned afresh each time (force_custom_plan, as a prepared statement would be). On a create_for_checks() engine each thread keeps its
     pool connection from one check to the next (no checkout per check); on any other engine it is
     checked out and back. A connection that broke is invalidated and ConnectionLost raised; any other
     error propagates as psycopg's.
@@ -230,19 +235,20 @@ def read_only_query(engine: Engine, query: str, params: dict[str, Any], *, state
         if switch:
             conn.autocommit = True  # we send BEGIN ourselves, together with the settings
         try:
-            cur = conn.cursor()
-            cur.execute(f"BEGIN READ ONLY; SET LOCAL statement_timeout = {int(statement_timeout_ms)}; "
-                        f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}; "
-                        "SET LOCAL plan_cache_mode = force_custom_plan")
+            cur, control = conn.cursor(), conn.cursor()
             with conn.pipeline():  # the extended protocol even without parameters: one statement only
+                control.execute("BEGIN READ ONLY", prepare=False)
+                control.execute(_TIMEOUTS, (str(int(statement_timeout_ms)), str(int(lock_timeout_ms))), prepare=False)
                 cur.execute(query, params, prepare=False)
+                control.execute("ROLLBACK", prepare=False)
             description = cur.description
             if description is None:
                 return [], []
             return [c.name for c in description], cur.fetchall()
         finally:
             if not conn.broken:
-                conn.pgconn.exec_(b"ROLLBACK")
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.pgconn.exec_(b"ROLLBACK")  # the pipeline stopped at a failed statement
                 if switch:
                     conn.autocommit = False
     except psycopg.OperationalError as exc:
