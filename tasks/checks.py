@@ -3,7 +3,8 @@ share a schedule (what beat sends), one after another on the target's kept conne
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -12,7 +13,7 @@ from worker.checks.engine import run_check
 from worker.checks.spec import Check
 from worker.config import get_config
 from worker.fleet import calls
-from worker.fleet.db import checks_engine, fleet_engine, fleet_now
+from worker.fleet.db import checks_engine, checks_fleet_engine, fleet_engine, fleet_now
 from worker.fleet.settings import get_settings
 from worker.targets import Target
 
@@ -76,8 +77,12 @@ def run_batch(self, names: list, target: str | None = None, slot: str | None = N
     slot_at = calls.instant("checks.run_batch", "slot", slot, BATCH_ACCEPTS)
     sent = calls.instant("checks.run_batch", "sent_at", sent_at, BATCH_ACCEPTS)
     out = {}
+    # the fleet's clock once per batch, and the time since on this host's monotonic clock (no jump, no
+    # skew): each check's `now` is the fleet's at its start without a round trip per check
+    base, since = at_given or fleet_now(), time.monotonic()
     for check, where in zip(checks, wheres, strict=True):
-        out[check.name] = _evaluate(check, where, at_given or fleet_now(), slot_at, sent, self.request.id)
+        now = base if at_given else base + timedelta(seconds=time.monotonic() - since)
+        out[check.name] = _evaluate(check, where, now, slot_at, sent, self.request.id)
     return out
 
 
@@ -101,7 +106,7 @@ def _evaluate(check: Check, where: Target | None, now: datetime, slot_at: dateti
     monitored = checks_engine("monitored") if where is None or not where.where else \
         checks_engine(url=where.database_url(settings))
     outcome = run_check(
-        check, monitored=monitored, fleet=fleet_engine(), fleet_queries=checks_engine("fleet"),
+        check, monitored=monitored, fleet=checks_fleet_engine(), fleet_queries=checks_engine("fleet"),
         now=now, routing=get_config().routing, slot=slot_at,
         task_id=task_id, redis_url=settings.redis() if check.kind == "redis" else None,
         target=where.key if where else "", target_labels=where.alert_labels() if where else None,

@@ -234,6 +234,47 @@ def test_a_check_survives_its_pooled_connection_being_killed(fleet_db):
     engine.dispose()
 
 
+def test_a_run_survives_its_fleet_connection_dying_while_idle(db, fleet_db):
+    """run_check's fleet engine pings nothing (worker.fleet.db.checks_fleet_engine): a kept connection
+    that died between two runs (a restart) is met by the claim, which nothing has written before, and
+    the run goes through on a new one, recorded once."""
+    state = create(fleet_db, pre_ping=False, pool_size=1)
+    check = make_check(**{"for": "0s"})
+    set_gauge(db, a=50)
+    assert run_check(check, monitored=db, fleet=state, now=T0, routing=ROUTING).status == "ok"
+    with state.connect() as conn:
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+    with db.connect() as conn:
+        assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+    set_gauge(db, a=5)
+    out = run_check(check, monitored=db, fleet=state, now=T0 + timedelta(minutes=1), routing=ROUTING)
+    assert (out.status, [t.to_state for t in out.transitions]) == ("ok", ["resolved"])
+    assert rows(db, "SELECT count(*) FROM fleet.check_runs")[0][0] == 2
+    state.dispose()
+
+
+def test_a_run_writes_its_instances_and_transitions_in_one_statement_whatever_their_values(db):
+    """The instances go to fleet.alerts as one jsonb array: the infinities arrive as float8 (and in the
+    notification's payload), labels with quotes and unicode as they were; a loaded instance is updated,
+    a new one inserted."""
+    check = make_check(**{"for": "0s"}, query="SELECT name AS item, v::float8 AS value FROM gauge")
+    set_gauge(db, a=50, b=3)
+    run(db, check, T0)
+    with db.begin() as conn:
+        conn.execute(sa.text("DELETE FROM gauge"))
+        conn.execute(sa.text("""INSERT INTO gauge VALUES ('a', 'NaN', now()), ('b', 'Infinity', now()),
+                                ('c "x" é', '-Infinity', now())"""))
+    out = run(db, check, T0 + timedelta(minutes=1))
+    assert out.status == "ok"
+    got = {r.item: (r.state, r.last_value) for r in rows(
+        db, "SELECT labels->>'item' AS item, state, last_value FROM fleet.alerts ORDER BY 1")}
+    assert got["b"] == ("firing", float("inf")) and got['c "x" é'] == ("inactive", float("-inf"))
+    assert got["a"] == ("resolved", 50.0)  # NaN is no value (no_data: ok), the last one kept
+    assert [(t.labels["item"], t.from_state, t.to_state) for t in sorted(out.transitions, key=lambda t: t.labels["item"])] \
+        == [("a", "firing", "resolved"), ("b", "inactive", "firing")]
+    assert len(rows(db, "SELECT 1 FROM fleet.alert_events")) == 3
+
+
 @pytest.mark.parametrize("tail", ["COMMIT; DELETE FROM gauge", "ROLLBACK; DELETE FROM gauge", "DELETE FROM gauge"])
 def test_a_query_cannot_end_the_read_only_transaction_with_more_statements(db, tail):
     """The extended protocol takes one statement: `...; COMMIT; DELETE` is an error and deletes nothing."""

@@ -175,7 +175,7 @@ def _payload(check: Check, step: Step, fired_at: datetime, now: datetime, summar
         "title": summary, "summary": summary,
         "description": render(check.details, value=step.value, labels=step.labels, check=check.name)
         if check.details else public_text(check.description),
-        "labels": step.labels, "value": step.value, "condition": str(check.condition),
+        "labels": step.labels, "value": store.json_number(step.value), "condition": str(check.condition),
         "fingerprint": step.fingerprint, "runbook": check.runbook,
         "started_at": fired_at.isoformat(), "at": now.isoformat(), "database": database_of(check),
         **({"evidence": found} if found else {}),

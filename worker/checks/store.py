@@ -124,12 +124,12 @@ def save_steps(conn: Connection, check: str, severity: str, steps: list[tuple[St
         after = step.after
         rows.append({"fp": step.fingerprint, "labels": step.labels, "state": after.state,
                      "active_at": _iso(after.active_at), "fired_at": _iso(after.fired_at),
-                     "resolved_at": _iso(now) if after.state == "resolved" else None, "value": _num(step.value),
+                     "resolved_at": _iso(now) if after.state == "resolved" else None, "value": json_number(step.value),
                      "summary": summary, "keep": _iso(after.keep_firing_since), "keep_ack": after.acked_at is not None,
                      "known": step.before.evaluated_at is not None})
         if step.changed:
             events.append({"fp": step.fingerprint, "labels": step.labels, "f": step.before.state, "t": after.state,
-                           "v": _num(step.value)})
+                           "v": json_number(step.value)})
     params = {"rows": json.dumps(rows), "c": check, "sev": severity, "now": now, "db": database, "target": target}
     if events:
         conn.execute(_SAVE_WITH_EVENTS, {**params, "events": json.dumps(events)})
@@ -141,8 +141,9 @@ def _iso(at: datetime | None) -> str | None:
     return None if at is None else at.isoformat()
 
 
-def _num(value: float | None) -> float | str | None:
-    """A value as JSON carries it to float8: NaN and the infinities as the text float8 reads."""
+def json_number(value: float | None) -> float | str | None:
+    """A value as JSON (jsonb) can carry it: NaN and the infinities, which JSON has not, as the text
+    float8 and Python's float() read ('nan', 'inf', '-inf')."""
     if value is None:
         return None
     value = float(value)

@@ -123,6 +123,17 @@ def fleet_engine() -> Engine:
                   prepared=not settings.fleet_database_pooled)
 
 
+@lru_cache(maxsize=1)
+def checks_fleet_engine() -> Engine:
+    """The fleet database for the check runs' transactions (worker.checks.engine.run_check): fleet_engine()'s
+    settings without the pre-ping round trip at every checkout. run_check retries once when its first
+    statement meets a connection that died while idle (a restart), which is all the ping guards against:
+    nothing was written, and the slot's claim makes the retry safe."""
+    settings = get_settings()
+    return create(settings.require_fleet_database_url(), application_name="opsfleet", pre_ping=False,
+                  prepared=not settings.fleet_database_pooled)
+
+
 def fleet_now(engine: Engine | None = None) -> datetime:
     """The fleet's clock: the fleet database's `clock_timestamp()`, the one clock every worker and beat
     shares. Tasks take `now` from it, not from their host, so a worker whose clock runs ahead or

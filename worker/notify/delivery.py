@@ -58,7 +58,8 @@ def build_message(row: Any, public_url: str | None = None) -> Message:
     return Message(
         notification_id=str(row.id), channel=row.channel, check=p.get("check", ""), severity=p.get("severity", "info"),
         status=status, title=p.get("title", ""), summary=p.get("summary", ""),
-        description=p.get("description", ""), labels=p.get("labels", {}), value=p.get("value"),
+        description=p.get("description", ""), labels=p.get("labels", {}),
+        value=None if p.get("value") is None else float(p["value"]),  # 'inf', 'nan': JSON's stand-ins (json_number)
         fingerprint=p.get("fingerprint") or "", runbook=p.get("runbook"),
         started_at=datetime.fromisoformat(p["started_at"]) if p.get("started_at") else None,
         extra={"rendered": p["rendered"]} if p.get("rendered") else {},
