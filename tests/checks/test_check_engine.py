@@ -253,10 +253,10 @@ def test_a_run_survives_its_fleet_connection_dying_while_idle(db, fleet_db):
     state.dispose()
 
 
-def test_a_run_writes_its_instances_and_transitions_in_one_statement_whatever_their_values(db):
-    """The instances go to fleet.alerts as one jsonb array: the infinities arrive as float8 (and in the
-    notification's payload), labels with quotes and unicode as they were; a loaded instance is updated,
-    a new one inserted."""
+def test_a_run_writes_its_instances_and_transitions_whatever_their_values(db):
+    """The infinities arrive in fleet.alerts as float8 and in the notification's payload (JSON has no
+    Infinity: it failed the run before), labels with quotes and unicode as they were; a loaded instance
+    is updated, a new one inserted."""
     check = make_check(**{"for": "0s"}, query="SELECT name AS item, v::float8 AS value FROM gauge")
     set_gauge(db, a=50, b=3)
     run(db, check, T0)

@@ -79,7 +79,7 @@ def test_a_beat_restarted_mid_slot_evaluates_every_slot_once_and_skips_none_it_r
         for beat in beats:
             beat.stop()
         worker.stop()
-    got = slots(engine)  # one row per slot by construction (claim_slot): a resent slot is a skipped run
+    got = slots(engine)  # one row per slot by construction (store.claim): a resent slot is a skipped run
     resent = [e for e in events(worker.output()) if e.get("event") == "check_evaluated" and e.get("status") == "skipped"]
     assert not resent, f"a beat sent a slot again: {resent}"
     evaluated = [e for e in events(worker.output()) if e.get("event") == "check_evaluated"]

@@ -38,6 +38,10 @@ ROUTING = Routing.model_validate({"channels": {"email": {"kind": "email"}},
 # the check the restarts interrupt: 2 s inside the query, long enough to restart a server under it
 SLOW_CHECK = make_check(name="slow_gauge", query="SELECT g.v AS value FROM gauge g CROSS JOIN pg_sleep(2) s",
                         timeout="10s", **{"for": "0s"})
+# a fast query whose firing instance gathers slow evidence: the fleet transaction (claim, transition,
+# outbox row) is open while the evidence query sleeps (the query itself runs before the transaction)
+SLOW_EVIDENCE_CHECK = make_check(name="slow_evidence", query="SELECT g.v AS value FROM gauge g", **{"for": "0s"},
+                                 evidence=[{"name": "slow", "query": "SELECT 1 AS x FROM pg_sleep(2)"}])
 SLOT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
 
@@ -194,8 +198,9 @@ def test_monitored_restart_mid_backlog_batch_then_the_next_run_leaves_one_number
 def test_fleet_restart_under_a_check_leaves_nothing_of_its_slot_and_a_retry_evaluates_it_once(servers,
                                                                                             fresh_database):
     """The slot's claim, the alert's transition and its outbox row are one transaction on the fleet
-    database: the restart rolls all of it back (the task fails in one line: ServiceUnavailable), so a
-    retry of the slot evaluates it, once, and notifies once. About 7 s."""
+    database: a restart while it is open (gathering the firing instance's evidence) rolls all of it
+    back (the task fails in one line: ServiceUnavailable), so a retry of the slot evaluates it, once,
+    and notifies once. About 7 s."""
     fleet_pg = servers.postgres("fleet", fleet=True)
     fleet = create(url_of(fleet_pg))
     monitored = create(prepare(fresh_database(), gauge=50))
@@ -203,7 +208,7 @@ def test_fleet_restart_under_a_check_leaves_nothing_of_its_slot_and_a_retry_eval
 
     def evaluate() -> None:
         try:
-            run_check(SLOW_CHECK, monitored=monitored, fleet=fleet, now=SLOT, routing=ROUTING, slot=SLOT)
+            run_check(SLOW_EVIDENCE_CHECK, monitored=monitored, fleet=fleet, now=SLOT, routing=ROUTING, slot=SLOT)
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -211,15 +216,16 @@ def test_fleet_restart_under_a_check_leaves_nothing_of_its_slot_and_a_retry_eval
     runner.start()
     try:
         assert wait_until(lambda: sleeping(monitored), 10)
+        assert one(fleet, "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'") == 1
         fleet_pg.restart()
     finally:
         runner.join(30)
     assert len(errors) == 1 and isinstance(errors[0], sa.exc.OperationalError), errors
     for table in ("check_runs", "alerts", "alert_events", "notifications"):  # nothing partial
         assert one(fleet, f"SELECT count(*) FROM fleet.{table}") == 0, table  # noqa: S608
-    retry = run_check(SLOW_CHECK, monitored=monitored, fleet=fleet, now=SLOT, routing=ROUTING, slot=SLOT)
+    retry = run_check(SLOW_EVIDENCE_CHECK, monitored=monitored, fleet=fleet, now=SLOT, routing=ROUTING, slot=SLOT)
     assert (retry.status, len(retry.notification_ids)) == ("ok", 1)
-    assert run_check(SLOW_CHECK, monitored=monitored, fleet=fleet, now=SLOT, routing=ROUTING,
+    assert run_check(SLOW_EVIDENCE_CHECK, monitored=monitored, fleet=fleet, now=SLOT, routing=ROUTING,
                      slot=SLOT).status == "skipped"
     assert rows(fleet, "SELECT slot, status FROM fleet.check_runs") == [(SLOT, "ok")]
     assert_one_run_per_slot(fleet)

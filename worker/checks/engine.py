@@ -2,7 +2,8 @@
 transitions and the notifications they cause in one transaction.
 
 Exactly one evaluation per (check, slot): the check_runs row is claimed in the same transaction that
-records the outcome, so a doubled beat or a redelivered task does nothing. What a transition sends
+records the outcome, so a doubled beat or a redelivered task writes nothing (it runs its read-only
+query first, outside that transaction, then finds the slot taken). What a transition sends
 is the outbox's decision (worker.notify.plan.plan), not the engine's. Knows nothing of Celery;
 tasks/checks.py is the thin entry point.
 """
