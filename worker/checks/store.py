@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 
 from worker.checks.spec import Check, Scheduled
 from worker.checks.state import Instance, Step
+from worker.fleet.db import psycopg_text
 
 # Statements the evaluation runs every time, parsed once (sa.text() parses its text for bind names).
 _COLUMNS = ("fingerprint, state, labels, active_at, fired_at, keep_firing_since, acked_at, last_eval_at")
@@ -34,33 +35,51 @@ _PREVIOUS_NOTE = sa.text("""SELECT note FROM fleet.check_runs WHERE check_name =
                             AND finished_at IS NOT NULL ORDER BY slot DESC LIMIT 1""")
 _INSTANCES = f"SELECT {_COLUMNS} FROM fleet.alerts WHERE {_WHERE_CHECK}"  # noqa: S608 (constants)
 _INSTANCES_LOCKED, _INSTANCES_READ = sa.text(_INSTANCES + " FOR UPDATE"), sa.text(_INSTANCES)
-# Where an instance is after an evaluation: one upsert per instance, sent as one pipeline (executemany).
-# Not one statement over a jsonb array: its UPDATE ... FROM is a join whose generic plan (the fleet
-# engine prepares) scans all of fleet.alerts once it was planned on a small table (bench/RESULTS.md).
-_SAVE = sa.text("""
-    INSERT INTO fleet.alerts (fingerprint, check_name, labels, severity, state, since, active_at,
-                              fired_at, resolved_at, last_value, last_eval_at, summary, keep_firing_since,
-                              database, target)
-    VALUES (:fp, :c, CAST(:labels AS jsonb), :sev, :state, :now, :active_at, :fired_at,
-            :resolved_at, :value, :now, :summary, :keep, :db, :target)
-    ON CONFLICT (fingerprint) DO UPDATE SET
-        state = EXCLUDED.state,
-        since = CASE WHEN fleet.alerts.state = EXCLUDED.state THEN fleet.alerts.since ELSE EXCLUDED.since END,
-        active_at = EXCLUDED.active_at, fired_at = EXCLUDED.fired_at,
-        keep_firing_since = EXCLUDED.keep_firing_since,
-        -- an acknowledgement lasts the episode: a new one (or none) clears it
-        acked_at = CASE WHEN :keep_ack THEN fleet.alerts.acked_at END,
-        acked_by = CASE WHEN :keep_ack THEN fleet.alerts.acked_by END,
-        ack_comment = CASE WHEN :keep_ack THEN fleet.alerts.ack_comment END,
-        resolved_at = COALESCE(EXCLUDED.resolved_at, fleet.alerts.resolved_at),
-        last_value = COALESCE(EXCLUDED.last_value, fleet.alerts.last_value),
-        last_eval_at = EXCLUDED.last_eval_at, severity = EXCLUDED.severity, database = EXCLUDED.database,
-        summary = EXCLUDED.summary, labels = EXCLUDED.labels,
-        target = EXCLUDED.target  -- a declared `default` adopts the instances of the implicit one
-""")
-_EVENT = sa.text("""INSERT INTO fleet.alert_events (fingerprint, check_name, labels, severity, from_state,
-                    to_state, value, at, target)
-                    VALUES (:fp, :c, CAST(:labels AS jsonb), :sev, :f, :t, :v, :now, :target)""")
+# Where every instance is after an evaluation, in one statement however many (the rows as one jsonb
+# array): those the evaluation loaded (locked) updated, new ones inserted (a concurrent run of another
+# slot may have inserted one meanwhile: then updated as new), and the transitions recorded. Sent
+# unprepared (save_steps), so planned for its own values: the UPDATE finds its rows through the
+# primary key (`= ANY(:known)`); a prepared (generic) plan made while fleet.alerts was small kept
+# scanning the whole table once it had grown (bench/RESULTS.md: 300 targets missed half their slots).
+_STEPS = """
+    WITH r AS (SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+                   fp text, labels jsonb, state text, active_at timestamptz, fired_at timestamptz,
+                   resolved_at timestamptz, value float8, summary text, keep timestamptz, keep_ack boolean,
+                   known boolean)),
+    updated AS (
+        UPDATE fleet.alerts a SET
+            state = r.state, since = CASE WHEN a.state = r.state THEN a.since ELSE :now END,
+            active_at = r.active_at, fired_at = r.fired_at, keep_firing_since = r.keep,
+            -- an acknowledgement lasts the episode: a new one (or none) clears it
+            acked_at = CASE WHEN r.keep_ack THEN a.acked_at END,
+            acked_by = CASE WHEN r.keep_ack THEN a.acked_by END,
+            ack_comment = CASE WHEN r.keep_ack THEN a.ack_comment END,
+            resolved_at = COALESCE(r.resolved_at, a.resolved_at), last_value = COALESCE(r.value, a.last_value),
+            last_eval_at = :now, severity = :sev, database = :db, summary = r.summary, labels = r.labels,
+            target = :target  -- a declared `default` adopts the instances of the implicit one
+        FROM r WHERE a.fingerprint = ANY(CAST(:known AS text[])) AND a.fingerprint = r.fp),
+    inserted AS (
+        INSERT INTO fleet.alerts (fingerprint, check_name, labels, severity, state, since, active_at, fired_at,
+                                  resolved_at, last_value, last_eval_at, summary, keep_firing_since, database,
+                                  target)
+        SELECT r.fp, :c, r.labels, :sev, r.state, :now, r.active_at, r.fired_at, r.resolved_at, r.value, :now,
+               r.summary, r.keep, :db, :target FROM r WHERE NOT r.known
+        ON CONFLICT (fingerprint) DO UPDATE SET
+            state = EXCLUDED.state,
+            since = CASE WHEN fleet.alerts.state = EXCLUDED.state THEN fleet.alerts.since ELSE EXCLUDED.since END,
+            active_at = EXCLUDED.active_at, fired_at = EXCLUDED.fired_at,
+            keep_firing_since = EXCLUDED.keep_firing_since, acked_at = NULL, acked_by = NULL, ack_comment = NULL,
+            resolved_at = COALESCE(EXCLUDED.resolved_at, fleet.alerts.resolved_at),
+            last_value = COALESCE(EXCLUDED.last_value, fleet.alerts.last_value),
+            last_eval_at = EXCLUDED.last_eval_at, severity = EXCLUDED.severity, database = EXCLUDED.database,
+            summary = EXCLUDED.summary, labels = EXCLUDED.labels, target = EXCLUDED.target)"""
+_EVENTS = """,
+    events AS (
+        INSERT INTO fleet.alert_events (fingerprint, check_name, labels, severity, from_state, to_state, value, at,
+                                        target)
+        SELECT e.fp, :c, e.labels, :sev, e.f, e.t, e.v, :now, :target
+        FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS e(fp text, labels jsonb, f text, t text, v float8))"""
+_SAVE, _SAVE_WITH_EVENTS = psycopg_text(_STEPS + "\n    SELECT 1")[0], psycopg_text(_STEPS + _EVENTS + "\n    SELECT 1")[0]
 
 
 # -- check_runs --------------------------------------------------------------------------------------
@@ -100,23 +119,32 @@ def _instance(r: Any) -> Instance:
 def save_steps(conn: Connection, check: str, severity: str, steps: list[tuple[Step, str]], now: datetime,
                database: str | None = None, target: str = "") -> None:
     """Store where each instance is after an evaluation (each with its rendered summary), and the
-    transitions they made: one statement for the instances and one for the transitions, however many
-    (psycopg sends an executemany's rows in one pipeline: a 40-instance check is not 40 round trips)."""
-    saves, events = [], []
+    transitions they made: one statement, however many instances (a 40-instance check is one round
+    trip). A step whose instance was loaded (its `before` has an evaluation) updates that row."""
+    if not steps:
+        return
+    rows, events = [], []
     for step, summary in steps:
-        after, labels = step.after, json.dumps(step.labels)
-        saves.append({"fp": step.fingerprint, "c": check, "labels": labels, "sev": severity, "state": after.state,
-                      "now": now, "active_at": after.active_at, "fired_at": after.fired_at,
-                      "resolved_at": now if after.state == "resolved" else None, "value": step.value,
-                      "summary": summary, "keep": after.keep_firing_since, "keep_ack": after.acked_at is not None,
-                      "db": database, "target": target})
+        after = step.after
+        rows.append({"fp": step.fingerprint, "labels": step.labels, "state": after.state,
+                     "active_at": _iso(after.active_at), "fired_at": _iso(after.fired_at),
+                     "resolved_at": _iso(now) if after.state == "resolved" else None, "value": json_number(step.value),
+                     "summary": summary, "keep": _iso(after.keep_firing_since), "keep_ack": after.acked_at is not None,
+                     "known": step.before.evaluated_at is not None})
         if step.changed:
-            events.append({"fp": step.fingerprint, "c": check, "labels": labels, "sev": severity,
-                           "f": step.before.state, "t": after.state, "v": step.value, "now": now, "target": target})
-    if saves:
-        conn.execute(_SAVE, saves)
+            events.append({"fp": step.fingerprint, "labels": step.labels, "f": step.before.state, "t": after.state,
+                           "v": json_number(step.value)})
+    params = {"rows": json.dumps(rows), "c": check, "sev": severity, "now": now, "db": database, "target": target,
+              "known": [r["fp"] for r in rows if r["known"]]}
+    raw = conn.connection.driver_connection  # psycopg's, in the transaction: prepare=False is not SQLAlchemy's to give
     if events:
-        conn.execute(_EVENT, events)
+        raw.execute(_SAVE_WITH_EVENTS, {**params, "events": json.dumps(events)}, prepare=False)
+    else:
+        raw.execute(_SAVE, params, prepare=False)
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
 
 
 def json_number(value: float | None) -> float | str | None:
