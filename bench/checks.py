@@ -67,7 +67,7 @@ from psycopg import sql
 from ops.sample_app import init
 from ops.sample_app.seed import seed
 from worker.checks.collect import CheckError, collect_sql
-from worker.checks.engine import Run, run_check, run_checks
+from worker.checks.engine import run_check
 from worker.checks.spec import Check
 from worker.config import load_config
 from worker.fleet import migrate
@@ -147,19 +147,7 @@ def _one(kind: str, check: Check, ctx: dict) -> tuple[float, object]:
 
 
 def _pass(kind: str, checks: list[Check], ctx: dict) -> tuple[float, dict[str, float], dict[str, object]]:
-    """One pass over the catalog: (wall seconds, seconds per check, result per check). `run_batch`: the
-    catalog as one batch (worker.checks.engine.run_checks, what checks.run_batch does for a target's
-    checks: the queries one after another, the state in one fleet transaction); per check: its share."""
-    if kind == "run_batch":
-        engines = ctx["engines"]["run_check"]
-        ctx["slot"] += 1
-        slot = NOW - timedelta(minutes=ctx["slot"])
-        started = time.perf_counter()
-        outs = run_checks([Run(c, NOW, slot, engines[0], engines[2]) for c in checks], fleet=engines[1],
-                          routing=ctx["routing"])
-        wall = time.perf_counter() - started
-        return wall, {c.name: wall / len(checks) for c in checks}, \
-            {o.check: o.status if o.status != "error" else f"error: {o.error}" for o in outs}
+    """One pass over the catalog: (wall seconds, seconds per check, result per check)."""
     started = time.perf_counter()
     ran = {check.name: _one(kind, check, ctx) for check in checks}
     return time.perf_counter() - started, {k: v[0] for k, v in ran.items()}, {k: v[1] for k, v in ran.items()}
@@ -227,7 +215,7 @@ def _measure(url: str, size: int, checks: list[Check], routing, repeat: int, rou
            "bare": [_KEPT[e].connection(e).driver_connection for e in engines["engine"]]}
     load = [os.getloadavg()[0]]
     try:
-        kinds = ["engine", "bare", "sqlalchemy", "run_check", "run_batch"]
+        kinds = ["engine", "bare", "sqlalchemy", "run_check"]
         results: dict[str, dict[str, object]] = {}
         for _ in range(warmup):  # caches, pools, prepared statements, plans
             for k in kinds:
@@ -239,7 +227,7 @@ def _measure(url: str, size: int, checks: list[Check], routing, repeat: int, rou
             for k in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
                 wall, took, results[k] = _pass(k, checks, ctx)
                 walls[k].append(wall)
-                if k in ("sqlalchemy", "run_check", "run_batch"):
+                if k in ("sqlalchemy", "run_check"):
                     for name, seconds in took.items():
                         times[k][name].append(seconds)
         # per check for engine and bare: paired rounds
@@ -331,11 +319,6 @@ def _report(runs: list[dict], checks: list[Check], top: int) -> None:
             print(f"| {label} | {_ms(e)} ms | {_ms(b)} ms | {_ms(e - b)} ms = **{100 * (e - b) / b:.1f}%** "
                   f"| {_ms(m)} ms | {_ms(r)} ms |")
         n = len(checks)
-        print(f"\nThe catalog as one batch (run_checks: the queries, then one fleet transaction): "
-              f"{_ms(wall['run_batch'])} ms a pass (median), {_ms(wall['run_batch'] / n)} ms a check, against "
-              f"{_ms(wall['run_check'])} ms ({_ms(wall['run_check'] / n)} ms a check) for run_check one by one; "
-              f"beyond the engine's SQL: {_ms((wall['run_batch'] - wall['engine']) / n)} ms a check batched, "
-              f"{_ms((wall['run_check'] - wall['engine']) / n)} ms one by one.")
         print(f"\nPer check (catalog sums / {n}): engine {_ms(eng / n)} ms, bare {_ms(bare / n)} ms, so "
               f"{1e6 * (eng - bare) / n:,.0f} us of engine overhead per check (the kept connection, the cursor, "
               f"rows -> labelled Samples); through a SQLAlchemy Connection, as the engine ran before: "
@@ -396,8 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(_measure(db_url, size, checks, cfg.routing, args.repeat, args.rounds, args.warmup, args.explain_over))
             r = runs[-1]
             print(f"  {size:,}: engine {_ms(r['wall']['engine'])} ms, bare {_ms(r['wall']['bare'])} ms, "
-                  f"run_check {_ms(r['wall']['run_check'])} ms, run_batch {_ms(r['wall']['run_batch'])} ms per catalog pass",
-                  file=sys.stderr)
+                  f"run_check {_ms(r['wall']['run_check'])} ms per catalog pass", file=sys.stderr)
         finally:
             if keep:
                 print(f"  kept database {name}", file=sys.stderr)

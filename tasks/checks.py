@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from worker.app import app, task
-from worker.checks.engine import Run, run_checks
+from worker.checks.engine import run_check
 from worker.checks.spec import Check
 from worker.config import get_config
 from worker.fleet import calls
@@ -57,7 +57,7 @@ def run(self, name: str, target: str | None = None, slot: str | None = None, at:
     slot_at = calls.instant("checks.run", "slot", slot, ACCEPTS)
     sent = calls.instant("checks.run", "sent_at", sent_at, ACCEPTS)
     # only once every argument is known good: a bad one touches nothing
-    return _evaluate([(check, where)], at_given, slot_at, sent, self.request.id)[check.name]
+    return _evaluate(check, where, at_given or fleet_now(), slot_at, sent, self.request.id)
 
 
 @task("checks.run_batch", bind=True, ignore_result=False, accepts=BATCH_ACCEPTS, shadow=_batch_shadow)
@@ -76,7 +76,14 @@ def run_batch(self, names: list, target: str | None = None, slot: str | None = N
     at_given = calls.instant("checks.run_batch", "at", at, BATCH_ACCEPTS)
     slot_at = calls.instant("checks.run_batch", "slot", slot, BATCH_ACCEPTS)
     sent = calls.instant("checks.run_batch", "sent_at", sent_at, BATCH_ACCEPTS)
-    return _evaluate(list(zip(checks, wheres, strict=True)), at_given, slot_at, sent, self.request.id)
+    out = {}
+    # the fleet's clock once per batch, and the time since on this host's monotonic clock (no jump, no
+    # skew): each check's `now` is the fleet's at its start without a round trip per check
+    base, since = at_given or fleet_now(), time.monotonic()
+    for check, where in zip(checks, wheres, strict=True):
+        now = base if at_given else base + timedelta(seconds=time.monotonic() - since)
+        out[check.name] = _evaluate(check, where, now, slot_at, sent, self.request.id)
+    return out
 
 
 def _target(task_name: str, cfg, name: str, target: str | None, accepts: dict) -> Target | None:
@@ -88,32 +95,22 @@ def _target(task_name: str, cfg, name: str, target: str | None, accepts: dict) -
         raise calls.rejected(task_name, [str(exc)], accepts) from None
 
 
-def _evaluate(pairs: list[tuple[Check, Target | None]], at_given: datetime | None, slot_at: datetime | None,
-              sent: datetime | None, task_id: str) -> dict[str, dict]:
-    """The runs of checks.run (one) and checks.run_batch (several of one target): each for `slot_at` as
-    given, else the slot of `sent` (beat's send instant) unless that lies ahead of the fleet database's
-    clock (a beat whose clock runs ahead: then now's). Their queries one after another, their state in
-    one fleet transaction (worker.checks.engine.run_checks); then, per check, its logs and what to
-    enqueue."""
-    settings = get_settings()
-    runs = []
-    for check, where in pairs:
-        monitored = checks_engine("monitored") if where is None or not where.where else \
-            checks_engine(url=where.database_url(settings))
-        runs.append(Run(check, at_given, slot_at, monitored, checks_engine("fleet"), where.key if where else "",
-                        where.alert_labels() if where else None,
-                        settings.redis() if check.kind == "redis" else None, slot_of=sent))
-    # the fleet's clock once, and the time since on this host's monotonic clock (no jump, no skew): each
-    # check's `now` is the fleet's at its query without a round trip per check
-    base, since = fleet_now(), time.monotonic()
-    outcomes = run_checks(runs, fleet=checks_fleet_engine(), routing=get_config().routing, task_id=task_id,
-                          clock=lambda: base + timedelta(seconds=time.monotonic() - since))
-    return {check.name: _after(check, where, outcome) for (check, where), outcome in zip(pairs, outcomes, strict=True)}
-
-
-def _after(check: Check, where: Target | None, outcome) -> dict:
-    """One check's run is recorded (committed): log it, enqueue its deliveries, remediation and actions."""
+def _evaluate(check: Check, where: Target | None, now: datetime, slot_at: datetime | None, sent: datetime | None,
+              task_id: str) -> dict:
+    """One check's run, for `slot_at` as given, else the slot of `sent` (beat's send instant) unless
+    that lies ahead of the fleet database's clock (a beat whose clock runs ahead: then now's)."""
+    if slot_at is None and sent is not None:
+        slot_at = check.schedule.slot(min(sent, now))
     structlog.contextvars.bind_contextvars(check=check.name, **({"target": where.name} if where and where.where else {}))
+    settings = get_settings()
+    monitored = checks_engine("monitored") if where is None or not where.where else \
+        checks_engine(url=where.database_url(settings))
+    outcome = run_check(
+        check, monitored=monitored, fleet=checks_fleet_engine(), fleet_queries=checks_engine("fleet"),
+        now=now, routing=get_config().routing, slot=slot_at,
+        task_id=task_id, redis_url=settings.redis() if check.kind == "redis" else None,
+        target=where.key if where else "", target_labels=where.alert_labels() if where else None,
+    )
     for t in outcome.transitions:
         log.info("alert_transition", fingerprint=t.fingerprint, labels=t.labels, from_state=t.from_state,
                  to_state=t.to_state, value=t.value)

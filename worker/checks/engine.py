@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
-from structlog.contextvars import bound_contextvars
 
 from worker.actions import store as actions
 from worker.actions.catalog import KINDS
@@ -195,158 +194,57 @@ def run_check(check: Check, *, monitored: Engine, fleet: Engine, now: datetime, 
     (default: `fleet`) those of fleet-database checks; `fleet` holds the state. The workers pass
     worker.fleet.db.checks_engine() for both query engines. `target` keys the slot and the instances
     ("": what runs once for the fleet); `target_labels` go on every instance (worker.targets)."""
-    run = Run(check, now, slot, monitored, fleet_queries, target, target_labels, redis_url)
-    return run_checks([run], fleet=fleet, routing=routing, task_id=task_id)[0]
-
-
-@dataclass
-class Run:
-    """One check of run_checks: what run_check takes of it (`now`: None, the clock's at its query)."""
-
-    check: Check
-    now: datetime | None
-    slot: datetime | None
-    monitored: Engine
-    fleet_queries: Engine | None = None
-    target: str = ""
-    target_labels: dict[str, str] | None = None
-    redis_url: str | None = None
-    slot_of: datetime | None = None  # beat's send instant: the slot is min(this, now)'s (checks.run_batch)
-
-
-def run_checks(runs: list[Run], *, fleet: Engine, routing: Routing | None, task_id: str | None = None,
-               clock: Callable[[], datetime] | None = None) -> list[Outcome]:
-    """Evaluate several checks (a batch of one target): each one's query in turn, then their state in
-    ONE fleet transaction (a claim per (check, target, slot), as run_check's), one commit for all: the
-    commit and its WAL flush are most of a run's cost beyond its query (bench/RESULTS.md). A batch
-    whose transaction fails (a deadlock, a bug in one check) is rolled back whole and each check
-    recorded in a transaction of its own, in order (one the fleet refuses again: an `error` outcome,
-    logged, not recorded); a fleet database that is gone fails the whole call. Outcomes in the order
-    given."""
-    queried = []
-    for r in runs:
-        with bound_contextvars(check=r.check.name):  # what the query and its evidence log is the check's
-            queried.append(_query(r, fleet, clock))
-    if len(queried) == 1:
-        return _record_all(queried, fleet, routing, task_id)
-    try:
-        return _record_all(queried, fleet, routing, task_id)
-    except DBAPIError as exc:
-        if exc.connection_invalidated:  # the fleet database is gone: no check of the batch can be recorded
-            raise
-        log.warning("check_batch_split", checks=len(queried), reason=_line(exc))
-    except Exception as exc:  # noqa: BLE001 (nothing was committed: each on its own below)
-        log.warning("check_batch_split", checks=len(queried), reason=_line(exc))
-    out = []
-    for q in queried:  # one check the fleet refuses does not cost the others their slot
-        try:
-            out.append(_record_all([q], fleet, routing, task_id)[0])
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise
-            out.append(_not_recorded(q, exc))
-        except Exception as exc:  # noqa: BLE001
-            out.append(_not_recorded(q, exc))
-    return out
-
-
-def _line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
-def _not_recorded(q: _Queried, exc: BaseException) -> Outcome:
-    """A check of a split batch whose own transaction failed too: told in one line, its slot left to a
-    retry (checks_missed sees it if none comes)."""
-    with bound_contextvars(check=q.run.check.name):
-        log.error("check_not_recorded", reason=_line(exc), slot=q.outcome.slot.isoformat())
-    return Outcome(q.run.check.name, q.outcome.slot, "error", error=f"not recorded: {_line(exc)}")
-
-
-@dataclass
-class _Queried:
-    run: Run
-    now: datetime
-    source: Engine
-    outcome: Outcome
-
-
-def _query(run: Run, fleet: Engine, clock: Callable[[], datetime] | None) -> _Queried:
-    """The check's query, outside the fleet's transaction (a duplicate of the run queries, then writes
-    nothing): its samples, or its error, or why it has no data."""
-    check = run.check
-    now = run.now or (clock() if clock else None)
-    if now is None:
-        raise ValueError("a Run without `now` needs run_checks' clock")
-    slot = run.slot or check.schedule.slot(min(run.slot_of, now) if run.slot_of else now)
+    slot = slot or check.schedule.slot(now)
     started = time.monotonic()
     outcome = Outcome(check.name, slot, "ok")
-    source = (run.fleet_queries or fleet) if check.database == "fleet" else run.monitored
-    try:
-        outcome.samples = collect(check, source, now, redis_url=run.redis_url)
-        if run.target_labels:
-            outcome.samples = [Sample({**s.labels, **run.target_labels}, s.value, s.reason) for s in outcome.samples]
+    source = (fleet_queries or fleet) if check.database == "fleet" else monitored
+    try:  # the query first, outside the fleet's transaction: a duplicate of the run queries, then writes nothing
+        outcome.samples = collect(check, source, now, redis_url=redis_url)
+        if target_labels:
+            outcome.samples = [Sample({**s.labels, **target_labels}, s.value, s.reason) for s in outcome.samples]
     except CheckError as exc:
         outcome.status, outcome.error = "error", str(exc)
     if outcome.status == "ok" and (not outcome.samples or all(s.value is None for s in outcome.samples)):
         outcome.status = "no_data"
         outcome.note = next((s.reason for s in outcome.samples if s.reason), None)
     outcome.duration_ms = int((time.monotonic() - started) * 1000)
-    return _Queried(run, now, source, outcome)
-
-
-class StaleAtClaim(Exception):
-    """Marks a lost connection met by the transaction's first statement: nothing was written, retrying
-    is safe."""
-
-
-def _record_all(queried: list[_Queried], fleet: Engine, routing: Routing | None,
-                task_id: str | None) -> list[Outcome]:
-    """The fleet transaction of one or more runs (claims taken in check-name order, so two batches of
-    the same checks lock in the same order); retried once on a new connection when its first claim
-    meets one that died while idle (a restart)."""
-    order = sorted(range(len(queried)), key=lambda i: (queried[i].run.check.name, i))
     for attempt in (1, 2):
-        outcomes: dict[int, Outcome] = {}
         try:
-            with fleet.connect() as conn, conn.begin():
-                for n, i in enumerate(order):
-                    with bound_contextvars(check=queried[i].run.check.name):
-                        outcomes[i] = _record(conn, queried[i], fleet, routing, task_id, first=n == 0)
-            return [outcomes[i] for i in range(len(queried))]
-        except DBAPIError as exc:  # a kept connection that died while idle: once more, on a new one
+            return _record(check, outcome, fleet, now, routing, task_id, target, source)
+        except DBAPIError as exc:  # a kept connection that died while idle (a restart): once more, on a new one
             if attempt == 2 or not exc.connection_invalidated or not isinstance(exc.__cause__, StaleAtClaim):
                 raise
             log.warning("fleet_connection_replaced", reason=str(exc.orig).strip().splitlines()[0] if exc.orig else "")
     raise AssertionError("unreachable")
 
 
-def _record(conn: Connection, q: _Queried, fleet: Engine, routing: Routing | None, task_id: str | None, *,
-            first: bool) -> Outcome:
-    """One run's part of the fleet transaction: claim the slot (the run's row, whole) with the
-    instances, move them, write what the transitions send; a run whose slot is taken: skipped, nothing
-    written. A fresh Outcome each time (a batch split after a failure records again)."""
-    check, now, target = q.run.check, q.now, q.run.target
-    done = replace(q.outcome, transitions=[], notification_ids=[], deliveries={}, run_actions=[], remediate=False)
-    slot, samples = done.slot, done.samples
-    try:
-        run_id, instances = store.claim(
-            conn, check.name, slot, now, task_id, target, duration_ms=done.duration_ms, rows=len(samples),
-            status=done.status, error=done.error, note=done.note,
-            value=samples[0].value if len(samples) == 1 else None)
-    except DBAPIError as exc:
-        if first and exc.connection_invalidated:
-            raise exc from StaleAtClaim()
-        raise
-    if run_id is None:
-        return Outcome(check.name, slot, "skipped")
-    if done.note is not None:
-        done.note_is_new = store.note_is_new(conn, check.name, slot, done.note, target)
-    if done.status != "error":
-        source = q.source
-        done.transitions, done.notification_ids, done.remediate = evaluate(
-            check, samples, conn, now, routing, done.deliveries, target=target, instances=instances,
-            gather=lambda labels: evidence.gather(source, check.evidence, labels, now, fleet=fleet, target=target),
-            run_actions=done.run_actions,
-        )
-    return done
+class StaleAtClaim(Exception):
+    """Marks a lost connection met by the run's first statement: nothing was written, retrying is safe."""
+
+
+def _record(check: Check, outcome: Outcome, fleet: Engine, now: datetime, routing: Routing | None,
+            task_id: str | None, target: str, source: Engine) -> Outcome:
+    """The run's one fleet transaction: claim the slot (the run's row, whole) with the instances,
+    move them, write what the transitions send; a run whose slot is taken: skipped, nothing written."""
+    slot, samples = outcome.slot, outcome.samples
+    with fleet.connect() as conn, conn.begin():
+        try:
+            run_id, instances = store.claim(
+                conn, check.name, slot, now, task_id, target, duration_ms=outcome.duration_ms, rows=len(samples),
+                status=outcome.status, error=outcome.error, note=outcome.note,
+                value=samples[0].value if len(samples) == 1 else None)
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise exc from StaleAtClaim()
+            raise
+        if run_id is None:
+            return Outcome(check.name, slot, "skipped")
+        if outcome.note is not None:
+            outcome.note_is_new = store.note_is_new(conn, check.name, slot, outcome.note, target)
+        if outcome.status != "error":
+            outcome.transitions, outcome.notification_ids, outcome.remediate = evaluate(
+                check, samples, conn, now, routing, outcome.deliveries, target=target, instances=instances,
+                gather=lambda labels: evidence.gather(source, check.evidence, labels, now, fleet=fleet, target=target),
+                run_actions=outcome.run_actions,
+            )
+    return outcome
