@@ -1,29 +1,30 @@
 """Benchmark mean time to detect: from the instant the data goes bad to the provider accepting the alert.
 
     .venv/bin/python bench/mttd.py [--rounds 10] [--rounds-1m-for N] [--concurrency 2]
-                                   [--database-url URL] [--seed N] [--json PATH]
+                                   [--database-url URL] [--seed N] [--json PATH] [--keep]
 
-The latency measured elsewhere (bench/checks.py, bench/notify.py) starts at `celery call`; an
-operator's starts when the data goes bad. Everything runs for real on this machine: a fresh monitored
-database with one table, `gauge(name text primary key, v numeric)`, a fresh fleet database (both on
-the server of --database-url, dropped at the end), a throwaway redis-server as broker, RedBeat's beat
-and one Celery worker (`-Q checks,notify -c CONCURRENCY`, prefork) from this checkout, and the
-loopback Resend + Slack fake (ops/devkit/sink). The config folder holds the `fleet` pack and four
-checks of its own, one per configuration, each reading its own row of `gauge` (`> 10`, critical,
-routed to email and Slack with group_wait 0s):
+The latency measured elsewhere (bench/checks.py, bench/notify.py) starts at `celery call`; an operator's
+starts when the data goes bad. Everything runs for real on this machine: a fresh monitored database with
+one table, `gauge(name text primary key, v numeric)`, a fresh fleet database (both on the server of
+--database-url, dropped at the end), a throwaway redis-server as broker, RedBeat's beat and one Celery
+worker (`-Q checks,notify -c CONCURRENCY`, prefork) from this checkout, and the loopback Resend + Slack
+fake (ops/devkit/sink). The config folder holds the `fleet` pack and four checks of its own, one per
+configuration, each reading its own row of `gauge` (`> 10`, critical, routed to email and Slack with
+group_wait 0s):
 
     mttd_30s_nofor   schedule 30s            mttd_1m_nofor   schedule 1m
     mttd_30s_for30s  schedule 30s, for 30s   mttd_1m_for1m   schedule 1m, for 1m
 
-Each check's breach loop runs in a thread of its own: wait a uniformly random part of its interval,
-commit `v = 50` (the breach: the wall time just after COMMIT returns), wait for the sink to accept
-the firing email naming the check (and the Slack message), then set `v = 0` and wait for both
-resolved notices before the next breach. Printed per configuration: MTTD (breach -> the sink accepted
-the email) p50 / p90 / max against the bound interval + for + 2 s and the expected p50
-interval / 2 + for; MTTD split from fleet.alert_events into the wait for the first evaluation that
-saw it, the `for` wait (pending -> firing) and delivery (the firing run's start -> accepted); every
-breach over its bound, named. Apart: beat's lateness, from fleet.check_runs and beat's log: a run's
-start against its slot, beat's send against its own previous send + interval, send -> run start.
+Each check's breach loop runs in a thread of its own: wait a uniformly random time within 60 s (the
+schedules' common period: beat sends the 1m batches with every other 30 s tick, when the 30 s batch starts
+a few ms later; a wait within 30 s would land every breach of a 30 s check before the same one of its two
+ticks), commit `v = 50` (the breach: the wall time just after COMMIT returns), wait for the sink to accept
+the firing email naming the check (and the Slack message), set `v = 0`, wait for both resolved notices.
+Printed per configuration: MTTD (breach -> the sink accepted the email) p50 / p90 / max against the bound
+interval + for + 2 s and the expected p50 interval / 2 + for; MTTD split (from fleet.alert_events) into
+the wait for the first evaluation that saw it, the `for` wait and delivery; every breach over its bound.
+Apart, beat's lateness (fleet.check_runs and beat's log): a run's start against its slot, beat's send
+against its previous send + interval, send -> run start.
 
 Not a test: a measurement to record in bench/RESULTS.md.
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import re
@@ -61,6 +63,7 @@ DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 # name, schedule, interval (s), for (s)
 CONFIGS = [("mttd_30s_nofor", "30s", 30, 0), ("mttd_30s_for30s", "30s", 30, 30),
            ("mttd_1m_nofor", "1m", 60, 0), ("mttd_1m_for1m", "1m", 60, 60)]
+PERIOD_S = math.lcm(*(c[2] for c in CONFIGS))  # the breaches' random instant: uniform over it
 SLACK_GRACE_S = 30.0  # after the email, how long the Slack message may take before the loop moves on
 SEND_RE = re.compile(r"Sending due task (\S+) \(")
 ROW_RE = re.compile(r"\[([A-Z]+)\] \*?(mttd_[a-z0-9]+_[a-z0-9]+)\b")
@@ -134,7 +137,7 @@ def breach_loop(name: str, interval: int, for_s: int, rounds: int, app, sink: Pr
     """`rounds` breaches of one check, each at a random instant, each waited for and undone."""
     timeout = 2 * (interval + for_s) + 60
     for r in range(rounds):
-        if stop.wait(rng.uniform(0, interval)):
+        if stop.wait(rng.uniform(0, PERIOD_S)):
             return
         with app.begin() as conn:
             conn.execute(sa.text("UPDATE gauge SET v = 50 WHERE name = :n"), {"n": name})
@@ -200,14 +203,6 @@ def analyse(breaches: list[dict], fleet, sends: dict[str, list[float]], t0: floa
                      "send_to_start": to_start, "eval_gaps": [b - a for a, b in zip(starts, starts[1:], strict=False)],
                      "statuses": sorted({s for c, _, _, s in runs if c == name})}
     return per
-
-
-def machine(admin) -> dict:
-    with admin.connect() as conn:
-        pg = conn.execute(sa.text("SHOW server_version")).scalar()
-    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "cores": os.cpu_count(),
-            "ram_gib": round(psutil.virtual_memory().total / 2**30, 1), "postgres": pg,
-            "loadavg": os.getloadavg()}
 
 
 def fmt(values: list[float], ms: bool = False) -> str:
@@ -289,7 +284,7 @@ def main() -> int:
     admin = sa.create_engine(normalize_url(args.database_url), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     try:
         with admin.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+            pg = conn.execute(sa.text("SHOW server_version")).scalar()
     except sa.exc.OperationalError as exc:
         print(f"mttd.py: --database-url does not answer: {str(exc.orig).strip().splitlines()[0]}", file=sys.stderr)
         return 2
@@ -363,7 +358,9 @@ def main() -> int:
         note = f"{args.rounds} breaches per check" + (
             f", {rounds['mttd_1m_for1m']} of mttd_1m_for1m" if rounds["mttd_1m_for1m"] != args.rounds else "")
         out = {"seed": seed, "concurrency": args.concurrency, "rounds": rounds, "rounds_note": note,
-               "wall_minutes": (t1 - t0) / 60, "machine": machine(admin), "per": per}
+               "wall_minutes": (t1 - t0) / 60, "per": per, "machine": {
+                   "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "cores": os.cpu_count(),
+                   "ram_gib": round(psutil.virtual_memory().total / 2**30, 1), "postgres": pg, "loadavg": os.getloadavg()}}
         if args.json:  # first: the raw figures survive a report that fails
             out["messages"] = [{"channel": ch, **{k: m[k] for k in ("at", "subject", "text", "tags", "blocks") if k in m}}
                                for ch, ms in (("email", sink.emails), ("slack", sink.slack_messages)) for m in ms]
