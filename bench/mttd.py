@@ -201,7 +201,8 @@ def analyse(breaches: list[dict], fleet, sends: dict[str, list[float]], t0: floa
                      "runs": len(mine_runs), "start_minus_slot": [start - slot for slot, start in mine_runs],
                      "beat_send_late": [b - a - interval for a, b in zip(entry_sends, entry_sends[1:], strict=False)],
                      "send_to_start": to_start, "eval_gaps": [b - a for a, b in zip(starts, starts[1:], strict=False)],
-                     "statuses": sorted({s for c, _, _, s in runs if c == name})}
+                     "statuses": sorted({s for c, _, _, s in runs if c == name}), "run_starts": starts,
+                     "events": [(s, float(at)) for c, s, at in events if c == name]}
     return per
 
 
