@@ -71,6 +71,14 @@ def is_active(check: Check, value: float | None) -> bool | None:
     return check.condition.holds(value)
 
 
+# `for` counts as elapsed within this of it. A schedule's runs start its interval apart give or take
+# the queue's jitter (tens of ms: a batch sent on the same tick goes first), so a run 1 ms "early"
+# found `now - active_at` at 29.99 s of a 30 s `for` and held the alert one more interval: every
+# breach of a 30 s check with for 30s took 60 s of `for` (bench/mttd.py, bench/RESULTS.md).
+# Prometheus compares its aligned evaluation timestamps; opsfleet's are the fleet's clock at each run.
+FOR_GRACE = timedelta(seconds=1)
+
+
 def next_state(state: str, active: bool | None, active_at: datetime | None, now: datetime,
                for_: timedelta) -> str:
     """active None means 'keep' (no data with no_data=keep)."""
@@ -80,7 +88,7 @@ def next_state(state: str, active: bool | None, active_at: datetime | None, now:
         if state in ("inactive", "resolved"):
             return "firing" if for_ <= timedelta(0) else "pending"
         if state == "pending":
-            return "firing" if active_at is not None and now - active_at >= for_ else "pending"
+            return "firing" if active_at is not None and now - active_at >= for_ - FOR_GRACE else "pending"
         return "firing"
     if state == "firing":
         return "resolved"
