@@ -66,7 +66,7 @@ class Model:
                 self.active_at, state = now, "pending"
                 if for_ == 0:
                     state, self.fired_at, self.windows_told, self.told = "firing", now, set(), False
-            elif state == "pending" and now - self.active_at >= timedelta(seconds=for_):
+            elif state == "pending" and now - self.active_at >= timedelta(seconds=for_ - 1):  # within 1 s (config/README)
                 state, self.fired_at, self.windows_told, self.told = "firing", now, set(), False
         elif state == "pending":
             state, self.active_at = "inactive", None
