@@ -11,7 +11,10 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+from tests.support.db import clear_alert_state
 from worker.checks import evidence, statements
+from worker.checks.engine import run_check
+from worker.checks.spec import Check
 from worker.config import load_config
 from worker.fleet.db import create, create_for_checks
 
@@ -77,3 +80,30 @@ def test_snapshots_are_kept_a_day_and_beat_takes_one_every_5_minutes_where_top_s
     entries = build_schedule(load_config(Path(__file__).parents[2] / "config", packs="all"))
     assert entries["statements:snapshot"]["task"] == "checks.snapshot_statements"
     assert entries["statements:snapshot"]["schedule"] == statements.INTERVAL_S == 300
+
+
+def test_a_run_gathers_top_statements_in_its_own_fleet_transaction(monitored, fleet_db):
+    """The run's fleet transaction is open while an instance that goes firing gathers its evidence:
+    the window's snapshot is read through it, not a second fleet connection (through a transaction
+    pooler's few server connections, threads each waiting for a second one while holding one hang
+    the worker). A fleet pool of one connection would time out here."""
+    url, engine = monitored
+    fleet = sa.create_engine(fleet_db.replace("postgresql://", "postgresql+psycopg://", 1), pool_size=1,
+                             max_overflow=0, pool_timeout=2)
+    now = datetime.now(UTC)
+    check = Check.model_validate({"name": "busy", "description": "d", "schedule": "1m", "query": "SELECT 1 AS value",
+                                  "condition": "> 0", "severity": "warning", "summary": "busy",
+                                  "evidence": ["top_statements"]})
+    try:
+        with fleet.begin() as conn:
+            clear_alert_state(conn)
+            conn.execute(sa.text("DELETE FROM fleet.statement_snapshots WHERE target = 'stats'"))
+        assert statements.snapshot(engine, fleet, "stats", now - timedelta(minutes=16)) > 0
+        outcome = run_check(check, monitored=engine, fleet=fleet, now=now, routing=None, target="stats")
+        assert [t.to_state for t in outcome.transitions] == ["firing"]
+        with fleet.connect() as conn:
+            (sections,) = conn.execute(sa.text("SELECT sections FROM fleet.alert_evidence WHERE check_name = 'busy'")).one()
+        assert sections[0]["error"] is None, sections[0]["error"]
+        assert "the 15 min window" in sections[0]["title"]
+    finally:
+        fleet.dispose()

@@ -24,7 +24,7 @@ from worker.actions.catalog import KINDS
 from worker.checks import evidence, store
 from worker.checks.collect import CheckError, Sample, collect
 from worker.checks.spec import Check
-from worker.checks.state import Instance, Step, advance
+from worker.checks.state import Instance, Step, advance, fingerprint
 from worker.checks.templates import public_text, render
 from worker.fleet.logs import get_logger
 from worker.notify import outbox, silences
@@ -226,13 +226,32 @@ def _record(check: Check, outcome: Outcome, fleet: Engine, now: datetime, routin
             task_id: str | None, target: str, source: Engine) -> Outcome:
     """The run's one fleet transaction: claim the slot (the run's row, whole) with the instances,
     move them, write what the transitions send; a run whose slot is taken: skipped, nothing written."""
+    for attempt in range(RACE_ATTEMPTS):
+        try:
+            return _record_once(check, outcome, fleet, now, routing, task_id, target, source, locked=attempt > 0)
+        except store.InstanceRace:  # a concurrent run of another slot inserted an instance this one would
+            outcome.deliveries.clear()  # (nothing of this attempt was written)
+            outcome.run_actions.clear()
+            log.info("check_recorded_again", check=check.name, target=target, attempt=attempt + 2)
+    raise RuntimeError(f"check {check.name}: its instances kept being inserted by concurrent runs "
+                       f"({RACE_ATTEMPTS} attempts)")
+
+
+# A run whose new instance a concurrent run inserted first is recorded again under the (check,
+# target)'s lock; only yet another concurrent run's new instance can send it round again.
+RACE_ATTEMPTS = 5
+
+
+def _record_once(check: Check, outcome: Outcome, fleet: Engine, now: datetime, routing: Routing | None,
+                 task_id: str | None, target: str, source: Engine, *, locked: bool) -> Outcome:
     slot, samples = outcome.slot, outcome.samples
     with fleet.connect() as conn, conn.begin():
         try:
             run_id, instances = store.claim(
                 conn, check.name, slot, now, task_id, target, duration_ms=outcome.duration_ms, rows=len(samples),
                 status=outcome.status, error=outcome.error, note=outcome.note,
-                value=samples[0].value if len(samples) == 1 else None)
+                value=samples[0].value if len(samples) == 1 else None,
+                fingerprints=[fingerprint(check.name, s.labels) for s in samples] if locked else None)
         except DBAPIError as exc:
             if exc.connection_invalidated:
                 raise exc from StaleAtClaim()
@@ -244,7 +263,7 @@ def _record(check: Check, outcome: Outcome, fleet: Engine, now: datetime, routin
         if outcome.status != "error":
             outcome.transitions, outcome.notification_ids, outcome.remediate = evaluate(
                 check, samples, conn, now, routing, outcome.deliveries, target=target, instances=instances,
-                gather=lambda labels: evidence.gather(source, check.evidence, labels, now, fleet=fleet, target=target),
+                gather=lambda labels: evidence.gather(source, check.evidence, labels, now, fleet=conn, target=target),
                 run_actions=outcome.run_actions,
             )
     return outcome

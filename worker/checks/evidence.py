@@ -217,7 +217,7 @@ def _line(spec: EvidenceSpec, row: dict[str, Any]) -> str:
     return ", ".join(f"{k}={'-' if v is None else v}" for k, v in row.items())
 
 
-def _statements(engine: Engine, fleet: Engine, target: str, spec: EvidenceSpec, now: datetime,
+def _statements(engine: Engine, fleet: Engine | Connection, target: str, spec: EvidenceSpec, now: datetime,
                 section: dict[str, Any]) -> dict[str, Any]:
     """top_statements as the window's delta: the counters now minus the last snapshot at or before the
     window's start (worker.checks.statements); the totals since the last reset where there is none yet."""
@@ -225,8 +225,14 @@ def _statements(engine: Engine, fleet: Engine, target: str, spec: EvidenceSpec, 
 
     try:
         now_rows = statements.read(engine)
-        with fleet.connect() as conn:
-            at, before = statements.window(conn, target, now - spec.window)
+        if isinstance(fleet, Connection):
+            # the run's own transaction: no second fleet connection while it is open (a transaction
+            # pooler's few would run out); the savepoint keeps a failure this section's, not the run's
+            with fleet.begin_nested():
+                at, before = statements.window(fleet, target, now - spec.window)
+        else:
+            with fleet.connect() as conn:
+                at, before = statements.window(conn, target, now - spec.window)
     except Exception as exc:  # noqa: BLE001 (as any section: told, never the alert's failure)
         section["error"] = mask_text(" ".join(str(getattr(exc, "orig", None) or exc).split())[:300])
         return section
@@ -239,9 +245,11 @@ def _statements(engine: Engine, fleet: Engine, target: str, spec: EvidenceSpec, 
 
 
 def gather_section(engine: Engine, spec: EvidenceSpec, labels: dict[str, str], now: datetime,
-                   timeout_ms: int = TIMEOUT_MS, *, fleet: Engine | None = None, target: str = "") -> dict[str, Any]:
+                   timeout_ms: int = TIMEOUT_MS, *, fleet: Engine | Connection | None = None,
+                   target: str = "") -> dict[str, Any]:
     """One section: {name, title, columns, rows, lines, truncated, error}. `fleet` (and the target's key):
-    where top_statements finds the snapshots its window starts from."""
+    where top_statements finds the snapshots its window starts from (a Connection: the run's
+    transaction, read under a savepoint)."""
     sql, names = psycopg_text(spec.sql)
     params: dict[str, Any] = {n: labels.get(n) for n in names}
     if "now" in names:
@@ -273,7 +281,7 @@ def _fill(section: dict[str, Any], spec: EvidenceSpec, rows: list[tuple[Any, ...
 
 
 def gather(engine: Engine, specs: list[EvidenceSpec], labels: dict[str, str], now: datetime, *,
-           fleet: Engine | None = None, target: str = "") -> list[dict[str, Any]]:
+           fleet: Engine | Connection | None = None, target: str = "") -> list[dict[str, Any]]:
     return [gather_section(engine, spec, labels, now, fleet=fleet, target=target) for spec in specs]
 
 

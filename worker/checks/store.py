@@ -22,22 +22,35 @@ _COLUMNS = ("fingerprint, state, labels, active_at, fired_at, keep_firing_since,
 _WHERE_CHECK = "check_name = :c AND (target = :t OR (:t = 'default' AND target = ''))"
 # The run's row, whole (its query has run: the outcome is known), claimed with the instances it may
 # move, locked, in one statement: a concurrent duplicate blocks on the unique key until the first
-# commits, then gets no row (and locks nothing).
-_CLAIM = sa.text(f"""
+# commits, then gets no row (and locks nothing). An instance a concurrent run of another slot inserts
+# meanwhile is not among them (it was not there when the statement began): save_steps finds out, and
+# the run is recorded again under the (check, target)'s lock (claim(..., fingerprints=...)), which
+# also loads the rows of the samples' fingerprints wherever they are (an instance of the check kept
+# under the other spelling of its target is adopted, as a known one).
+_CLAIM_SQL = """
     WITH claim AS (
         INSERT INTO fleet.check_runs (check_name, target, slot, started_at, task_id, finished_at, duration_ms,
                                       rows, status, error, value, note)
         VALUES (:c, :t, :slot, :now, :tid, :fin, :d, :rows, :s, :e, :v, :note)
         ON CONFLICT (check_name, target, slot) DO NOTHING RETURNING id)
     SELECT claim.id AS run_id, a.* FROM claim
-    LEFT JOIN LATERAL (SELECT {_COLUMNS} FROM fleet.alerts WHERE {_WHERE_CHECK} FOR UPDATE) a ON true""")  # noqa: S608 (constants)
+    LEFT JOIN LATERAL (SELECT {columns} FROM fleet.alerts WHERE {where} FOR UPDATE) a ON true"""
+_CLAIM = sa.text(_CLAIM_SQL.format(columns=_COLUMNS, where=_WHERE_CHECK))
+_CLAIM_WIDE = sa.text(_CLAIM_SQL.format(columns=_COLUMNS,
+                                        where=f"({_WHERE_CHECK}) OR fingerprint = ANY(CAST(:fps AS text[]))"))
+# Every run of a (check, target) waits for the one in flight to commit (`default` and the implicit ''
+# are one): taken before the claim, whose statement then sees what that one wrote.
+_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtextextended("
+                "'opsfleet.check:' || :c || '/' || CASE WHEN :t = 'default' THEN '' ELSE :t END, 0))")
 _PREVIOUS_NOTE = sa.text("""SELECT note FROM fleet.check_runs WHERE check_name = :c AND target = :t AND slot < :slot
                             AND finished_at IS NOT NULL ORDER BY slot DESC LIMIT 1""")
 _INSTANCES = f"SELECT {_COLUMNS} FROM fleet.alerts WHERE {_WHERE_CHECK}"  # noqa: S608 (constants)
 _INSTANCES_LOCKED, _INSTANCES_READ = sa.text(_INSTANCES + " FOR UPDATE"), sa.text(_INSTANCES)
 # Where every instance is after an evaluation, in one statement however many (the rows as one jsonb
-# array): those the evaluation loaded (locked) updated, new ones inserted (a concurrent run of another
-# slot may have inserted one meanwhile: then updated as new), and the transitions recorded. Sent
+# array): those the evaluation loaded (locked) updated, new ones inserted, and the transitions
+# recorded; it answers how many it inserted. One that a concurrent run of another slot inserted
+# meanwhile is not overwritten (ON CONFLICT DO NOTHING, after waiting for that run to commit): the
+# count falls short and save_steps raises InstanceRace (the run, rolled back, is recorded again). Sent
 # unprepared (save_steps), so planned for its own values: the UPDATE finds its rows through the
 # primary key (`= ANY(:known)`); a prepared (generic) plan made while fleet.alerts was small kept
 # scanning the whole table once it had grown (bench/RESULTS.md: 300 targets missed half their slots).
@@ -64,33 +77,38 @@ _STEPS = """
                                   target)
         SELECT r.fp, :c, r.labels, :sev, r.state, :now, r.active_at, r.fired_at, r.resolved_at, r.value, :now,
                r.summary, r.keep, :db, :target FROM r WHERE NOT r.known
-        ON CONFLICT (fingerprint) DO UPDATE SET
-            state = EXCLUDED.state,
-            since = CASE WHEN fleet.alerts.state = EXCLUDED.state THEN fleet.alerts.since ELSE EXCLUDED.since END,
-            active_at = EXCLUDED.active_at, fired_at = EXCLUDED.fired_at,
-            keep_firing_since = EXCLUDED.keep_firing_since, acked_at = NULL, acked_by = NULL, ack_comment = NULL,
-            resolved_at = COALESCE(EXCLUDED.resolved_at, fleet.alerts.resolved_at),
-            last_value = COALESCE(EXCLUDED.last_value, fleet.alerts.last_value),
-            last_eval_at = EXCLUDED.last_eval_at, severity = EXCLUDED.severity, database = EXCLUDED.database,
-            summary = EXCLUDED.summary, labels = EXCLUDED.labels, target = EXCLUDED.target)"""
+        ON CONFLICT (fingerprint) DO NOTHING RETURNING 1)"""
 _EVENTS = """,
     events AS (
         INSERT INTO fleet.alert_events (fingerprint, check_name, labels, severity, from_state, to_state, value, at,
                                         target)
         SELECT e.fp, :c, e.labels, :sev, e.f, e.t, e.v, :now, :target
         FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS e(fp text, labels jsonb, f text, t text, v float8))"""
-_SAVE, _SAVE_WITH_EVENTS = psycopg_text(_STEPS + "\n    SELECT 1")[0], psycopg_text(_STEPS + _EVENTS + "\n    SELECT 1")[0]
+_COUNT = "\n    SELECT count(*) FROM inserted"
+_SAVE, _SAVE_WITH_EVENTS = psycopg_text(_STEPS + _COUNT)[0], psycopg_text(_STEPS + _EVENTS + _COUNT)[0]
+
+
+class InstanceRace(Exception):
+    """An instance this run would insert was inserted by a concurrent run of the check (another slot)
+    since the run's claim: roll back and record the run again, under the check's lock."""
 
 
 # -- check_runs --------------------------------------------------------------------------------------
 def claim(conn: Connection, check: str, slot: datetime, now: datetime, task_id: str | None, target: str, *,
           duration_ms: int, rows: int, status: str, error: str | None, value: float | None,
-          note: str | None) -> tuple[int | None, dict[str, Instance]]:
+          note: str | None, fingerprints: list[str] | None = None) -> tuple[int | None, dict[str, Instance]]:
     """The run of (check, target, slot), recorded with its outcome, and the check's instances on the
-    target (locked for the transaction); (None, {}) when another run has the slot."""
-    found = conn.execute(_CLAIM, {"c": check, "t": target, "slot": slot, "now": now, "tid": task_id,
-                                  "fin": now + timedelta(milliseconds=duration_ms), "d": duration_ms, "rows": rows,
-                                  "s": status, "e": error, "v": value, "note": note}).all()
+    target (locked for the transaction); (None, {}) when another run has the slot. With `fingerprints`
+    (a run recorded again after InstanceRace): under the (check, target)'s lock, with those
+    fingerprints' rows too."""
+    params = {"c": check, "t": target, "slot": slot, "now": now, "tid": task_id,
+              "fin": now + timedelta(milliseconds=duration_ms), "d": duration_ms, "rows": rows,
+              "s": status, "e": error, "v": value, "note": note}
+    if fingerprints is not None:
+        conn.execute(_LOCK, {"c": check, "t": target})
+        found = conn.execute(_CLAIM_WIDE, {**params, "fps": fingerprints}).all()
+    else:
+        found = conn.execute(_CLAIM, params).all()
     if not found:
         return None, {}
     return found[0].run_id, {r.fingerprint: _instance(r) for r in found if r.fingerprint is not None}
@@ -138,9 +156,12 @@ def save_steps(conn: Connection, check: str, severity: str, steps: list[tuple[St
               "known": [r["fp"] for r in rows if r["known"]]}
     raw = conn.connection.driver_connection  # psycopg's, in the transaction: prepare=False is not SQLAlchemy's to give
     if events:
-        raw.execute(_SAVE_WITH_EVENTS, {**params, "events": json.dumps(events)}, prepare=False)
+        cur = raw.execute(_SAVE_WITH_EVENTS, {**params, "events": json.dumps(events)}, prepare=False)
     else:
-        raw.execute(_SAVE, params, prepare=False)
+        cur = raw.execute(_SAVE, params, prepare=False)
+    inserted = cur.fetchone()[0]
+    if inserted != len(rows) - len(params["known"]):
+        raise InstanceRace(check)
 
 
 def _iso(at: datetime | None) -> str | None:
