@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from celery import Celery
 
-from ops.devkit.process import start_worker
+from ops.devkit.process import start_worker, wait_until
 from ops.sample_app import init
 from tests.support import REPO
 from tests.support.backlog import KEY, add_backlog, assert_exactly_once
@@ -88,12 +88,16 @@ def test_the_catalog_a_maintenance_job_and_a_backlog_run_through_a_transaction_p
         job = client.send_task("maintenance.run", kwargs={"job": "purge_whatsapp_logs"}, queue="maintenance")
         backlog = client.send_task("backlog.reprocess_confirmations", kwargs={"batch_size": 5}, queue="backlog")
         sent |= {n: client.send_task("checks.run", kwargs={"name": n}, queue="checks") for n in SQL_CHECKS[half:]}
-        results = {n: r.get(timeout=60, propagate=False) for n, r in sent.items()}
+        if not wait_until(lambda: all(r.ready() for r in [*sent.values(), job, backlog]), 90):
+            pending = [n for n, r in {**sent, "purge_whatsapp_logs": job, "backlog": backlog}.items() if not r.ready()]
+            pytest.fail(f"not done in 90 s: {pending}\npgbouncer: {pooler.log_tail()}\n{worker.output()[-4000:]}")
+        results = {n: r.get(timeout=5, propagate=False) for n, r in sent.items()}
         failed = {n: (r.get("error") if isinstance(r, dict) else repr(r)) for n, r in results.items()
                   if not isinstance(r, dict) or r.get("status") == "error"}
-        assert failed == {}, failed
+        assert failed == {}, f"{failed}\npgbouncer: {pooler.log_tail()}\n{worker.output()[-6000:]}"
         out = job.get(timeout=60)
-        assert (out["status"], out["rows"], out["batches"]) == ("ok", OLD_LOGS, OLD_LOGS // BATCH + 1), out
+        assert (out["status"], out["rows"], out["batches"]) == ("ok", OLD_LOGS, OLD_LOGS // BATCH + 1), \
+            f"{out}\npgbouncer: {pooler.log_tail()}\n{worker.output()[-6000:]}"
         assert backlog.get(timeout=60)["status"] == "ok"
         assert_exactly_once(engine, sink, BACKLOG)  # (a remediation the catalog sent may have taken some)
         with engine.connect() as conn:

@@ -79,6 +79,11 @@ class PgBouncer:
             time.sleep(0.05)
         return self
 
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of PgBouncer's log (what a failing test shows: waits, timeouts, closed clients)."""
+        log = self.run_dir / "pgbouncer.log"
+        return log.read_text()[-chars:] if log.exists() else "(no pgbouncer.log)"
+
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()

@@ -217,6 +217,37 @@ def psycopg_text(query: str) -> tuple[str, tuple[str, ...]]:
     return str(compiled), tuple(compiled.params)
 
 
+class _OneSyncPipeline(psycopg.Pipeline):
+    """psycopg's pipeline, closed by its Sync alone. psycopg's own exit sends a Flush after that Sync
+    whenever the results have not all arrived yet; Postgres answers a Flush with no ReadyForQuery, so
+    a transaction pooler (PgBouncer 1.18) that had already released the server on the Sync's answer
+    links the server to this client again on the Flush and holds it there until the client's next
+    Sync: every other client of a small pool waits (until query_wait_timeout). After the Sync, the
+    results come anyway: they are read without asking for a flush."""
+
+    def _exit_gen(self):  # noqa: ANN202 (psycopg's generator type)
+        try:
+            self._enqueue_sync()
+            yield from self._communicate_gen()
+        finally:
+            yield from self._fetch_gen(flush=False)
+
+
+@contextlib.contextmanager
+def one_sync_pipeline(conn: psycopg.Connection):
+    """`conn.pipeline()` (psycopg 3.3's, whose internals this mirrors), closed by _OneSyncPipeline."""
+    with conn.lock:
+        conn._check_connection_ok()  # noqa: SLF001
+        assert conn._pipeline is None, "no pipeline is open on a checks connection"  # noqa: SLF001, S101
+        pipeline = conn._pipeline = _OneSyncPipeline(conn)  # noqa: SLF001
+    try:
+        with pipeline:
+            yield pipeline
+    finally:
+        with conn.lock:
+            conn._pipeline = None  # noqa: SLF001
+
+
 _TIMEOUTS = ("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true), "
              "set_config('plan_cache_mode', 'force_custom_plan', true)")  # SET LOCAL, as one statement
 
@@ -227,7 +258,8 @@ def read_only_query(engine: Engine, query: str, params: dict[str, Any], *, state
     transaction with statement and lock timeouts, always rolled back; (column names, rows).
 
     One round trip: BEGIN READ ONLY, the timeouts (set_config(..., is_local)), the query and ROLLBACK
-    go in one pipeline, answered at its one Sync (a failed statement skips the rest: the ROLLBACK is
+    go in one pipeline, answered at its one Sync, with nothing after it (_OneSyncPipeline: a
+    transaction pooler keeps a server for a client until its last message's answer) (a failed statement skips the rest: the ROLLBACK is
     then sent on its own). Every statement goes through the extended protocol, which takes exactly
     one statement, so a query cannot end the read-only transaction (`...; COMMIT; DELETE ...`), as the
     unnamed statement: psycopg sends a query without parameters as a simple Query (any number of
@@ -247,7 +279,7 @@ def read_only_query(engine: Engine, query: str, params: dict[str, Any], *, state
             conn.autocommit = True  # we send BEGIN ourselves, together with the settings
         try:
             cur, control = conn.cursor(), conn.cursor()
-            with conn.pipeline():  # the extended protocol even without parameters: one statement only
+            with one_sync_pipeline(conn):  # the extended protocol even without parameters: one statement only
                 control.execute("BEGIN READ ONLY", prepare=False)
                 control.execute(_TIMEOUTS, (str(int(statement_timeout_ms)), str(int(lock_timeout_ms))), prepare=False)
                 cur.execute(query, params, prepare=False)
