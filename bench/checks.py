@@ -207,7 +207,7 @@ def _measure(url: str, size: int, checks: list[Check], routing, repeat: int, rou
     engines = {"engine": (create_for_checks(url), create_for_checks(url)),
                "sqlalchemy": (create(url, application_name="opsfleet-checks", pre_ping=False),
                               create(url, application_name="opsfleet")),
-               "run_check": (create_for_checks(url), create(url, application_name="opsfleet", prepared=True, pre_ping=False),  # as checks_fleet_engine()
+               "run_check": (create_for_checks(url), create(url, application_name="opsfleet", prepared=True, pre_ping=False),  # as hot_fleet_engine()
                              create_for_checks(url))}
     queries = {c.name: psycopg_text(c.query)[0] for c in checks}  # the text SQLAlchemy would send
     # bare runs on the very connections the engine keeps (this thread's): the same server backends

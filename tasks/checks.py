@@ -13,7 +13,7 @@ from worker.checks.engine import run_check
 from worker.checks.spec import Check
 from worker.config import get_config
 from worker.fleet import calls
-from worker.fleet.db import checks_engine, checks_fleet_engine, fleet_engine, fleet_now
+from worker.fleet.db import checks_engine, fleet_engine, fleet_now, hot_fleet_engine
 from worker.fleet.settings import get_settings
 from worker.targets import Target
 
@@ -106,7 +106,7 @@ def _evaluate(check: Check, where: Target | None, now: datetime, slot_at: dateti
     monitored = checks_engine("monitored") if where is None or not where.where else \
         checks_engine(url=where.database_url(settings))
     outcome = run_check(
-        check, monitored=monitored, fleet=checks_fleet_engine(), fleet_queries=checks_engine("fleet"),
+        check, monitored=monitored, fleet=hot_fleet_engine(), fleet_queries=checks_engine("fleet"),
         now=now, routing=get_config().routing, slot=slot_at,
         task_id=task_id, redis_url=settings.redis() if check.kind == "redis" else None,
         target=where.key if where else "", target_labels=where.alert_labels() if where else None,

@@ -10,7 +10,7 @@ import structlog
 from worker.app import app, task
 from worker.config import get_config
 from worker.fleet import calls, redisconn
-from worker.fleet.db import fleet_engine, fleet_now, maintenance_engine
+from worker.fleet.db import fleet_engine, fleet_now, hot_fleet_engine, maintenance_engine
 from worker.fleet.settings import get_settings
 from worker.notify import followup, outbox
 from worker.notify.delivery import deliver as deliver_one
@@ -36,8 +36,9 @@ def deliver(notification_id: str, channel: str | None = None) -> dict:
     structlog.contextvars.bind_contextvars(notification_id=notification_id)
     settings = get_settings()
     client = _redis()
-    result = deliver_one(notification_id, fleet=fleet_engine(), settings=settings, routing=get_config().routing,
-                         now=fleet_now(), monitored=maintenance_engine(), redis_client=client,
+    fleet = hot_fleet_engine()
+    result = deliver_one(notification_id, fleet=fleet, settings=settings, routing=get_config().routing,
+                         now=fleet_now(fleet), monitored=maintenance_engine(), redis_client=client,
                          channel_hint=channel)
     followup.after_delivery(result, notification_id=notification_id, channel=channel, client=client,
                             enqueue=_enqueue)

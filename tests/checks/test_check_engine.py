@@ -248,7 +248,7 @@ def test_a_check_survives_its_pooled_connection_being_killed(fleet_db):
 
 
 def test_a_run_survives_its_fleet_connection_dying_while_idle(db, fleet_db):
-    """run_check's fleet engine pings nothing (worker.fleet.db.checks_fleet_engine): a kept connection
+    """run_check's fleet engine pings nothing (worker.fleet.db.hot_fleet_engine): a kept connection
     that died between two runs (a restart) is met by the claim, which nothing has written before, and
     the run goes through on a new one, recorded once."""
     state = create(fleet_db, pre_ping=False, pool_size=1)

@@ -50,7 +50,7 @@ def fleet(fresh_database, redis_url):
     os.environ.update(DATABASE_URL=url, REDIS_URL=redis_url)
     reload_settings()
     db.fleet_engine.cache_clear()
-    db.checks_fleet_engine.cache_clear()
+    db.hot_fleet_engine.cache_clear()
     db.monitored_engine.cache_clear()
     tasks.notify._redis.cache_clear()
     engine = db.create(url)
@@ -60,7 +60,7 @@ def fleet(fresh_database, redis_url):
         os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     reload_settings()
     db.fleet_engine.cache_clear()
-    db.checks_fleet_engine.cache_clear()
+    db.hot_fleet_engine.cache_clear()
     db.monitored_engine.cache_clear()
     tasks.notify._redis.cache_clear()
 
