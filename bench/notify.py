@@ -78,12 +78,13 @@ def say(*a: object) -> None:
 class Worker:
     """A real Celery worker subprocess (its own session, so it is stopped as one group)."""
 
-    def __init__(self, env: dict[str, str], log: Path, queues: str, concurrency: int, name: str) -> None:
+    def __init__(self, env: dict[str, str], log: Path, queues: str, concurrency: int, name: str,
+                 extra: tuple[str, ...] = ()) -> None:
         self.log = log
         self._fh = open(log, "w")  # noqa: SIM115
         self.p = subprocess.Popen(  # noqa: S603
             [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", queues, "-c", str(concurrency),
-             "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "-l", "INFO"],
+             "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "-l", "INFO", *extra],
             env=env, cwd=REPO, stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 90
         while "ready" not in log.read_text():
@@ -342,6 +343,7 @@ def write_throughput_config(root: Path, n: int) -> None:
 
 
 def throughput(args, engine, db_url: str, redis_url: str, tmp: Path) -> dict:
+    import psycopg
     import redis
     import resend
     from celery import Celery
@@ -350,7 +352,8 @@ def throughput(args, engine, db_url: str, redis_url: str, tmp: Path) -> dict:
     from worker.channels.email import EmailChannel
     from worker.checks.engine import run_check
     from worker.config import load_config
-    from worker.fleet.settings import Settings
+    from worker.fleet import db as fleet_db
+    from worker.fleet.settings import Settings, get_settings
     from worker.notify.delivery import deliver
 
     n = args.throughput_n
@@ -411,8 +414,16 @@ def throughput(args, engine, db_url: str, redis_url: str, tmp: Path) -> dict:
         now = datetime.now(UTC)
         ids = run_check(cfg.checks["tp_loop"], monitored=engine, fleet=engine, now=now, routing=cfg.routing).notification_ids
         assert len(ids) == n, len(ids)
+        # the fleet engine notify.deliver itself uses (its settings: pre-ping or not, prepared statements),
+        # made from this run's database URL
+        os.environ["DATABASE_URL"] = os.environ["FLEET_DATABASE_URL"] = db_url
+        get_settings.cache_clear()
+        task_engine_factory = getattr(fleet_db, "hot_fleet_engine", None) or fleet_db.fleet_engine
+        task_engine_factory.cache_clear()
+        task_engine = task_engine_factory()
         # what one delivery costs the fleet database: transactions begun (autobegun reads included) and
-        # statements sent (each a round trip), counted on the engine's own events
+        # statements sent, counted on the engine's own events; round trips, counted where psycopg waits
+        # for the server (BEGIN, COMMIT and a checkout's ping included)
         calls = Counter()
 
         def on_begin(conn) -> None:
@@ -421,26 +432,38 @@ def throughput(args, engine, db_url: str, redis_url: str, tmp: Path) -> dict:
         def on_statement(conn, cursor, statement, parameters, context, executemany) -> None:
             calls["statements"] += 1
 
-        sa.event.listen(engine, "begin", on_begin)
-        sa.event.listen(engine, "before_cursor_execute", on_statement)
+        real_wait = psycopg.Connection.wait
+
+        def counted_wait(self, *a, **kw):
+            calls["round_trips"] += 1
+            return real_wait(self, *a, **kw)
+
+        sa.event.listen(task_engine, "begin", on_begin)
+        sa.event.listen(task_engine, "before_cursor_execute", on_statement)
+        psycopg.Connection.wait = counted_wait
         t = time.perf_counter()
         try:
-            statuses = Counter(deliver(nid, fleet=engine, settings=settings, routing=cfg.routing,
+            statuses = Counter(deliver(nid, fleet=task_engine, settings=settings, routing=cfg.routing,
                                        now=datetime.now(UTC), redis_client=rclient).status for nid in ids)
         finally:
             loop = time.perf_counter() - t
-            sa.event.remove(engine, "begin", on_begin)
-            sa.event.remove(engine, "before_cursor_execute", on_statement)
+            psycopg.Connection.wait = real_wait
+            sa.event.remove(task_engine, "begin", on_begin)
+            sa.event.remove(task_engine, "before_cursor_execute", on_statement)
+            task_engine.dispose()
         out["deliver_loop"] = {"seconds": loop, "per_s": n / loop, "statuses": dict(statuses),
                                "emails": len(sink.emails), "transactions_per_delivery": calls["transactions"] / n,
-                               "statements_per_delivery": calls["statements"] / n}
+                               "statements_per_delivery": calls["statements"] / n,
+                               "round_trips_per_delivery": calls["round_trips"] / n,
+                               "engine": task_engine_factory.__name__}
         sink.reset()
         say(f"throughput: deliver() loop {n / loop:.0f}/s {dict(statuses)}; per delivery "
-            f"{calls['transactions'] / n:.2f} transactions, {calls['statements'] / n:.2f} statements (fleet database)")
+            f"{calls['transactions'] / n:.2f} transactions, {calls['statements'] / n:.2f} statements, "
+            f"{calls['round_trips'] / n:.2f} round trips (fleet database, {task_engine_factory.__name__}())")
 
         # c) notify.deliver on the Celery workers (then the bare loop again: the machine's load may have moved)
         worker = Worker(worker_env(db_url, redis_url, cfg_dir, sink), tmp / "tp-worker.log", "notify",
-                        args.concurrency, "tp")
+                        args.concurrency, "tp", extra=("--prefetch-multiplier", str(args.prefetch_multiplier)))
         client = Celery(broker=redis_url)
         try:
             ids = run_check(cfg.checks["tp_fleet"], monitored=engine, fleet=engine, now=datetime.now(UTC),
@@ -535,7 +558,9 @@ def report(args, s: dict | None, t: dict | None, wall: float) -> str:
                  f"{dl['per_s'] / b:.2f}x |")
         if "transactions_per_delivery" in dl:
             cost = (f"Per delivery in the deliver() loop: {dl['transactions_per_delivery']:.2f} fleet transactions, "
-                    f"{dl['statements_per_delivery']:.2f} statements (round trips to the fleet database).")
+                    f"{dl['statements_per_delivery']:.2f} statements, {dl.get('round_trips_per_delivery', 0):.2f} "
+                    f"round trips to the fleet database (BEGIN, COMMIT and pings included; on "
+                    f"{dl.get('engine', 'the bench engine')}(), the engine notify.deliver uses).")
         else:
             cost = ""
         f = t["fleet"]
@@ -577,6 +602,8 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=10.0, help="seconds to wait after draining before counting")
     ap.add_argument("--timeout", type=float, default=600.0, help="give up on the storm after this many seconds")
     ap.add_argument("--throughput-n", type=int, default=1000)
+    ap.add_argument("--prefetch-multiplier", type=int, default=1,
+                    help="the throughput worker's (celery worker --prefetch-multiplier); the app's default is 1")
     ap.add_argument("--skip-storm", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--json", help="write the raw figures here")
