@@ -104,7 +104,7 @@ def task(name: str, *, accepts: dict[str, str] | None = None, shadow: Callable[[
             calls.check_arguments(name, fn, args[1:] if bound else args, kwargs, accepts or {}, bound=bound)
             try:
                 return fn(*args, **kwargs)
-            except calls.SERVICE_ERRORS as exc:
+            except calls.service_errors() as exc:
                 unavailable = calls.service_unavailable(exc)
                 log.error("task_failed", task=name, error=str(unavailable))
                 raise unavailable from None

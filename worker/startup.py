@@ -2,7 +2,11 @@
 broker and Redis answering, and (a worker consuming maintenance) the jobs against the database. Each
 problem is one line; either process refuses to start on any of them instead of logging `ready` and
 then failing every task it takes. Warnings (a RabbitMQ too old to take the per-consumer timeout the
-long queues need) are logged once and the process starts."""
+long queues need) are logged once and the process starts.
+
+worker.app imports this module for its filters and timeouts: what the checks read (the config
+folder, SQLAlchemy, the catalog) is imported when they run, at a worker's or a beat's start, so a
+`celery call` or a CLI command that imports the app does not pay for it."""
 
 from __future__ import annotations
 
@@ -12,16 +16,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
 from kombu import Connection
 
-from worker.config import get_config
 from worker.fleet import redisconn
 from worker.fleet.errors import OpsfleetError, ServiceUnavailable
 from worker.fleet.logs import mask_text
 from worker.fleet.names import QUEUES
 from worker.fleet.settings import Settings, get_settings
-from worker.maintenance.catalog import check_catalog_at
 
 # RabbitMQ takes a per-consumer delivery acknowledgement timeout (x-consumer-timeout) from 3.12 on;
 # before, its server-wide consumer_timeout (30 min by default) applies to every delivery.
@@ -136,6 +137,8 @@ _REFUSALS = ("does not exist", "password authentication failed", "authentication
 def refused_credentials(urls: dict[str, str]) -> list[str]:
     """One line per database (by the variable that names it) whose server answered and refused the
     URL's role, password or database name."""
+    import sqlalchemy as sa
+
     from worker.fleet.db import create
 
     problems: list[str] = []
@@ -169,6 +172,10 @@ def _databases(settings: Settings, cfg: Any, queues: set[str]) -> dict[str, str]
 
 def worker_findings(queues: Iterable[str]) -> Findings:
     """A worker consuming `queues` (empty: all of them)."""
+    import sqlalchemy as sa
+
+    from worker.config import get_config
+
     queues = set(queues) or set(QUEUES)
     found = Findings()
     try:
@@ -210,6 +217,8 @@ def worker_findings(queues: Iterable[str]) -> Findings:
 
 def _role_warnings(settings: Settings) -> list[str]:
     """The checks' role: a superuser or one that may write is worth one warning at start, not a refusal."""
+    import sqlalchemy as sa
+
     from worker.fleet.db import checks_role_warnings, create
 
     engine = create(settings.require_database_url(), pool_size=1)
@@ -241,6 +250,7 @@ def catalog_problems(cfg: Any, settings: Settings, *, checks: bool = True, maint
     what to do. Empty when all is well. Raises ServiceUnavailable when a database does not answer."""
     from worker.checks.catalog import check_queries
     from worker.fleet.db import create, ping
+    from worker.maintenance.catalog import check_catalog_at
     from worker.packs import missing
 
     problems: list[str] = []
@@ -281,6 +291,8 @@ def target_problems(cfg: Any, settings: Settings, *, checks: bool = True) -> tup
     """Of each declared target: the tables and functions its packs need that its database lacks (an
     error, one line naming the target and the table), and whether it answers at all (a target that is
     down is a warning: the fleet starts, and the target's database_down tells of it)."""
+    import sqlalchemy as sa
+
     from worker.fleet.db import checks_role_warnings, create
     from worker.packs import missing
 
@@ -312,6 +324,8 @@ def target_problems(cfg: Any, settings: Settings, *, checks: bool = True) -> tup
 
 def beat_findings() -> Findings:
     """A beat: what a worker needs but the catalog (a beat would schedule tasks no worker can run)."""
+    from worker.config import get_config
+
     found = Findings()
     try:
         settings = get_settings()

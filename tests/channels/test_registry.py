@@ -27,3 +27,13 @@ def test_registry_builds_channels_by_kind(sink):
     )
     with pytest.raises(ValueError, match="unknown channel kind"):
         get_channel("sms")
+
+
+def test_each_kind_names_the_class_that_sends_it():
+    """The registry names each kind's module and class without importing them (PLACES): each class
+    found there says it is that kind, and routing.yaml's kinds are the registry's and `digest`."""
+    from worker.channels.registry import KINDS, PLACES, ROUTING_ONLY
+
+    assert {kind: CHANNELS[kind].kind for kind in PLACES} == {kind: kind for kind in PLACES}
+    assert KINDS == (*PLACES, *ROUTING_ONLY)
+    assert "sms" not in CHANNELS and CHANNELS.get("sms") is None

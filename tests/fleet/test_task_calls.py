@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from celery import Celery
 
+import tasks.actions  # noqa: F401 - registers maintenance.action
 import tasks.backlog
 import tasks.checks
 import tasks.digest

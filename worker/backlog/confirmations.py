@@ -8,14 +8,16 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from markupsafe import escape
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from worker.channels.base import DeliveryError
-from worker.channels.email import MAX_BATCH, EmailChannel
 from worker.fleet.logs import get_logger
+
+if TYPE_CHECKING:  # the channel (and Resend's SDK) is imported when a run sends: a worker starts without it
+    from worker.channels.email import EmailChannel
 
 log = get_logger(__name__)
 
@@ -76,6 +78,8 @@ def provider_calls(rows: Iterable[EmailRow]) -> list[list[EmailRow]]:
     """The one rule that cuts pending rows into provider calls: per group, by registration id, 100 each.
 
     Rows only leave a group a whole call at a time, so the calls of what is left are unchanged."""
+    from worker.channels.email import MAX_BATCH
+
     groups: dict[str, list[EmailRow]] = {}
     for r in rows:
         groups.setdefault(r.grp, []).append(r)
@@ -139,6 +143,8 @@ def send_call(channel: EmailChannel, call: Sequence[EmailRow], *,
 def confirmation_channel(settings: Any) -> EmailChannel:
     """Confirmation emails go out as FROM_NAME <FROM_EMAIL> through RESEND_API_URL with RESEND_API_KEY
     (`settings`: worker.fleet.settings.Settings)."""
+    from worker.channels.email import EmailChannel
+
     return EmailChannel(settings.resend_api_key, settings.from_email, settings.from_name, [],
                         api_url=settings.resend_api_url)
 

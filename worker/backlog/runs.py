@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -65,9 +65,11 @@ from worker.backlog.confirmations import (
     send_call,
 )
 from worker.backlog.spec import JOB_REPROCESS, JOB_RESEND
-from worker.channels.email import EmailChannel
 from worker.fleet import runs
 from worker.fleet.logs import get_logger
+
+if TYPE_CHECKING:  # built by the task (confirmation_channel), which imports it
+    from worker.channels.email import EmailChannel
 
 log = get_logger(__name__)
 

@@ -4,22 +4,55 @@ itself from the settings (`from_settings`), says what it lacks (`problems`), pro
 this list, delivery and `opsfleet health` ask it. Adding a channel is one new module, its template,
 its tests and its line here.
 
+The list names each kind's module and class; a module is imported the first time its class is asked
+for (a channel built, probed or its rate read), not when the registry is: every process reads
+routing.yaml (its kinds), few send email, and the providers' SDKs (resend, slack_sdk, pagerduty) cost
+a quarter of a second of every start (tests/fleet/test_imports.py holds that).
+
 The registry lives apart from base.py so that base imports no channel module (each channel module
 imports base)."""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
-from worker.channels.base import Channel
-from worker.channels.email import EmailChannel
-from worker.channels.pagerduty import PagerDutyChannel
-from worker.channels.slack import SlackChannel
-from worker.channels.table import TableChannel
-from worker.channels.webhook import WebhookChannel
+if TYPE_CHECKING:
+    from worker.channels.base import Channel
 
-CHANNELS: dict[str, type[Channel]] = {c.kind: c for c in (EmailChannel, SlackChannel, TableChannel, PagerDutyChannel,
-                                                           WebhookChannel)}
+# kind -> "module:Class"; each class's `kind` is its key here (tests/channels/test_registry.py)
+PLACES: dict[str, str] = {
+    "email": "worker.channels.email:EmailChannel",
+    "slack": "worker.channels.slack:SlackChannel",
+    "table": "worker.channels.table:TableChannel",
+    "pagerduty": "worker.channels.pagerduty:PagerDutyChannel",
+    "webhook": "worker.channels.webhook:WebhookChannel",
+}
+
+
+class _Classes(Mapping[str, "type[Channel]"]):
+    """kind -> class, importing a kind's module when its class is first looked up (`in` and iterating
+    import nothing)."""
+
+    def __init__(self, places: dict[str, str]) -> None:
+        self._places = places
+
+    def __getitem__(self, kind: str) -> type[Channel]:
+        module, name = self._places[kind].split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._places
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._places)
+
+    def __len__(self) -> int:
+        return len(self._places)
+
+
+CHANNELS: Mapping[str, type[Channel]] = _Classes(PLACES)
 # a routing.yaml channel of kind `digest` is no transport: it names where the daily digest's
 # held-back notices are counted, and is delivered through the digest's own email
 ROUTING_ONLY = ("digest",)

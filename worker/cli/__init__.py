@@ -96,9 +96,15 @@ def _usage_line(exc) -> str:
     return f"opsfleet: error: {command + ': ' if command else ''}{message} (see `{where} --help`)"
 
 
+def _sqlalchemy_error(name: str) -> type[BaseException] | tuple[()]:
+    """SQLAlchemy's error class `name`, or nothing to catch when the command imported no SQLAlchemy (it
+    raised none then): `opsfleet --help` and the commands that read no database do not import it."""
+    module = sys.modules.get("sqlalchemy.exc")
+    return getattr(module, name) if module is not None else ()
+
+
 def main() -> None:
     import click
-    import sqlalchemy.exc
     from typer._click import exceptions as typer_click
 
     click_errors = (click.ClickException, typer_click.ClickException)
@@ -111,12 +117,12 @@ def main() -> None:
     except OpsfleetError as exc:
         err.print(f"opsfleet: error: {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except sqlalchemy.exc.OperationalError as exc:
+    except _sqlalchemy_error("OperationalError") as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         err.print(f"opsfleet: error: {ServiceUnavailable.__name__}: the database did not answer: {reason}",
                   highlight=False, soft_wrap=True)
         sys.exit(3)
-    except sqlalchemy.exc.DBAPIError as exc:  # e.g. a table this command reads is not in that database
+    except _sqlalchemy_error("DBAPIError") as exc:  # e.g. a table this command reads is not in that database
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
         err.print(f"opsfleet: error: the database answered: {reason} (is DATABASE_URL the database this command "
                   "reads? `opsfleet config validate` names what each pack needs)", highlight=False, soft_wrap=True)

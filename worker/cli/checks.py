@@ -9,7 +9,6 @@ import typer
 
 from worker.cli.common import console, emit_json, err, labels_text, settings, table, target_named
 from worker.fleet.errors import ArgumentError, OpsfleetError
-from worker.targets import FLEET
 
 checks_app = typer.Typer(no_args_is_help=True, help="Checks (SQL alert rules).")
 alerts_app = typer.Typer(no_args_is_help=True, help="Alert state.")
@@ -48,6 +47,7 @@ def checks_list(target: Annotated[str | None, typer.Option(help="only the checks
     from worker.checks import store
     from worker.config import get_config
     from worker.fleet.db import fleet_engine
+    from worker.targets import FLEET
 
     settings()
     cfg = get_config()

@@ -1,18 +1,22 @@
 """What every command group shares: stdout for results (tables, or JSON with --json), stderr for
-progress, errors and log lines (WARNING and above unless `opsfleet -v`), settings."""
+progress, errors and log lines (WARNING and above unless `opsfleet -v`), settings.
+
+A command imports what it runs: the settings (pydantic, and celery's schedules through the durations)
+and logging (structlog) are imported by `settings()`, which every command that needs them calls first,
+not by `opsfleet --help` (tests/fleet/test_imports.py)."""
 
 from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from worker.fleet.logs import configure_logging
-from worker.fleet.settings import Settings, get_settings
+if TYPE_CHECKING:
+    from worker.fleet.settings import Settings
 
 # Where stdout is not a terminal (a pipe, a file, a CI log) a table is never cut to 80 columns: names
 # and ids are printed whole, for grep and for people alike.
@@ -24,6 +28,9 @@ VERBOSITY = {"level": "WARNING"}  # `opsfleet -v`: INFO, `-vv`: DEBUG
 def settings() -> Settings:
     """The environment's settings (one clear line on a bad variable), with logging set up: log lines
     go to stderr, at WARNING and above unless -v."""
+    from worker.fleet.logs import configure_logging
+    from worker.fleet.settings import get_settings
+
     s = get_settings()
     configure_logging(level=VERBOSITY["level"])
     return s

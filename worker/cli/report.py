@@ -12,10 +12,8 @@ from typing import Annotated
 import typer
 
 from worker.cli.common import settings
-from worker.fleet.logs import get_logger
 
 report_app = typer.Typer(no_args_is_help=True, help="The confirmation system's reports (weekly performance, monthly growth) as HTML files.")
-log = get_logger("worker.cli.report")
 
 
 def _instant(value: str | None) -> datetime | None:
@@ -63,6 +61,7 @@ def _target(given: str | None):
 
 def _write(kind: str, out: Path | None, now: datetime | None, target: str | None) -> None:
     from worker.fleet.db import ping
+    from worker.fleet.logs import get_logger
     from worker.reports import queries, render
 
     at = now or datetime.now(UTC)  # (a bad --now was refused by its callback, before any setting is read)
@@ -74,7 +73,7 @@ def _write(kind: str, out: Path | None, now: datetime | None, target: str | None
     of = f"-{t.name}" if t.where else ""
     path = out or Path.cwd() / f"opsfleet-report-{kind}{of}-{queries.period(data)}.html"
     render.write_file(data, path)
-    log.info("report_written", report=kind, period=queries.period(data), path=str(path), target=t.name)
+    get_logger("worker.cli.report").info("report_written", report=kind, period=queries.period(data), path=str(path), target=t.name)
     typer.echo(str(path))
 
 

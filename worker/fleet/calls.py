@@ -7,20 +7,26 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import psycopg
-import redis
-import sqlalchemy as sa
-
 from worker.fleet.errors import ArgumentError, ServiceUnavailable
 
-# errors meaning a service did not answer (the task fails, its next run or the sweeper retries)
-SERVICE_ERRORS: tuple[type[BaseException], ...] = (
-    sa.exc.OperationalError, sa.exc.InterfaceError, psycopg.OperationalError, redis.ConnectionError,
-    redis.TimeoutError, ConnectionError,
-)
+
+def service_errors() -> tuple[type[BaseException], ...]:
+    """The errors meaning a service did not answer (the task fails, its next run or the sweeper
+    retries): SQLAlchemy's and psycopg's operational errors, Redis's connection and timeout errors, a
+    socket's. Only of the clients this process has imported: one it has not imported raised nothing,
+    and a process that imports the app to send a task (`celery call`, the CLI) loads none for it."""
+    found: list[type[BaseException]] = [ConnectionError]
+    if (sa_exc := sys.modules.get("sqlalchemy.exc")) is not None:
+        found += [sa_exc.OperationalError, sa_exc.InterfaceError]
+    if (psycopg := sys.modules.get("psycopg")) is not None:
+        found.append(psycopg.OperationalError)
+    if (redis := sys.modules.get("redis")) is not None:
+        found += [redis.ConnectionError, redis.TimeoutError]
+    return tuple(found)
 
 
 def closest(name: str, choices: Iterable[str]) -> str:
