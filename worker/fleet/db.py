@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from worker.fleet.errors import ServiceUnavailable
 from worker.fleet.settings import get_settings
+from worker.fleet.stale import once_more_if_stale
 
 POOL_RECYCLE_S = 1800  # a pooled (or kept) connection older than this is closed and replaced
 # No named prepared statements (psycopg's default prepares a statement at its 6th run on a connection):
@@ -141,15 +142,12 @@ def fleet_now(engine: Engine | None = None) -> datetime:
     shares. Tasks take `now` from it, not from their host, so a worker whose clock runs ahead or
     jumps neither sends a retry before its Retry-After, nor takes another worker's lease early, nor
     evaluates a slot that has not begun (tests/reliability/test_clock_skew.py)."""
-    engine = engine or fleet_engine()
-    for attempt in (1, 2):  # a read: once more on a new connection if a kept one died while idle (a
-        try:                # restart; hot_fleet_engine pings nothing at checkout)
-            with engine.connect() as conn:
-                return conn.execute(_CLOCK).scalar_one().astimezone(UTC)
-        except sa.exc.DBAPIError as exc:
-            if attempt == 2 or not exc.connection_invalidated:
-                raise
-    raise AssertionError("unreachable")
+    return once_more_if_stale(_clock, engine or fleet_engine())
+
+
+def _clock(engine: Engine) -> datetime:
+    with engine.connect() as conn:
+        return conn.execute(_CLOCK).scalar_one().astimezone(UTC)
 
 
 _CLOCK = sa.text("SELECT clock_timestamp()")

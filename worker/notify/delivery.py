@@ -15,21 +15,20 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
 
 from worker.channels import registry
 from worker.channels.base import DeliveryError, DeliveryResult, Message
 from worker.fleet.fields import severity_rank
 from worker.fleet.logs import get_logger
 from worker.fleet.settings import Settings
+from worker.fleet.stale import once_more_if_stale
 from worker.notify import holds, outbox, ratelimit
 from worker.notify.routing import Routing
 
 log = get_logger(__name__)
-T = TypeVar("T")
 
 MAX_ATTEMPTS = 8
 BROKER_RETRY_LIMIT = 60.0  # longer waits stay in the outbox for notify.sweep, never in the broker
@@ -113,16 +112,19 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
     With `channel_hint` (a follow-up scheduled at the bucket's next token), a row already folded
     into another message gives way to the oldest row of that channel waiting to be folded. `clock`
     is the rate-limit buckets' (default: the Redis server's time; tests inject one). Three fleet
-    transactions for a notification sent: the lease with its holds, the fold, the record."""
-    leased = _stage(_lease_and_hold, fleet, nid, routing, now, channel_hint, settings.opsfleet_public_url)
+    transactions for a notification sent: the lease with its holds, the fold, the record, each run
+    once more if it meets a connection that died while idle (once_more_if_stale): the lease is taken
+    once (one that committed unanswered holds the row until it runs out, then notify.sweep sends it),
+    and marking sent, retrying or dead is idempotent."""
+    leased = once_more_if_stale(_lease_and_hold, fleet, nid, routing, now, channel_hint, settings.opsfleet_public_url)
     if isinstance(leased, Delivery):
         return leased
     row, message = leased
     kind = _kind(row, routing)
     bucket = bucket_for(kind, row.channel, settings, routing, redis_client, clock)
-    if (throttled := _stage(_take_token, fleet, row, bucket, now)) is not None:
+    if (throttled := once_more_if_stale(_take_token, fleet, row, bucket, now)) is not None:
         return throttled
-    folded, message, previous = _stage(_fold, fleet, row, message, kind, routing, now)
+    folded, message, previous = once_more_if_stale(_fold, fleet, row, message, kind, routing, now)
     if bucket is not None:
         bucket.wait_turn()  # the wire bucket: no two requests closer than the provider allows
     log.info("notification_sending", notification_id=str(row.id), channel=row.channel, attempt=row.attempts,
@@ -132,24 +134,8 @@ def deliver(nid: str, *, fleet: Engine, settings: Settings, routing: Routing | N
     except DeliveryError as exc:
         if exc.reason == "rate_limited" and bucket is not None:
             bucket.penalize(exc.retry_after or 1.0)  # every worker waits out the provider's Retry-After
-        return _stage(_record_failure, fleet, row, folded, exc, now)
-    return _stage(_record_sent, fleet, row, folded, result, now, paced=bucket is not None)
-
-
-def _stage(fn: Callable[..., T], fleet: Engine, *args: Any, **kwargs: Any) -> T:
-    """A stage's transaction, once more on a new connection when the fleet's connection turned out
-    dead (a restart since it was last used): the engine (worker.fleet.db.hot_fleet_engine) pings
-    nothing at checkout, and a transaction that met a dead connection wrote nothing. Each stage is
-    safe to run again: the lease is taken once (a lease that committed unanswered holds the row until
-    it runs out, then notify.sweep sends it), and marking sent, retrying or dead is idempotent."""
-    try:
-        return fn(fleet, *args, **kwargs)
-    except DBAPIError as exc:
-        if not exc.connection_invalidated:
-            raise
-        log.warning("fleet_connection_replaced", stage=fn.__name__.lstrip("_"),
-                    reason=str(exc.orig).strip().splitlines()[0] if exc.orig and str(exc.orig).strip() else "")
-        return fn(fleet, *args, **kwargs)
+        return once_more_if_stale(_record_failure, fleet, row, folded, exc, now)
+    return once_more_if_stale(_record_sent, fleet, row, folded, result, now, paced=bucket is not None)
 
 
 def _lease_and_hold(fleet: Engine, nid: str, routing: Routing | None, now: datetime,
