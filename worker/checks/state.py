@@ -20,6 +20,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from worker.checks.collect import Sample
 from worker.checks.spec import Check
@@ -47,6 +48,9 @@ class Instance:
     keep_firing_since: datetime | None = None  # firing with the condition false since then
     acked_at: datetime | None = None  # this episode was acknowledged (opsfleet alerts ack)
     evaluated_at: datetime | None = None  # the evaluation that left it here
+    # what the store keeps beside the machine's fields, as loaded (value, summary, severity, database,
+    # target): lets it leave alone a row an evaluation would not change (worker.checks.store.save_steps)
+    stored: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

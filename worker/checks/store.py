@@ -10,7 +10,9 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
+from psycopg.rows import namedtuple_row
 from sqlalchemy.engine import Connection
 
 from worker.checks.spec import Check, Scheduled
@@ -18,7 +20,8 @@ from worker.checks.state import Instance, Step
 from worker.fleet.db import psycopg_text
 
 # Statements the evaluation runs every time, parsed once (sa.text() parses its text for bind names).
-_COLUMNS = ("fingerprint, state, labels, active_at, fired_at, keep_firing_since, acked_at, last_eval_at")
+_COLUMNS = ("fingerprint, state, labels, active_at, fired_at, keep_firing_since, acked_at, last_eval_at, "
+            "last_value, summary, severity, database, target")
 _WHERE_CHECK = "check_name = :c AND (target = :t OR (:t = 'default' AND target = ''))"
 # The run's row, whole (its query has run: the outcome is known), claimed with the instances it may
 # move, locked, in one statement: a concurrent duplicate blocks on the unique key until the first
@@ -27,17 +30,25 @@ _WHERE_CHECK = "check_name = :c AND (target = :t OR (:t = 'default' AND target =
 # the run is recorded again under the (check, target)'s lock (claim(..., fingerprints=...)), which
 # also loads the rows of the samples' fingerprints wherever they are (an instance of the check kept
 # under the other spelling of its target is adopted, as a known one).
+# The claim also lets the transaction commit without waiting for its WAL to reach the disk
+# (synchronous_commit off, for this transaction alone): a run whose instances all stay inactive or
+# resolved writes its row and at most their new values, and a crash of the fleet's Postgres (not of
+# a worker) may lose the last such runs (at most 3 x wal_writer_delay, 0.6 s by default: those slots
+# then read as not run; nothing was sent for them). save_steps turns it back on for a transition or a
+# pending or firing instance: they and the notifications written with them commit durably.
 _CLAIM_SQL = """
     WITH claim AS (
         INSERT INTO fleet.check_runs (check_name, target, slot, started_at, task_id, finished_at, duration_ms,
                                       rows, status, error, value, note)
         VALUES (:c, :t, :slot, :now, :tid, :fin, :d, :rows, :s, :e, :v, :note)
         ON CONFLICT (check_name, target, slot) DO NOTHING RETURNING id)
-    SELECT claim.id AS run_id, a.* FROM claim
+    SELECT claim.id AS run_id, set_config('synchronous_commit', 'off', true) AS lazy, a.* FROM claim
     LEFT JOIN LATERAL (SELECT {columns} FROM fleet.alerts WHERE {where} FOR UPDATE) a ON true"""
-_CLAIM = sa.text(_CLAIM_SQL.format(columns=_COLUMNS, where=_WHERE_CHECK))
-_CLAIM_WIDE = sa.text(_CLAIM_SQL.format(columns=_COLUMNS,
-                                        where=f"({_WHERE_CHECK}) OR fingerprint = ANY(CAST(:fps AS text[]))"))
+# Sent through psycopg itself (_driver_rows): SQLAlchemy's execution and result rows cost 0.12 ms a
+# run here, a tenth of a one-instance run's time beyond its query (bench/RESULTS.md).
+_CLAIM = psycopg_text(_CLAIM_SQL.format(columns=_COLUMNS, where=_WHERE_CHECK))[0]
+_CLAIM_WIDE = psycopg_text(_CLAIM_SQL.format(
+    columns=_COLUMNS, where=f"({_WHERE_CHECK}) OR fingerprint = ANY(CAST(:fps AS text[]))"))[0]
 # Every run of a (check, target) waits for the one in flight to commit (`default` and the implicit ''
 # are one): taken before the claim, whose statement then sees what that one wrote.
 _LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtextextended("
@@ -84,7 +95,7 @@ _EVENTS = """,
                                         target)
         SELECT e.fp, :c, e.labels, :sev, e.f, e.t, e.v, :now, :target
         FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS e(fp text, labels jsonb, f text, t text, v float8))"""
-_COUNT = "\n    SELECT count(*) FROM inserted"
+_COUNT = "\n    SELECT count(*), set_config('synchronous_commit', :sync, true) FROM inserted"  # (durable: 'on')
 _SAVE, _SAVE_WITH_EVENTS = psycopg_text(_STEPS + _COUNT)[0], psycopg_text(_STEPS + _EVENTS + _COUNT)[0]
 
 
@@ -106,12 +117,26 @@ def claim(conn: Connection, check: str, slot: datetime, now: datetime, task_id: 
               "s": status, "e": error, "v": value, "note": note}
     if fingerprints is not None:
         conn.execute(_LOCK, {"c": check, "t": target})
-        found = conn.execute(_CLAIM_WIDE, {**params, "fps": fingerprints}).all()
+        found = _driver_rows(conn, _CLAIM_WIDE, {**params, "fps": fingerprints})
     else:
-        found = conn.execute(_CLAIM, params).all()
+        found = _driver_rows(conn, _CLAIM, params)
     if not found:
         return None, {}
     return found[0].run_id, {r.fingerprint: _instance(r) for r in found if r.fingerprint is not None}
+
+
+def _driver_rows(conn: Connection, query: str, params: dict[str, Any]) -> list[Any]:
+    """`query`'s rows (named tuples) run by psycopg on `conn`'s connection, in its transaction; an error
+    raised as SQLAlchemy's would be (a DBAPIError, `connection_invalidated` when the connection is lost,
+    which the pool then replaces)."""
+    raw = conn.connection.driver_connection
+    try:
+        return raw.cursor(row_factory=namedtuple_row).execute(query, params).fetchall()
+    except psycopg.Error as exc:
+        lost = raw.broken or raw.closed
+        if lost:
+            conn.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(query, params, exc, psycopg.Error, connection_invalidated=lost) from exc
 
 
 def note_is_new(conn: Connection, check: str, slot: datetime, note: str, target: str = "") -> bool:
@@ -131,28 +156,38 @@ def load_instances(conn: Connection, check: str, *, lock: bool = True, target: s
 
 def _instance(r: Any) -> Instance:
     return Instance(state=r.state, labels=dict(r.labels), active_at=r.active_at, fired_at=r.fired_at,
-                    keep_firing_since=r.keep_firing_since, acked_at=r.acked_at, evaluated_at=r.last_eval_at)
+                    keep_firing_since=r.keep_firing_since, acked_at=r.acked_at, evaluated_at=r.last_eval_at,
+                    stored=(r.last_value, r.summary, r.severity, r.database, r.target))
 
 
 def save_steps(conn: Connection, check: str, severity: str, steps: list[tuple[Step, str]], now: datetime,
                database: str | None = None, target: str = "") -> None:
     """Store where each instance is after an evaluation (each with its rendered summary), and the
     transitions they made: one statement, however many instances (a 40-instance check is one round
-    trip). A step whose instance was loaded (its `before` has an evaluation) updates that row."""
-    if not steps:
-        return
+    trip). A step whose instance was loaded (its `before` has an evaluation) updates that row, unless
+    nothing of it would change (unchanged): a run whose instances all stay where they were writes
+    none (no statement)."""
     rows, events = [], []
     for step, summary in steps:
         after = step.after
+        if unchanged(step, summary, severity, database, target):
+            continue
         rows.append({"fp": step.fingerprint, "labels": step.labels, "state": after.state,
                      "active_at": _iso(after.active_at), "fired_at": _iso(after.fired_at),
-                     "resolved_at": _iso(now) if after.state == "resolved" else None, "value": json_number(step.value),
+                     "resolved_at": _iso(now) if after.state == "resolved" and step.changed else None,
+                     "value": json_number(step.value),
                      "summary": summary, "keep": _iso(after.keep_firing_since), "keep_ack": after.acked_at is not None,
                      "known": step.before.evaluated_at is not None})
         if step.changed:
             events.append({"fp": step.fingerprint, "labels": step.labels, "f": step.before.state, "t": after.state,
                            "v": json_number(step.value)})
+    if not rows:
+        return
+    # a transition, or a pending or firing instance (whose notifications are written with it), commits
+    # durably; rows that stay inactive or resolved (a new value, a new instance) need not wait for the disk
+    durable = bool(events) or any(r["state"] in ("pending", "firing") for r in rows)
     params = {"rows": json.dumps(rows), "c": check, "sev": severity, "now": now, "db": database, "target": target,
+              "sync": "on" if durable else "off",
               "known": [r["fp"] for r in rows if r["known"]]}
     raw = conn.connection.driver_connection  # psycopg's, in the transaction: prepare=False is not SQLAlchemy's to give
     if events:
@@ -162,6 +197,17 @@ def save_steps(conn: Connection, check: str, severity: str, steps: list[tuple[St
     inserted = cur.fetchone()[0]
     if inserted != len(rows) - len(params["known"]):
         raise InstanceRace(check)
+
+
+def unchanged(step: Step, summary: str, severity: str, database: str | None, target: str) -> bool:
+    """Whether writing the step would leave its row as it is but for last_eval_at: an instance that
+    stays inactive or resolved with the same value, summary, labels and config. (A pending or firing
+    one is always written: its last evaluation times its repeats and escalations, worker.notify.plan.)"""
+    before, after = step.before, step.after
+    return (not step.changed and after.state in ("inactive", "resolved") and before.stored is not None
+            and before.stored == (step.value, summary, severity, database, target) and after.labels == before.labels
+            and (after.active_at, after.fired_at, after.keep_firing_since, after.acked_at)
+            == (before.active_at, before.fired_at, before.keep_firing_since, before.acked_at))
 
 
 def _iso(at: datetime | None) -> str | None:
