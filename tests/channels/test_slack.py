@@ -168,3 +168,19 @@ def test_long_text_is_truncated_within_slack_limits(sink):
         row = blocks[2]["text"]["text"]
         assert len(row) <= 3000 and row.count("`label") <= 10  # labels capped, the row cut within a section
         assert len(msg["text"]) <= 4000
+
+
+def test_a_summary_of_100_alerts_shows_40_says_how_many_more_and_links_the_status_page(sink):
+    """A folded storm message stands for every alert it carries (its title says how many), within
+    Slack's 50 blocks: 40 shown, the rest counted, and a link to the status page, which lists them all."""
+    rows = [make_message(title=f"Check {i:03d}", labels={"item": f"i{i:03d}"}, fingerprint=f"fp-{i:03d}")
+            for i in range(100)]
+    group = make_message(title="Check 000 (+99 more)", alerts=rows, public_url="https://ops.example.com/")
+    SlackChannel(webhook_url=sink.slack_webhook_url).send(group)
+    [msg] = sink.slack_messages
+    assert len(msg["blocks"]) <= 50
+    assert msg["blocks"][0]["text"]["text"].endswith("Check 000 (+99 more)")
+    shown = [b for b in msg["blocks"] if b["type"] == "section" and "`item=i" in b["text"]["text"]]
+    assert len(shown) == 40
+    [tail] = [b for b in msg["blocks"] if b["type"] == "context" and "more alerts" in json.dumps(b)]
+    assert tail["elements"][0]["text"] == "and 60 more alerts (see <https://ops.example.com/|the status page>)"

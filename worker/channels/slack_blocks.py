@@ -96,9 +96,10 @@ def build_blocks(message: Message, interactive: bool = False) -> tuple[str, list
     for row in rows[:MAX_ROWS]:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(alert_row(row, len(rows) > 1),
                                                                                   SECTION_TEXT_MAX)}})
-    if len(rows) > MAX_ROWS:
+    if len(rows) > MAX_ROWS:  # the message stands for every row; the status page lists them all
+        page = link(message.public_url, "the status page") if message.public_url else None
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"and {len(rows) - MAX_ROWS} "
-                                                        "more alerts (see the status page)"}]})
+                                                        f"more alerts (see {page or 'the status page'})"}]})
     buttons = [] if not interactive else [{"type": "button", "action_id": f"approve:{a['id']}", "value": str(a["id"]), "style": "primary",
                 "text": {"type": "plain_text", "text": fit(f"Approve: {a.get('dry_run', a.get('kind'))}", 75, mrkdwn=False)}}
                for row in rows[:MAX_ROWS] for a in row.actions
