@@ -33,6 +33,7 @@ Prints Markdown (and the raw figures as JSON with --json PATH).
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import math
 import os
@@ -471,12 +472,19 @@ def throughput(args, engine, db_url: str, redis_url: str, tmp: Path) -> dict:
         sa.event.listen(task_engine, "begin", on_begin)
         sa.event.listen(task_engine, "before_cursor_execute", on_statement)
         psycopg.Connection.wait = counted_wait
+        profile = cProfile.Profile() if args.profile else None
         t = time.perf_counter()
         try:
+            if profile:
+                profile.enable()
             statuses = Counter(deliver(nid, fleet=task_engine, settings=settings, routing=cfg.routing,
                                        now=datetime.now(UTC), redis_client=rclient).status for nid in ids)
         finally:
             loop = time.perf_counter() - t
+            if profile:
+                profile.disable()
+                profile.dump_stats(args.profile)
+                say(f"throughput: the deliver() loop's profile in {args.profile} (python -m pstats)")
             psycopg.Connection.wait = real_wait
             sa.event.remove(task_engine, "begin", on_begin)
             sa.event.remove(task_engine, "before_cursor_execute", on_statement)
@@ -646,6 +654,7 @@ def main() -> int:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--json", help="write the raw figures here")
     ap.add_argument("--keep-logs", metavar="DIR", help="copy the storm worker's log here")
+    ap.add_argument("--profile", metavar="PATH", help="cProfile the deliver() loop into PATH (its rate is then slower)")
     args = ap.parse_args()
     if args.instances % args.checks or args.checks > 1000:
         ap.error("--instances must be a multiple of --checks, with at most 1000 checks")
