@@ -29,7 +29,7 @@ def test_upgrade_is_idempotent(fresh_database, env):
     for _ in range(2):
         proc = run_cli(["db", "upgrade"], {**env, "DATABASE_URL": url})
         assert proc.returncode == 0, proc.stderr
-        assert "revision 0013" in proc.stdout
+        assert "revision 0014" in proc.stdout
     assert _tables(url) == TABLES
 
 
