@@ -18,13 +18,15 @@ schedule 15s. Prometheus: postgres_exporter's pg_stat_activity_* (default collec
 queries, scrape and evaluation every 15 s, the sql_exporter job every 15 s. Both: group_wait 30 s, repeat
 4h, resolved notices sent; Alertmanager groups by alertname with its default group_interval 5m.
 
-Breaches (unless --skip-breaches): each kind --rounds times, the kinds in parallel threads, each round at a
-random instant within 15 s: make the breach, wait until both stacks' firing message is in the fake, hold
+Breaches (unless --skip-breaches): each kind --rounds times. The kinds' threads take turns, one incident at a
+time until opsfleet has sent its resolved notice (opsfleet folds what waits on a channel into the message
+that leaves first, which would shorten its MTTD; Alertmanager's groups per alertname do not meet). A round:
+a random instant within 15 s, make the breach, wait until both stacks' firing message is in the fake, hold
 15 s, undo it, wait for both resolved messages (7 minutes each at most). MTTD = the breach instant (the
 session idle or waiting 60 s, the 19th connection, the row committed) -> the fake accepted the firing
 message. Then two rounds with every kind breached at once, in which each stack's alerting process is
-restarted once both have told every kind (Alertmanager; opsfleet's worker and beat), SIGTERM then SIGKILL:
-firing messages beyond the first are duplicates.
+restarted once both have told every kind (Alertmanager; opsfleet's worker and beat), by SIGKILL (a crash)
+then SIGTERM (a restart): firing messages beyond the first are duplicates.
 
 Cost of watching (unless --skip-idle): three watchers at once, each on an idle database of its own so that
 pg_stat_database tells their load apart (the server has no pg_stat_statements unless it preloads it): the
@@ -85,18 +87,21 @@ def wait_told(sink, paths: dict[str, str], kinds: list[str], firing: bool, after
     return got
 
 
-def kind_rounds(kind: str, rounds: int, dsn: str, sink, paths, rng: random.Random, stop, out: list) -> None:
+def kind_rounds(kind: str, rounds: int, dsn: str, sink, paths, rng: random.Random, gate: threading.Lock, stop,
+                out: list) -> None:
     with psycopg.connect(ps.pg_dsn(dsn).rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
         for r in range(rounds):
-            if stop.wait(rng.uniform(0, ps.EVAL_S)):
-                return
-            start = time.time()
-            breach, undo = ps.BREACHES[kind](ps.pg_dsn(dsn), admin)
-            fired = wait_told(sink, paths, [kind], True, start, stop)
-            stop.wait(HOLD_S)
-            undo()
-            cleared = time.time()
-            resolved = wait_told(sink, paths, [kind], False, cleared, stop)
+            with gate:  # one incident at a time until opsfleet said resolved: it folds what waits on a channel
+                if stop.wait(rng.uniform(0, ps.EVAL_S)):  # into the message that leaves first
+                    return
+                start = time.time()
+                breach, undo = ps.BREACHES[kind](ps.pg_dsn(dsn), admin)
+                fired = wait_told(sink, paths, [kind], True, start, stop)
+                stop.wait(HOLD_S)
+                undo()
+                cleared = time.time()
+                wait_told(sink, {"opsfleet": paths["opsfleet"]}, [kind], False, cleared, stop)
+            resolved = wait_told(sink, paths, [kind], False, cleared, stop)  # Alertmanager: its group_interval
             rec = {"kind": kind, "round": r + 1, "start": start, "breach": breach, "cleared": cleared,
                    "end": time.time(), **{f"{s}_fired": fired[s].get(kind) for s in paths},
                    **{f"{s}_resolved": resolved[s].get(kind) for s in paths}}
@@ -151,15 +156,16 @@ def breaches(args, run: str, admin, tmp: Path, sink, base: str, made: list[str])
         if not ps.wait_until(lambda: stacks["prometheus"].evaluating(), 120, 1):
             raise RuntimeError("Prometheus did not evaluate its four rules healthy within 120 s")
         say(f"  both evaluating after {time.time() - t0:.0f} s; {args.rounds} rounds of each kind ...")
-        rng = random.Random(args.seed)
+        rng, gate = random.Random(args.seed), threading.Lock()
         for k in ps.KINDS:
             t = threading.Thread(target=kind_rounds, args=(k, args.rounds, url(base, app), sink, paths,
-                                                           random.Random(rng.randrange(2**32)), stop, recs), daemon=True)
+                                                           random.Random(rng.randrange(2**32)), gate, stop, recs),
+                                 daemon=True)
             t.start()
             threads.append(t)
         for t in threads:
             t.join()
-        restarts = [restart_round(sig, url(base, app), sink, stacks, paths, stop) for sig in ("term", "kill")]
+        restarts = [restart_round(sig, url(base, app), sink, stacks, paths, stop) for sig in ("kill", "term")]
         all_rows = {s: ps.told(sink, p) for s, p in paths.items()}
         msgs = {s: len({i for *_, i in rows}) for s, rows in all_rows.items()}
         return {"rounds": sorted(recs, key=lambda r: (r["kind"], r["round"])), "restarts": restarts, "messages": msgs,
@@ -190,6 +196,8 @@ def idle(args, run: str, admin, tmp: Path, sink, base: str, made: list[str]) -> 
         for w in watchers.values():
             w.start()
         ready_s = watchers["Prometheus stack"].ready_s
+        if not ps.wait_until(lambda: watchers["Prometheus stack"].evaluating(), 120, 1):
+            raise RuntimeError("Prometheus did not evaluate its four rules healthy within 120 s")
         say(f"  warm-up {WARMUP_S} s, then {args.idle_minutes} minutes of watching idle databases ...")
         time.sleep(WARMUP_S)
         groups = {w: s.groups() for w, s in watchers.items()}

@@ -32,7 +32,7 @@ def breaches(b: dict) -> list[str]:
     rounds, restarts = b["rounds"], b["restarts"]
     lines = ["", "### Breaches: MTTD (breach -> the Slack fake accepted the firing message) and messages", "",
              "| breach | stack | told | MTTD p50 / max | undo -> resolved p50 / max | firing msgs | resolved msgs | "
-             "duplicates | restart TERM: firing msgs | restart KILL: firing msgs |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "duplicates | restart KILL: firing msgs | restart TERM: firing msgs |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for k in ps.KINDS:
         mine = [r for r in rounds if r["kind"] == k]
         for s in STACKS:
@@ -42,7 +42,7 @@ def breaches(b: dict) -> list[str]:
             per = [(len({i for at, kk, f, i in rows if kk == k and f and r["start"] <= at <= r["end"]}),
                     len({i for at, kk, f, i in rows if kk == k and not f and r["start"] <= at <= r["end"]})) for r in mine]
             rs = [next(x["per"][f"{s}:{k}"] for x in restarts if x["signal"] == sig) if any(
-                x["signal"] == sig for x in restarts) else None for sig in ("term", "kill")]
+                x["signal"] == sig for x in restarts) else None for sig in ("kill", "term")]
             rcell = [f"{v['firing_msgs']}" + (f" (**{v['duplicates']} dup**)" if v["duplicates"] else "")
                      + ("" if v["resolved"] else ", no resolved") if v else "-" for v in rs]
             lines.append(f"| {k} | {s} | {len(fired)}/{len(mine)} | {p50max(fired)} | {p50max(res)} | "

@@ -124,7 +124,8 @@ class PromStack:
         self.ports = {k: free_port() for k in ("prom", "pge", "sqle", "am")}
         p, dsn = self.ports, pg_dsn(app_url) + "?sslmode=disable"
         (self.dir / "sql.yml").write_text(yaml.safe_dump({"jobs": [{
-            "name": "peer", "interval": f"{EVAL_S}s", "connections": [dsn], "queries": SQL_EXPORTER_QUERIES}]}))
+            "name": "peer", "interval": f"{EVAL_S}s", "connections": [dsn.replace("postgresql://", "postgres://", 1)],
+            "queries": SQL_EXPORTER_QUERIES}]}))
         (self.dir / "rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "peer", "rules": prom_rules(self.db)}]}))
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump({
             "global": {"scrape_interval": f"{EVAL_S}s", "evaluation_interval": f"{EVAL_S}s"},
