@@ -238,21 +238,26 @@ def idle(args, run: str, admin, tmp: Path, sink, base: str, made: list[str]) -> 
             w.stop()
 
 
-def readiness(run: str, admin, tmp: Path, sink, base: str, made: list[str]) -> dict:
+def readiness(args, run: str, admin, tmp: Path, sink, base: str, made: list[str]) -> dict:
     app, fleet = f"peer_{run}_ready_app", f"peer_{run}_ready_fleet"
     create_dbs(admin, base, made, [app, fleet], app_dbs=[app])
     ops = ps.OpsStack(tmp, "ready", url(base, app), url(base, fleet), sink, [])
+    opsdef = ps.OpsStack(tmp, "readydef", url(base, app), url(base, fleet), sink, ["postgres", "fleet"])
     try:
-        say("readiness: 3 worker starts with the compose flags, 3 with --without-mingle --without-gossip ...")
-        out = {"default": ops.readiness(3, ()), "no_mingle_gossip": ops.readiness(3, ("--without-mingle", "--without-gossip"))}
+        say("readiness: worker starts, 3 of each ...")
+        out = {"loadavg": [os.getloadavg()], "default": ops.readiness(3, ()),
+               "no_mingle_gossip": ops.readiness(3, ("--without-mingle", "--without-gossip")),
+               "default_packs": opsdef.readiness(3, ())}
         imports = []
         for _ in range(3):
             t0 = time.monotonic()
             subprocess.run([sys.executable, "-c", "import worker.app"], cwd=ps.REPO, env=ops.env, check=True)  # noqa: S603
             imports.append(time.monotonic() - t0)
+        out["loadavg"].append(os.getloadavg())
         return out | {"import": imports}
     finally:
         ops.stop()
+        opsdef.stop()
 
 
 def url(base: str, name: str) -> str:
@@ -308,14 +313,13 @@ def main() -> int:
         "preload": admin.execute("SHOW shared_preload_libraries").fetchone()[0]},
         "versions": {b: ps.version(b) for b in ps.BINARIES}}
     try:
-        if not args.skip_idle:
-            out["idle"] = idle(args, run, admin, tmp, sink, base, made)
-        if not args.skip_breaches:
-            out["breaches"] = breaches(args, run, admin, tmp, sink, base, made)
-        out["readiness"] = readiness(run, admin, tmp, sink, base, made)
-        out["machine"]["loadavg_end"] = os.getloadavg()
-        if args.json:  # first: the raw figures survive a report that fails
-            Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+        for phase, skip, fn in (("idle", args.skip_idle, idle), ("breaches", args.skip_breaches, breaches),
+                                ("readiness", False, readiness)):
+            if not skip:
+                out[phase] = fn(args, run, admin, tmp, sink, base, made)
+                out["machine"]["loadavg_end"] = os.getloadavg()
+                if args.json:  # after each phase: the raw figures survive a phase or a report that fails
+                    Path(args.json).write_text(json.dumps(out, indent=2, default=str))
         print(report(out))
         return 0
     except KeyboardInterrupt:

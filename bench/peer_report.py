@@ -53,6 +53,14 @@ def breaches(b: dict) -> list[str]:
     for r in rounds:
         cells = [f"{r[f'{s}_fired'] - r['breach']:.1f} s" if r[f"{s}_fired"] else "NOT TOLD" for s in STACKS]
         lines.append(f"| {r['kind']} | {r['round']} | {cells[0]} | {cells[1]} |")
+    lines += ["", "Restarts: " + "; ".join(
+        f"{x['signal'].upper()} {x['restarted'] - x['start']:.0f} s after the four breaches (once both had told each, "
+        "7 minutes at most), then held 150 s" for x in restarts) + ". Alertmanager keeps its notification log in memory "
+        "and writes it to --storage.path every 15 minutes (--data.maintenance-interval) and once more at a clean "
+        "shutdown: after SIGTERM it knows what it sent; after SIGKILL it starts from the last snapshot, and the alerts "
+        "Prometheus sends again (every minute) are told again after group_wait unless that snapshot already held "
+        "them as sent (an earlier incident with the same labels). opsfleet's alert states and outbox are rows of "
+        "the fleet database."]
     lines += ["", f"Slack messages in all (a message may carry several alerts): opsfleet {b['messages']['opsfleet']}, "
                   f"Alertmanager {b['messages']['prometheus']}. Load average at the end of the breaches: "
                   f"{', '.join(f'{x:.1f}' for x in b['loadavg'])}."]
@@ -108,10 +116,12 @@ def report(o: dict) -> str:
     r = o["readiness"]
     ready = statistics.median(r["default"])
     lines += ["", "### Start-up", "",
-              f"opsfleet worker (-c 2), spawn -> `ready.` in its log, 3 starts: p50 {ready:.2f} s (max "
+              f"opsfleet worker (-c 2, the four rules), spawn -> `ready.` in its log, 3 starts: p50 {ready:.2f} s (max "
               f"{max(r['default']):.2f} s) with the compose file's flags (mingle and gossip on); "
-              f"{statistics.median(r['no_mingle_gossip']):.2f} s with --without-mingle --without-gossip. "
-              f"`python -c 'import worker.app'`: {statistics.median(r['import']):.2f} s p50."]
+              f"{statistics.median(r['no_mingle_gossip']):.2f} s with --without-mingle --without-gossip; with the "
+              f"default packs too (their tables and queries checked at start) {statistics.median(r['default_packs']):.2f} s. "
+              f"`python -c 'import worker.app'`: {statistics.median(r['import']):.2f} s p50. Load average "
+              f"{r['loadavg'][0][0]:.1f} before, {r['loadavg'][1][0]:.1f} after."]
     prs = (o.get("idle") or o.get("breaches") or {}).get("prom_ready_s")
     if prs:
         lines[-1] += " The Prometheus stack's processes, spawn -> ready: " + ", ".join(f"{n} {s:.2f} s" for n, s in prs.items()) + "."

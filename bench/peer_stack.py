@@ -425,12 +425,22 @@ def breach_blocked(dsn: str, admin) -> tuple[float, object]:
 
 
 def breach_double_booking(dsn: str, admin) -> tuple[float, object]:
-    with psycopg.connect(dsn, autocommit=True) as c:
-        c.execute("INSERT INTO seat_reservation_audit_log (event_type, error_message) VALUES ('failed', "
-                  "'duplicate key value violates unique constraint \"seat_reservations_event_seat_key\"')")
+    """A failed reservation naming a constraint, and another every minute until undone: the rule's 5-minute
+    window would otherwise resolve it by itself while a stack is still to tell it."""
+    stop = threading.Event()
+
+    def attempt() -> None:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("INSERT INTO seat_reservation_audit_log (event_type, error_message) VALUES ('failed', "
+                      "'duplicate key value violates unique constraint \"seat_reservations_event_seat_key\"')")
+    attempt()
     t = time.time()
+    again = threading.Thread(target=lambda: [attempt() for _ in iter(lambda: stop.wait(60), True)], daemon=True)
+    again.start()
 
     def undo() -> None:
+        stop.set()
+        again.join(10)
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute("DELETE FROM seat_reservation_audit_log")
     return t, undo
